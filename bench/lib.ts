@@ -1,0 +1,151 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { cpus, totalmem, type } from 'node:os';
+import autocannon from 'autocannon';
+
+export interface Measurement {
+  name: string;
+  requestsPerSec: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+}
+
+export interface LoadOptions {
+  url: string;
+  method?: 'GET' | 'POST' | 'PUT' | 'PATCH';
+  connections?: number;
+  durationS?: number;
+  /** Fixed request rate (requests/s over all connections); unset = as fast as possible. */
+  rate?: number;
+  /** Builds each request's headers/body (signed requests need a fresh nonce each time). */
+  setupRequest?: (request: { method: string; path: string; headers: Record<string, string>; body?: string }) => {
+    method: string;
+    path: string;
+    headers: Record<string, string>;
+    body?: string;
+  };
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+const round = (ms: number) => Math.round(ms * 100) / 100;
+
+/** Drive load with autocannon; percentiles (ms) come from every response's own latency, not a coarse histogram. */
+export async function load(name: string, options: LoadOptions): Promise<Measurement> {
+  const latencies: number[] = [];
+  let done!: (result: autocannon.Result) => void;
+  const finished = new Promise<autocannon.Result>((resolve) => {
+    done = resolve;
+  });
+  const instance = autocannon(
+    {
+      url: options.url,
+      method: options.method ?? 'GET',
+      connections: options.connections ?? 20,
+      duration: options.durationS ?? Number(process.env.BENCH_DURATION_S ?? 8),
+      ...(options.rate ? { overallRate: options.rate } : {}),
+      ...(options.setupRequest
+        ? { requests: [{ setupRequest: options.setupRequest as unknown as autocannon.Request['setupRequest'] }] }
+        : {}),
+    },
+    (error, result) => {
+      if (error) throw error;
+      done(result);
+    },
+  );
+  instance.on('response', (_client: unknown, _status: number, _bytes: number, responseTime: number) => {
+    latencies.push(responseTime);
+  });
+  const result = await finished;
+  latencies.sort((a, b) => a - b);
+  return {
+    name,
+    requestsPerSec: result.requests.average,
+    p50: round(percentile(latencies, 50)),
+    p95: round(percentile(latencies, 95)),
+    p99: round(percentile(latencies, 99)),
+    errors: result.errors + result.timeouts,
+    non2xx: result.non2xx,
+  };
+}
+
+/** Start a process and resolve once a line of its output matches `ready`. */
+export function startProcess(command: string, args: string[], env: Record<string, string>, ready: RegExp) {
+  const child: ChildProcess = spawn(command, args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return new Promise<{ child: ChildProcess; match: RegExpExecArray; stop(): Promise<void> }>((resolve, reject) => {
+    let output = '';
+    const timer = setTimeout(() => reject(new Error(`did not start:\n${output}`)), 60_000);
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = ready.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        output = '';
+        child.stdout?.removeListener('data', onData);
+        child.stdout?.resume(); // keep draining logs so the process never blocks on a full pipe
+        resolve({
+          child,
+          match,
+          stop: () =>
+            new Promise((done) => {
+              if (child.exitCode !== null || child.signalCode !== null) return done();
+              child.once('exit', () => done());
+              child.kill('SIGTERM');
+            }),
+        });
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+    });
+    child.once('exit', (code) => reject(new Error(`exited with ${code}:\n${output}`)));
+  });
+}
+
+export function formatTable(rows: Measurement[], baseline: Measurement): string {
+  const lines = [
+    '| run | req/s | p50 ms | p95 ms | p99 ms | errors | non-2xx | throughput vs baseline |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const r of rows) {
+    const ratio = `${((r.requestsPerSec / baseline.requestsPerSec) * 100).toFixed(1)} %`;
+    lines.push(
+      `| ${r.name} | ${r.requestsPerSec.toFixed(0)} | ${r.p50} | ${r.p95} | ${r.p99} | ${r.errors} | ${r.non2xx} | ${ratio} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+export function machine(): string {
+  const cpu = cpus();
+  return `${type()} ${process.arch}, ${cpu.length} × ${cpu[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+}
+
+const REPORT = new URL('../docs/BENCHMARKS.md', import.meta.url);
+
+/** Replace (or add) one benchmark's section in docs/BENCHMARKS.md, leaving the others as they were. */
+export async function writeSection(id: string, markdown: string): Promise<void> {
+  let text = '';
+  try {
+    text = await readFile(REPORT, 'utf8');
+  } catch {
+    text =
+      '# Benchmarks\n\nWritten by `npm run bench` (`bench/run.ts`). Each section compares Kiln with its baseline in the same run on the same machine; the figures are what that run saw, on a shared and noisy machine.\n';
+  }
+  const start = `<!-- bench:${id} -->`;
+  const end = `<!-- /bench:${id} -->`;
+  const block = `${start}\n${markdown.trim()}\n${end}`;
+  const pattern = new RegExp(`${start}[\\s\\S]*?${end}`);
+  text = pattern.test(text) ? text.replace(pattern, block) : `${text.trimEnd()}\n\n${block}\n`;
+  await writeFile(REPORT, text);
+}

@@ -1,0 +1,174 @@
+/**
+ * Every environment variable Kiln reads, parsed and validated once.
+ * `loadConfig` is a pure function of the environment so tests can pass their own.
+ * A value that was given but is wrong stops start-up: we never fall back to a default for it.
+ */
+
+export type HmacMode = 'v1' | 'dual' | 'v2';
+export type BuildExecutor = 'command' | 'external';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  port: number;
+  host: string;
+  databaseUrl: string | undefined;
+  /** PostgreSQL schema Kiln's tables live in (lets several deployments or test runs share one database). */
+  databaseSchema: string;
+  redisUrl: string | undefined;
+  /** Prefix of every key Kiln writes to Redis or the in-process store. */
+  redisPrefix: string;
+  dataDir: string;
+  /** Secrets from HMAC_SECRET / HMAC_SECRETS; empty means "generate one in DATA_DIR". */
+  hmacSecrets: string[];
+  hmacMode: HmacMode;
+  hmacV1Until: Date | undefined;
+  signatureHeaderPrefix: string;
+  idempotencyTtlS: number;
+  idempotencyRequired: boolean;
+  idempotencyLockS: number;
+  timestampToleranceS: number;
+  nonceTtlS: number;
+  rateLimitUserPerMin: number;
+  rateLimitIpPerMin: number;
+  reservationTtlS: number;
+  buildExecutor: BuildExecutor;
+  buildCommand: string | undefined;
+  buildTimeoutS: number;
+  runnerConcurrency: number;
+  metricsToken: string | undefined;
+  logLevel: LogLevel;
+  bodyLimitBytes: number;
+  shutdownTimeoutS: number;
+}
+
+/** A configuration value that cannot be used; the message names the variable. */
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function given(env: Env, name: string): string | undefined {
+  const value = env[name];
+  return value === undefined || value.trim() === '' ? undefined : value.trim();
+}
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = given(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^-?\d+$/.test(raw)) throw new ConfigError(name, `expected an integer, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max) throw new ConfigError(name, `expected ${min}..${max}, got ${value}`);
+  return value;
+}
+
+function boolean(env: Env, name: string, fallback: boolean): boolean {
+  const raw = given(env, name);
+  if (raw === undefined) return fallback;
+  if (/^(true|1|yes)$/i.test(raw)) return true;
+  if (/^(false|0|no)$/i.test(raw)) return false;
+  throw new ConfigError(name, `expected true or false, got "${raw}"`);
+}
+
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], fallback: T): T {
+  const raw = given(env, name);
+  if (raw === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(raw)) {
+    throw new ConfigError(name, `expected one of ${allowed.join(', ')}, got "${raw}"`);
+  }
+  return raw as T;
+}
+
+function url(env: Env, name: string, protocols: string[]): string | undefined {
+  const raw = given(env, name);
+  if (raw === undefined) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new ConfigError(name, `not a URL: "${raw}" (expected ${protocols.map((p) => `${p}//…`).join(' or ')})`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(name, `expected a ${protocols.join(' or ')} URL, got "${parsed.protocol}"`);
+  }
+  if (!parsed.hostname) throw new ConfigError(name, 'the URL has no host');
+  return raw;
+}
+
+function identifier(env: Env, name: string, fallback: string): string {
+  const raw = given(env, name) ?? fallback;
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(raw)) {
+    throw new ConfigError(name, `expected a lowercase SQL identifier (a-z, 0-9, _), got "${raw}"`);
+  }
+  return raw;
+}
+
+function secrets(env: Env): string[] {
+  const list = [given(env, 'HMAC_SECRET'), ...(given(env, 'HMAC_SECRETS')?.split(',') ?? [])]
+    .map((s) => s?.trim())
+    .filter((s): s is string => Boolean(s));
+  for (const secret of list) {
+    if (secret.length < 16) throw new ConfigError('HMAC_SECRET', 'each secret must be at least 16 characters');
+  }
+  return [...new Set(list)];
+}
+
+function instant(env: Env, name: string): Date | undefined {
+  const raw = given(env, name);
+  if (raw === undefined) return undefined;
+  const date = new Date(raw);
+  if (Number.isNaN(date.getTime()) || !/^\d{4}-\d{2}-\d{2}/.test(raw)) {
+    throw new ConfigError(name, `expected an ISO date-time such as 2026-12-31T00:00:00Z, got "${raw}"`);
+  }
+  return date;
+}
+
+const DAY = 86_400;
+
+/** Parse and validate the whole configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const prefix = given(env, 'SIGNATURE_HEADER_PREFIX') ?? 'x-sheen';
+  if (!/^[a-z0-9-]{1,40}$/i.test(prefix)) {
+    throw new ConfigError('SIGNATURE_HEADER_PREFIX', `expected letters, digits and dashes, got "${prefix}"`);
+  }
+  const redisPrefix = given(env, 'REDIS_PREFIX') ?? 'kiln:';
+  if (!/^[\w:.-]{1,64}$/.test(redisPrefix)) {
+    throw new ConfigError('REDIS_PREFIX', `expected up to 64 of [A-Za-z0-9_:.-], got "${redisPrefix}"`);
+  }
+  const buildExecutor = oneOf(env, 'BUILD_EXECUTOR', ['command', 'external'] as const, 'command');
+  return {
+    port: integer(env, 'PORT', 8081, 0, 65_535),
+    host: given(env, 'HOST') ?? '127.0.0.1',
+    databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
+    databaseSchema: identifier(env, 'DATABASE_SCHEMA', 'public'),
+    redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
+    redisPrefix,
+    dataDir: given(env, 'DATA_DIR') ?? './.kiln',
+    hmacSecrets: secrets(env),
+    hmacMode: oneOf(env, 'HMAC_MODE', ['v1', 'dual', 'v2'] as const, 'dual'),
+    hmacV1Until: instant(env, 'HMAC_V1_UNTIL'),
+    signatureHeaderPrefix: prefix.toLowerCase(),
+    idempotencyTtlS: integer(env, 'IDEMPOTENCY_TTL_S', DAY, 60, 30 * DAY),
+    idempotencyRequired: boolean(env, 'IDEMPOTENCY_REQUIRED', false),
+    idempotencyLockS: integer(env, 'IDEMPOTENCY_LOCK_S', 30, 1, 3600),
+    timestampToleranceS: integer(env, 'TIMESTAMP_TOLERANCE_S', 120, 1, 3600),
+    nonceTtlS: integer(env, 'NONCE_TTL_S', 600, 1, DAY),
+    rateLimitUserPerMin: integer(env, 'RATE_LIMIT_USER_PER_MIN', 600, 0, 10_000_000),
+    rateLimitIpPerMin: integer(env, 'RATE_LIMIT_IP_PER_MIN', 1200, 0, 10_000_000),
+    reservationTtlS: integer(env, 'RESERVATION_TTL_S', 1800, 1, 30 * DAY),
+    buildExecutor,
+    buildCommand: given(env, 'BUILD_COMMAND'),
+    buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),
+    runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
+    metricsToken: given(env, 'METRICS_TOKEN'),
+    logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
+    bodyLimitBytes: integer(env, 'BODY_LIMIT_BYTES', 1_048_576, 1024, 64 * 1_048_576),
+    shutdownTimeoutS: integer(env, 'SHUTDOWN_TIMEOUT_S', 10, 1, 600),
+  };
+}

@@ -1,0 +1,63 @@
+import { ApiError } from './errors';
+import type { App } from './server';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The body bytes exactly as received (signatures are computed over these), empty when there is none. */
+    rawBody: Buffer;
+  }
+}
+
+export const MAX_JSON_DEPTH = 32;
+// Fastify refuses reference-type decorator defaults; each request gets its own Buffer when it has a body.
+const EMPTY = null;
+const FORBIDDEN_KEY = /"(__proto__|constructor|prototype)"\s*:/;
+
+/** Depth of nested arrays/objects, counted on the text so a hostile body cannot blow the stack later. */
+function jsonDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92)
+        i++; // backslash: skip the escaped character
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123 || c === 91) max = Math.max(max, ++depth);
+    else if (c === 125 || c === 93) depth--;
+  }
+  return max;
+}
+
+function badJson(message: string): ApiError {
+  return new ApiError('VALIDATION_ERROR', `The body is not acceptable JSON: ${message}. Send a JSON object.`, {
+    issues: [{ path: 'body', message }],
+  });
+}
+
+/**
+ * JSON is the only body type Kiln accepts (anything else → 415). The raw bytes are kept on the request
+ * for signature checks; prototype-polluting keys and absurd nesting are refused as 400.
+ */
+export function registerJsonBody(app: App): void {
+  app.decorateRequest('rawBody', EMPTY as unknown as Buffer);
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(/^application\/([\w.+-]+\+)?json$/i, { parseAs: 'buffer' }, (request, body, done) => {
+    const buffer = body as Buffer;
+    request.rawBody = buffer;
+    if (buffer.length === 0) return done(null, undefined);
+    const text = buffer.toString('utf8');
+    if (jsonDepth(text) > MAX_JSON_DEPTH) return done(badJson(`nested deeper than ${MAX_JSON_DEPTH} levels`));
+    if (FORBIDDEN_KEY.test(text))
+      return done(badJson('keys named __proto__, constructor or prototype are not allowed'));
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (error) {
+      return done(badJson((error as Error).message));
+    }
+    done(null, parsed);
+  });
+}

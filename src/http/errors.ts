@@ -1,0 +1,173 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { DatabaseUnavailableError } from '../db/database';
+import { StoreUnavailableError } from '../store/store';
+import type { App } from './server';
+
+/** Every error code Kiln answers with, and its HTTP status. */
+export const ERROR_STATUS = {
+  VALIDATION_ERROR: 400,
+  INVALID_IDEMPOTENCY_KEY: 400,
+  MISSING_SIGNATURE: 401,
+  INVALID_SIGNATURE: 401,
+  TIMESTAMP_OUT_OF_RANGE: 401,
+  UNAUTHORIZED: 401,
+  INSUFFICIENT_CREDITS: 402,
+  NOT_FOUND: 404,
+  BUILD_NOT_FOUND: 404,
+  PROJECT_NOT_FOUND: 404,
+  RESERVATION_NOT_FOUND: 404,
+  INVALID_STATE_TRANSITION: 409,
+  REPLAYED_NONCE: 409,
+  IDEMPOTENCY_KEY_IN_USE: 409,
+  RESERVATION_NOT_ACTIVE: 409,
+  VERSION_CONFLICT: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  IDEMPOTENCY_KEY_REUSED: 422,
+  COMMIT_EXCEEDS_RESERVATION: 422,
+  BUILD_ALREADY_RUNNING: 429,
+  RATE_LIMITED: 429,
+  INTERNAL_ERROR: 500,
+  SERVICE_UNAVAILABLE: 503,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** An error meant for the client: code, message that says what to do next, and optional data. */
+export class ApiError extends Error {
+  readonly status: number;
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly data?: Record<string, unknown>,
+    /** Extra response headers, e.g. Retry-After. */
+    readonly headers?: Record<string, string | number>,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = ERROR_STATUS[code];
+  }
+}
+
+/** The one error envelope of SPEC section 2. */
+export interface ErrorEnvelope {
+  error: ErrorCode;
+  message: string;
+  data?: Record<string, unknown>;
+  requestId: string;
+  correlationId: string;
+  timestamp: string;
+}
+
+export function envelope(request: FastifyRequest, error: ApiError): ErrorEnvelope {
+  return {
+    error: error.code,
+    message: error.message,
+    ...(error.data === undefined ? {} : { data: error.data }),
+    requestId: request.id,
+    correlationId: request.correlationId ?? request.id,
+    timestamp: new Date().toISOString(),
+  };
+}
+
+export function sendError(request: FastifyRequest, reply: FastifyReply, error: ApiError): FastifyReply {
+  if (error.headers) reply.headers(error.headers);
+  return reply.code(error.status).type('application/json; charset=utf-8').send(envelope(request, error));
+}
+
+const RETRY_AFTER_S = 5;
+
+function unavailable(dependency: 'database' | 'store', cause: Error): ApiError {
+  const name = dependency === 'database' ? 'The database' : 'The ephemeral store (Redis)';
+  return new ApiError(
+    'SERVICE_UNAVAILABLE',
+    `${name} is not answering; nothing was changed. Retry after ${RETRY_AFTER_S} s.`,
+    { dependency, reason: cause.message.slice(0, 200) },
+    { 'retry-after': RETRY_AFTER_S },
+  );
+}
+
+/** AJV paths look like "/name" or "/items/0"; the client gets "body.name", "query.limit", … */
+function validationIssues(error: FastifyError): { path: string; message: string }[] {
+  const context = error.validationContext ?? 'body';
+  return (error.validation ?? []).map((issue) => {
+    const params = issue.params as Record<string, unknown>;
+    const base = `${context}${issue.instancePath.replaceAll('/', '.')}`;
+    if (issue.keyword === 'additionalProperties') {
+      return { path: `${base}.${String(params.additionalProperty)}`, message: 'is not an allowed field' };
+    }
+    if (issue.keyword === 'required') {
+      return { path: `${base}.${String(params.missingProperty)}`, message: 'is required' };
+    }
+    return { path: base, message: issue.message ?? 'is invalid' };
+  });
+}
+
+/** Turn anything thrown while handling a request into an ApiError; unknown errors become a bare 500. */
+export function toApiError(error: unknown, bodyLimit: number): ApiError {
+  if (error instanceof ApiError) return error;
+  if (error instanceof DatabaseUnavailableError) return unavailable('database', error);
+  if (error instanceof StoreUnavailableError) return unavailable('store', error);
+  const fastifyError = error as FastifyError;
+  if (fastifyError.validation) {
+    const issues = validationIssues(fastifyError);
+    return new ApiError(
+      'VALIDATION_ERROR',
+      `The request has ${issues.length} invalid field${issues.length === 1 ? '' : 's'}: fix them and send it again.`,
+      { issues },
+    );
+  }
+  switch (fastifyError.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError('PAYLOAD_TOO_LARGE', `The body is larger than ${bodyLimit} bytes; send a smaller one.`, {
+        limit: bodyLimit,
+      });
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError('UNSUPPORTED_MEDIA_TYPE', 'Send the body as JSON with Content-Type: application/json.', {
+        expected: 'application/json',
+      });
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new ApiError('VALIDATION_ERROR', 'The body is not valid JSON; send a JSON object.', {
+        issues: [{ path: 'body', message: fastifyError.message }],
+      });
+  }
+  if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
+    return new ApiError('VALIDATION_ERROR', `The request was refused: ${fastifyError.message}`, {
+      issues: [{ path: 'request', message: fastifyError.message }],
+    });
+  }
+  return new ApiError(
+    'INTERNAL_ERROR',
+    'Something went wrong on our side; retry, and quote the requestId if it persists.',
+  );
+}
+
+/** Install the one error handler and the 404 handler. */
+export function registerErrorHandling(app: App, bodyLimit: number): void {
+  app.setErrorHandler((error, request, reply) => {
+    const apiError = toApiError(error, bodyLimit);
+    if (apiError.code === 'INTERNAL_ERROR') {
+      request.log.error({ err: error, code: apiError.code }, 'request failed');
+    } else if (apiError.status >= 500) {
+      request.log.warn(
+        { code: apiError.code, reason: apiError.message, data: apiError.data },
+        'dependency unavailable',
+      );
+    } else {
+      request.log.info({ code: apiError.code, reason: apiError.message }, 'request refused');
+    }
+    return sendError(request, reply, apiError);
+  });
+  app.setNotFoundHandler((request, reply) =>
+    sendError(
+      request,
+      reply,
+      new ApiError('NOT_FOUND', `No route ${request.method} ${request.url.split('?')[0]}; see /docs for the API.`, {
+        method: request.method,
+        path: request.url.split('?')[0],
+      }),
+    ),
+  );
+}

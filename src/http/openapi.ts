@@ -1,0 +1,21 @@
+import pino from 'pino';
+import { loadConfig } from '../config';
+import { openPglite } from '../db/pglite';
+import { openMemoryStore } from '../store/memory';
+import { buildApp } from './server';
+
+/** The OpenAPI 3.1 document generated from the route schemas, as committed in docs/openapi.json. */
+export async function renderOpenApi(version: string): Promise<string> {
+  const db = await openPglite({ schema: 'public' });
+  const store = openMemoryStore();
+  const config = loadConfig({ HMAC_SECRET: 'openapi-rendering-secret', LOG_LEVEL: 'silent' });
+  const app = await buildApp({ config, db, store, logger: pino({ level: 'silent' }), version });
+  try {
+    await app.ready();
+    return `${JSON.stringify(app.swagger(), null, 2)}\n`;
+  } finally {
+    await app.close();
+    await store.close();
+    await db.close();
+  }
+}

@@ -1,0 +1,72 @@
+import { Type } from '@sinclair/typebox';
+import { ApiError } from '../errors';
+import { ErrorEnvelopeSchema } from '../schemas';
+import type { App, AppDeps } from '../server';
+
+const CHECK_TIMEOUT_MS = 1_500;
+
+async function check(name: string, probe: () => Promise<unknown>): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      probe(),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
+      }),
+    ]);
+    return 'ok';
+  } catch (error) {
+    return `down: ${(error as Error).message.slice(0, 160)}`.replace(`${name} unavailable: `, '');
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const HealthSchema = Type.Object({
+  status: Type.Literal('ok'),
+  version: Type.String(),
+  uptimeSeconds: Type.Number(),
+});
+
+const ReadySchema = Type.Object({
+  status: Type.Literal('ready'),
+  checks: Type.Object({ database: Type.String(), store: Type.String() }),
+});
+
+/** Liveness and readiness: unsigned, for load balancers and orchestrators. */
+export function registerOpsRoutes(app: App, deps: AppDeps): void {
+  const startedAt = Date.now();
+  app.get(
+    '/healthz',
+    { schema: { tags: ['ops'], summary: 'The process is alive', response: { 200: HealthSchema } } },
+    async () => ({ status: 'ok' as const, version: deps.version, uptimeSeconds: (Date.now() - startedAt) / 1000 }),
+  );
+
+  app.get(
+    '/readyz',
+    {
+      schema: {
+        tags: ['ops'],
+        summary: 'The database and the store both answer',
+        response: { 200: ReadySchema, 503: ErrorEnvelopeSchema },
+      },
+    },
+    async () => {
+      const [database, store] = await Promise.all([
+        check('database', () => deps.db.query('select 1')),
+        check('store', () => deps.store.ping()),
+      ]);
+      if (database === 'ok' && store === 'ok') return { status: 'ready' as const, checks: { database, store } };
+      const storeName = deps.store.kind === 'redis' ? 'Redis' : 'the in-process store';
+      const failing = [database !== 'ok' && 'the database', store !== 'ok' && storeName].filter(Boolean).join(' and ');
+      throw new ApiError(
+        'SERVICE_UNAVAILABLE',
+        `Not ready: ${failing} not answering. Check it is running and reachable; retry after 5 s.`,
+        { dependency: database !== 'ok' ? 'database' : 'store', checks: { database, store } },
+        { 'retry-after': 5 },
+      );
+    },
+  );
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+}

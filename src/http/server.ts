@@ -1,0 +1,71 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import type { Logger } from 'pino';
+import type { Config } from '../config';
+import type { Database } from '../db/database';
+import type { EphemeralStore } from '../store/store';
+import { registerJsonBody } from './body';
+import { registerContext, requestIdFrom } from './context';
+import { registerErrorHandling } from './errors';
+import { registerOpsRoutes } from './routes/ops';
+import { validatorCompiler } from './validation';
+
+/** What the HTTP layer needs from the process: configuration, stores and identity. */
+export interface AppDeps {
+  config: Config;
+  db: Database;
+  store: EphemeralStore;
+  logger: Logger;
+  version: string;
+}
+
+/** The Fastify instance with TypeBox types, as every route module receives it. */
+export type App = FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
+
+/** Build the Fastify application (not listening yet). */
+export async function buildApp(deps: AppDeps): Promise<App> {
+  const app: App = Fastify({
+    loggerInstance: deps.logger as FastifyBaseLogger,
+    genReqId: requestIdFrom,
+    // One "request completed" line per request, written by our onResponse hook with both ids.
+    logController: new LogController({ requestIdLogLabel: 'requestId', disableRequestLogging: true }),
+    bodyLimit: deps.config.bodyLimitBytes,
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+    trustProxy: false,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler());
+
+  registerContext(app, deps.version);
+  registerErrorHandling(app, deps.config.bodyLimitBytes);
+  registerJsonBody(app);
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      {
+        method: request.method,
+        url: request.url,
+        statusCode: reply.statusCode,
+        ms: Number(reply.elapsedTime.toFixed(2)),
+      },
+      'request completed',
+    );
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Kiln',
+        version: deps.version,
+        description: 'Builds, credits and the guarantees around them. Every /v1 route is signed (see README).',
+      },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  registerOpsRoutes(app, deps);
+  return app;
+}

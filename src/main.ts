@@ -1,0 +1,73 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import pino from 'pino';
+import { ConfigError, loadConfig } from './config';
+import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
+import { buildApp } from './http/server';
+import { resolveHmacSecrets } from './secrets';
+import { describeStores, openDatabase, openStore } from './stores';
+import { VERSION } from './version';
+
+/** Start-up and shutdown only: read config, open stores, start the server, close in order. */
+async function main(): Promise<void> {
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`kiln: bad configuration — ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
+  const { secrets, file } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
+  if (file) logger.info({ file }, 'using the HMAC secret saved in DATA_DIR (set HMAC_SECRET to choose one)');
+  config = { ...config, hmacSecrets: secrets };
+
+  const db = await openDatabase(config);
+  const store = await openStore(config).catch(async (error) => {
+    await db.close();
+    throw error;
+  });
+  const instanceId = `kiln_${hostname()}_${process.pid}_${randomBytes(3).toString('hex')}`;
+  await registerInstance(db, { id: instanceId, hostname: hostname(), pid: process.pid, version: VERSION });
+  const heartbeat = setInterval(() => {
+    touchInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'instance heartbeat failed'));
+  }, 15_000);
+  heartbeat.unref();
+
+  const app = await buildApp({ config, db, store, logger, version: VERSION });
+  const address = await app.listen({ port: config.port, host: config.host });
+  logger.info(
+    { url: address, version: VERSION, instanceId },
+    `Kiln listening on ${address} — ${describeStores(config)}`,
+  );
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, `${signal} received: finishing in-flight requests (up to ${config.shutdownTimeoutS} s)`);
+    const force = setTimeout(() => {
+      logger.error('in-flight requests did not finish in time; exiting anyway');
+      process.exit(1);
+    }, config.shutdownTimeoutS * 1000);
+    force.unref();
+    await app.close();
+    clearInterval(heartbeat);
+    await unregisterInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'could not unregister'));
+    await store.close();
+    await db.close();
+    logger.info('stopped cleanly');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`kiln: could not start — ${message}\n`);
+  process.exit(1);
+});

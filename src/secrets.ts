@@ -1,0 +1,25 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/**
+ * The HMAC secrets in force: the configured ones, else the one generated on first start and kept in
+ * DATA_DIR/hmac-secret (mode 0600), so a restart keeps accepting the same signatures.
+ */
+export async function resolveHmacSecrets(
+  configured: string[],
+  dataDir: string,
+): Promise<{ secrets: string[]; file?: string }> {
+  if (configured.length > 0) return { secrets: configured };
+  const file = join(dataDir, 'hmac-secret');
+  try {
+    const saved = (await readFile(file, 'utf8')).trim();
+    if (saved.length >= 16) return { secrets: [saved], file };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  await mkdir(dataDir, { recursive: true });
+  const secret = randomBytes(32).toString('hex');
+  await writeFile(file, `${secret}\n`, { mode: 0o600, flag: 'w' });
+  return { secrets: [secret], file };
+}

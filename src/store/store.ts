@@ -1,0 +1,37 @@
+/**
+ * The ephemeral store: what may be lost without breaking a guarantee (nonces are the exception that
+ * the signature layer backs with PostgreSQL when the store is down). Two implementations share one
+ * contract test suite: Redis (`redis.ts`) and in-process memory (`memory.ts`).
+ */
+export interface EphemeralStore {
+  readonly kind: 'redis' | 'memory';
+  /** Atomically store `value` under `key` for `ttlMs` unless the key exists. True when stored. */
+  setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string, ttlMs: number): Promise<void>;
+  delete(key: string): Promise<void>;
+  /**
+   * Count one hit in the fixed window of `windowMs` that contains now. Returns the count in this window
+   * (this hit included) and the milliseconds until the window resets.
+   */
+  hit(key: string, windowMs: number): Promise<WindowCount>;
+  publish(channel: string, message: string): Promise<void>;
+  /** Resolves once the subscription is active; the returned function ends it. */
+  subscribe(channel: string, onMessage: (message: string) => void): Promise<() => Promise<void>>;
+  /** Rejects when the store does not answer. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface WindowCount {
+  count: number;
+  resetMs: number;
+}
+
+/** The store could not be reached; callers decide whether to degrade or refuse. */
+export class StoreUnavailableError extends Error {
+  constructor(override readonly cause: unknown) {
+    super(`store unavailable: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = 'StoreUnavailableError';
+  }
+}

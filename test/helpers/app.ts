@@ -1,0 +1,48 @@
+import pino from 'pino';
+import { type Config, loadConfig } from '../../src/config';
+import { type App, buildApp } from '../../src/http/server';
+import { openTestDatabase, type TestDatabase } from './db';
+import { openTestStore, type TestStore } from './store';
+
+export const TEST_SECRET = 'test-secret-0123456789abcdef-kiln';
+
+export interface TestApp {
+  app: App;
+  config: Config;
+  database: TestDatabase;
+  store: TestStore;
+  close(): Promise<void>;
+}
+
+/**
+ * Kiln's HTTP app in this process, on the run's database and store (real PostgreSQL/Redis when configured).
+ * `prepare` may add routes before the app is ready (tests use it for probe routes).
+ */
+export async function startTestApp(
+  env: Record<string, string> = {},
+  prepare?: (app: App, parts: { database: TestDatabase; store: TestStore }) => void,
+): Promise<TestApp> {
+  const config = loadConfig({ HMAC_SECRET: TEST_SECRET, LOG_LEVEL: 'silent', ...env });
+  const database = await openTestDatabase();
+  const store = await openTestStore();
+  const app = await buildApp({
+    config,
+    db: database.db,
+    store: store.store,
+    logger: pino({ level: 'silent' }),
+    version: '0.0.0-test',
+  });
+  prepare?.(app, { database, store });
+  await app.ready();
+  return {
+    app,
+    config,
+    database,
+    store,
+    async close() {
+      await app.close();
+      await store.cleanup();
+      await database.cleanup();
+    },
+  };
+}

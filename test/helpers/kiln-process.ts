@@ -1,0 +1,115 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { TEST_SECRET } from './app';
+import { dropSchema } from './db';
+import { DATABASE_URL, REDIS_URL, uniqueName } from './env';
+import { deleteKeys } from './store';
+
+const ROOT = new URL('../..', import.meta.url).pathname;
+
+export interface KilnProcess {
+  url: string;
+  child: ChildProcess;
+  /** Everything the process wrote to stdout and stderr so far. */
+  output(): string;
+  /** Resolves with the exit code once the process has ended. */
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export interface Shared {
+  env: Record<string, string>;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Environment for one or more Kiln processes that must share state: a fresh schema and Redis prefix when
+ * real services are configured, else a fresh DATA_DIR (embedded PGlite allows one process per directory).
+ */
+export async function sharedEnvironment(): Promise<Shared> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'kiln-e2e-'));
+  const schema = uniqueName('e2e');
+  const prefix = `${schema}:`;
+  const env: Record<string, string> = { DATA_DIR: dataDir, HMAC_SECRET: TEST_SECRET, LOG_LEVEL: 'info' };
+  if (DATABASE_URL) Object.assign(env, { DATABASE_URL, DATABASE_SCHEMA: schema });
+  if (REDIS_URL) Object.assign(env, { REDIS_URL, REDIS_PREFIX: prefix });
+  return {
+    env,
+    async cleanup() {
+      if (DATABASE_URL) await dropSchema(DATABASE_URL, schema);
+      if (REDIS_URL) await deleteKeys(REDIS_URL, prefix);
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Spawn `src/main.ts` as a real process on a free port and wait until it listens. */
+export function spawnKiln(env: Record<string, string>, timeoutMs = 40_000): Promise<KilnProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', RUNNER_CONCURRENCY: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`Kiln did not start within ${timeoutMs} ms:\n${output}`));
+    }, timeoutMs);
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = /"url":"(http:\/\/[^"]+)"/.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        child.stdout?.off('data', onData);
+        child.stdout?.on('data', (more: Buffer) => {
+          output += more.toString();
+        });
+        resolve({
+          url: match[1],
+          child,
+          output: () => output,
+          exited,
+          stop: async (signal = 'SIGTERM') => {
+            if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+            return exited;
+          },
+        });
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+    });
+    exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`Kiln exited with ${code} before listening:\n${output}`));
+    });
+  });
+}
+
+/** Run `src/main.ts` expecting it to fail at start-up; resolves with its exit code and output. */
+export function runKilnExpectingFailure(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (c: Buffer) => {
+      output += c.toString();
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      output += c.toString();
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output });
+    });
+  });
+}

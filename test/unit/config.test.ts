@@ -1,0 +1,84 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config';
+
+describe('config', () => {
+  it('gives the SPEC defaults for an empty environment', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      port: 8081,
+      host: '127.0.0.1',
+      databaseUrl: undefined,
+      redisUrl: undefined,
+      dataDir: './.kiln',
+      hmacSecrets: [],
+      hmacMode: 'dual',
+      signatureHeaderPrefix: 'x-sheen',
+      idempotencyTtlS: 86_400,
+      idempotencyRequired: false,
+      timestampToleranceS: 120,
+      nonceTtlS: 600,
+      rateLimitUserPerMin: 600,
+      rateLimitIpPerMin: 1200,
+      reservationTtlS: 1800,
+      buildExecutor: 'command',
+      buildTimeoutS: 1800,
+      runnerConcurrency: 2,
+      logLevel: 'info',
+      bodyLimitBytes: 1_048_576,
+    });
+  });
+
+  it.each([
+    ['PORT', 'abc'],
+    ['PORT', '70000'],
+    ['REDIS_URL', 'nonsense'],
+    ['REDIS_URL', 'http://localhost:6379'],
+    ['DATABASE_URL', 'mysql://localhost/x'],
+    ['HMAC_MODE', 'v3'],
+    ['HMAC_V1_UNTIL', 'next tuesday'],
+    ['IDEMPOTENCY_REQUIRED', 'maybe'],
+    ['RATE_LIMIT_USER_PER_MIN', '-1'],
+    ['RUNNER_CONCURRENCY', '1.5'],
+    ['LOG_LEVEL', 'loud'],
+    ['BUILD_EXECUTOR', 'docker'],
+    ['DATABASE_SCHEMA', 'Robert"); drop table'],
+    ['SIGNATURE_HEADER_PREFIX', 'x sheen'],
+    ['HMAC_SECRET', 'short'],
+  ])('refuses %s=%s with an error naming the variable', (name, value) => {
+    let caught: unknown;
+    try {
+      loadConfig({ [name]: value });
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(ConfigError);
+    expect((caught as ConfigError).variable).toBe(name);
+    expect((caught as ConfigError).message).toContain(name);
+  });
+
+  it('parses given values', () => {
+    const config = loadConfig({
+      PORT: '9000',
+      DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/test',
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      HMAC_SECRET: 'a-secret-of-sixteen+',
+      HMAC_SECRETS: 'another-secret-16chars, a-secret-of-sixteen+',
+      HMAC_MODE: 'v2',
+      HMAC_V1_UNTIL: '2026-12-31T00:00:00Z',
+      IDEMPOTENCY_REQUIRED: 'true',
+      RATE_LIMIT_IP_PER_MIN: '0',
+      SIGNATURE_HEADER_PREFIX: 'X-Kiln',
+    });
+    expect(config.port).toBe(9000);
+    expect(config.hmacSecrets).toEqual(['a-secret-of-sixteen+', 'another-secret-16chars']);
+    expect(config.hmacMode).toBe('v2');
+    expect(config.hmacV1Until?.toISOString()).toBe('2026-12-31T00:00:00.000Z');
+    expect(config.idempotencyRequired).toBe(true);
+    expect(config.rateLimitIpPerMin).toBe(0);
+    expect(config.signatureHeaderPrefix).toBe('x-kiln');
+  });
+
+  it('treats an empty variable as unset', () => {
+    expect(loadConfig({ PORT: '', REDIS_URL: '  ' })).toMatchObject({ port: 8081, redisUrl: undefined });
+  });
+});
