@@ -5,6 +5,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The body bytes exactly as received (signatures are computed over these), empty when there is none. */
     rawBody: Buffer;
+    /** A body that could not be parsed; thrown after the signature check (see registerBodyErrors). */
+    bodyError?: ApiError;
   }
 }
 
@@ -49,15 +51,24 @@ export function registerJsonBody(app: App): void {
     request.rawBody = buffer;
     if (buffer.length === 0) return done(null, undefined);
     const text = buffer.toString('utf8');
-    if (jsonDepth(text) > MAX_JSON_DEPTH) return done(badJson(`nested deeper than ${MAX_JSON_DEPTH} levels`));
-    if (FORBIDDEN_KEY.test(text))
-      return done(badJson('keys named __proto__, constructor or prototype are not allowed'));
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (error) {
-      return done(badJson((error as Error).message));
+    // Parse errors are kept, not thrown, so that an unsigned /v1 request is answered 401 whatever its body.
+    if (jsonDepth(text) > MAX_JSON_DEPTH) request.bodyError = badJson(`nested deeper than ${MAX_JSON_DEPTH} levels`);
+    else if (FORBIDDEN_KEY.test(text)) {
+      request.bodyError = badJson('keys named __proto__, constructor or prototype are not allowed');
+    } else {
+      try {
+        return done(null, JSON.parse(text));
+      } catch (error) {
+        request.bodyError = badJson((error as Error).message);
+      }
     }
-    done(null, parsed);
+    done(null, undefined);
+  });
+}
+
+/** Throw the kept body error; registered after the /v1 guard so signatures are checked first. */
+export function registerBodyErrors(app: App): void {
+  app.addHook('preValidation', async (request) => {
+    if (request.bodyError) throw request.bodyError;
   });
 }

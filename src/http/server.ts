@@ -7,10 +7,12 @@ import type { Logger } from 'pino';
 import type { Config } from '../config';
 import type { Database } from '../db/database';
 import type { EphemeralStore } from '../store/store';
-import { registerJsonBody } from './body';
+import { registerBodyErrors, registerJsonBody } from './body';
 import { registerContext, requestIdFrom } from './context';
 import { registerErrorHandling } from './errors';
+import { registerV1Guard } from './guard';
 import { registerOpsRoutes } from './routes/ops';
+import { registerPingRoutes } from './routes/ping';
 import { validatorCompiler } from './validation';
 
 /** What the HTTP layer needs from the process: configuration, stores and identity. */
@@ -42,6 +44,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerContext(app, deps.version);
   registerErrorHandling(app, deps.config.bodyLimitBytes);
   registerJsonBody(app);
+  // Order matters: preValidation hooks run as registered, and the signature must be judged before the body.
+  registerV1Guard(app, deps);
+  registerBodyErrors(app);
   app.addHook('onResponse', async (request, reply) => {
     request.log.info(
       {
@@ -67,5 +72,6 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
   registerOpsRoutes(app, deps);
+  registerPingRoutes(app);
   return app;
 }

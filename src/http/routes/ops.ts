@@ -1,9 +1,17 @@
+import { timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
+import { registry } from '../../metrics';
 import { ApiError } from '../errors';
 import { ErrorEnvelopeSchema } from '../schemas';
 import type { App, AppDeps } from '../server';
 
 const CHECK_TIMEOUT_MS = 1_500;
+
+function bearerMatches(header: string | undefined, token: string): boolean {
+  const given = Buffer.from(header?.startsWith('Bearer ') ? header.slice(7) : '');
+  const expected = Buffer.from(token);
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
 
 async function check(name: string, probe: () => Promise<unknown>): Promise<string> {
   let timer: NodeJS.Timeout | undefined;
@@ -69,4 +77,24 @@ export function registerOpsRoutes(app: App, deps: AppDeps): void {
   );
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  app.get(
+    '/metrics',
+    {
+      schema: {
+        tags: ['ops'],
+        summary: 'Prometheus metrics in the text format (Authorization: Bearer METRICS_TOKEN when set)',
+      },
+    },
+    async (request, reply) => {
+      const token = deps.config.metricsToken;
+      if (token && !bearerMatches(request.headers.authorization, token)) {
+        throw new ApiError('UNAUTHORIZED', 'Send Authorization: Bearer <METRICS_TOKEN> to read the metrics.', {
+          header: 'authorization',
+        });
+      }
+      const text = await registry.metrics();
+      return reply.type(registry.contentType).send(text);
+    },
+  );
 }

@@ -1,0 +1,72 @@
+import type { FastifyRequest } from 'fastify';
+import { rateLimited, signatureVerifications } from '../metrics';
+import { StoreUnavailableError } from '../store/store';
+import { ApiError } from './errors';
+import { enforceLimit, userIdOf, WINDOW_MS } from './rate-limit';
+import type { App, AppDeps } from './server';
+import { verifySignature } from './signature';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Which signature version verified this /v1 request. */
+    signatureVersion?: 'v1' | 'v2';
+  }
+}
+
+/** True for the routes SPEC section 3 signs: everything under /v1. */
+export function isSignedRoute(request: FastifyRequest): boolean {
+  return request.routeOptions.url?.startsWith('/v1/') === true;
+}
+
+/**
+ * Every /v1 request: signature (no store access until it verifies), then in one batch the nonce's
+ * check-and-store and the user and IP counters. Runs before body errors and validation, so an unsigned
+ * request is answered 401 whatever its body.
+ */
+export function registerV1Guard(app: App, deps: AppDeps): void {
+  const { config, store } = deps;
+  const nonceTtlMs = config.nonceTtlS * 1000;
+  app.addHook('preValidation', async (request) => {
+    if (!isSignedRoute(request)) return;
+    const verified = verifySignature(request, config, Date.now());
+    request.signatureVersion = verified.version;
+    const userId = userIdOf(request);
+    let fresh: boolean;
+    let ipCount: Awaited<ReturnType<typeof store.hit>> | undefined;
+    let userCount: Awaited<ReturnType<typeof store.hit>> | undefined;
+    try {
+      [fresh, ipCount, userCount] = await Promise.all([
+        store.setIfAbsent(`nonce:${verified.nonce}`, request.id, nonceTtlMs),
+        config.rateLimitIpPerMin > 0 ? store.hit(`rl:ip:${request.ip}`, WINDOW_MS) : undefined,
+        config.rateLimitUserPerMin > 0 && userId ? store.hit(`rl:user:${userId}`, WINDOW_MS) : undefined,
+      ]);
+    } catch (error) {
+      if (error instanceof StoreUnavailableError) {
+        // Replay protection must never silently disappear: refuse rather than skip the nonce check.
+        throw new ApiError(
+          'SERVICE_UNAVAILABLE',
+          'Replay protection is unavailable because Redis is not answering; nothing was done. Retry after 5 s.',
+          { dependency: 'store', reason: error.message.slice(0, 200) },
+          { 'retry-after': 5 },
+        );
+      }
+      throw error;
+    }
+    if (!fresh) {
+      signatureVerifications.inc({ outcome: 'failure_replayed_nonce' });
+      throw new ApiError(
+        'REPLAYED_NONCE',
+        `This ${config.signatureHeaderPrefix}-nonce was already used; sign every request with a new nonce.`,
+        { header: `${config.signatureHeaderPrefix}-nonce` },
+      );
+    }
+    try {
+      if (ipCount) enforceLimit({ scope: 'ip', subject: request.ip, limit: config.rateLimitIpPerMin, count: ipCount });
+      if (userCount && userId)
+        enforceLimit({ scope: 'user', subject: userId, limit: config.rateLimitUserPerMin, count: userCount });
+    } catch (error) {
+      rateLimited.inc({ scope: (error as ApiError).data?.scope as string });
+      throw error;
+    }
+  });
+}

@@ -1,0 +1,115 @@
+import type { FastifyRequest } from 'fastify';
+import type { Config } from '../config';
+import { type SignatureVersion, signV1, signV2, verifiesWithAny } from '../domain/signature';
+import { signatureVerifications } from '../metrics';
+import { ApiError } from './errors';
+
+/** The outcome of a signature check that passed. */
+export interface VerifiedSignature {
+  version: SignatureVersion;
+  nonce: string;
+}
+
+const NONCE = /^[\x21-\x7e]{8,128}$/;
+const TIMESTAMP = /^\d{1,12}$/;
+
+function header(request: FastifyRequest, name: string): string | undefined {
+  const value = request.headers[name];
+  return typeof value === 'string' && value !== '' ? value : undefined;
+}
+
+function fail(
+  code: 'MISSING_SIGNATURE' | 'INVALID_SIGNATURE' | 'TIMESTAMP_OUT_OF_RANGE',
+  reason: string,
+  message: string,
+  data: Record<string, unknown> = {},
+): never {
+  signatureVerifications.inc({ outcome: `failure_${reason}` });
+  throw new ApiError(code, message, { reason, ...data });
+}
+
+/**
+ * Verify the signature headers of a /v1 request against its raw body (SPEC section 3). Throws a 401 ApiError that
+ * names the header to fix; returns which version verified. Does not touch the nonce store: an unsigned request
+ * can never burn a nonce.
+ */
+export function verifySignature(request: FastifyRequest, config: Config, nowMs: number): VerifiedSignature {
+  const p = config.signatureHeaderPrefix;
+  const names = { v1: `${p}-signature`, v2: `${p}-sig-v2`, timestamp: `${p}-timestamp`, nonce: `${p}-nonce` };
+  const v1 = header(request, names.v1);
+  const v2 = header(request, names.v2);
+  const timestamp = header(request, names.timestamp);
+  const nonce = header(request, names.nonce);
+  const serverTime = Math.floor(nowMs / 1000);
+  const v1Allowed = config.hmacMode !== 'v2' && !(config.hmacV1Until && nowMs >= config.hmacV1Until.getTime());
+  const v2Allowed = config.hmacMode !== 'v1';
+  const accepted = [v2Allowed && names.v2, v1Allowed && names.v1].filter(Boolean).join(' or ');
+
+  if (!(v2Allowed && v2) && !(v1Allowed && v1)) {
+    const sentOnly = v1 ? names.v1 : v2 ? names.v2 : undefined;
+    const why = sentOnly
+      ? `${sentOnly} is not accepted here (HMAC_MODE=${config.hmacMode}${!v1Allowed && v1 && config.hmacMode !== 'v2' ? ', v1 retired by HMAC_V1_UNTIL' : ''})`
+      : 'no signature header was sent';
+    fail(
+      'MISSING_SIGNATURE',
+      sentOnly ? 'version_not_accepted' : 'missing_signature',
+      `${why}; sign the request with ${accepted}.`,
+      {
+        header: v2Allowed ? names.v2 : names.v1,
+        accepted: accepted.split(' or '),
+      },
+    );
+  }
+  if (!timestamp) {
+    fail('MISSING_SIGNATURE', 'missing_timestamp', `Send ${names.timestamp} with the Unix time in seconds.`, {
+      header: names.timestamp,
+    });
+  }
+  if (!nonce) {
+    fail(
+      'MISSING_SIGNATURE',
+      'missing_nonce',
+      `Send ${names.nonce} with a fresh random string (8-128 visible characters).`,
+      {
+        header: names.nonce,
+      },
+    );
+  }
+  if (!NONCE.test(nonce)) {
+    fail('INVALID_SIGNATURE', 'malformed_nonce', `${names.nonce} must be 8-128 visible ASCII characters.`, {
+      header: names.nonce,
+    });
+  }
+  if (!TIMESTAMP.test(timestamp) || Math.abs(Number(timestamp) - serverTime) > config.timestampToleranceS) {
+    fail(
+      'TIMESTAMP_OUT_OF_RANGE',
+      'timestamp',
+      `${names.timestamp} must be Unix seconds within ±${config.timestampToleranceS} s of the server time (${serverTime}); check the client's clock.`,
+      { header: names.timestamp, serverTime, toleranceSeconds: config.timestampToleranceS },
+    );
+  }
+
+  const body = request.rawBody ?? '';
+  const secrets = config.hmacSecrets;
+  const v2Ok =
+    v2Allowed &&
+    v2 !== undefined &&
+    verifiesWithAny(v2, secrets, (s) => signV2(s, request.method, request.url, timestamp, nonce, body));
+  const v1Ok = v1Allowed && v1 !== undefined && verifiesWithAny(v1, secrets, (s) => signV1(s, timestamp, body));
+
+  if (v1 && v2 && v1Allowed && v2Allowed && v1Ok !== v2Ok) {
+    signatureVerifications.inc({ outcome: 'mismatch' });
+    request.log.warn({ v1Valid: v1Ok, v2Valid: v2Ok }, 'signature mismatch: only one of v1 and v2 verified');
+  }
+  if (v2Ok || v1Ok) {
+    signatureVerifications.inc({ outcome: v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1' });
+    return { version: v2Ok ? 'v2' : 'v1', nonce };
+  }
+  const checked = [v2 && v2Allowed && names.v2, v1 && v1Allowed && names.v1].filter(Boolean) as string[];
+  return fail(
+    'INVALID_SIGNATURE',
+    'signature',
+    `${checked.join(' and ')} did not verify: sign ${checked.includes(names.v2) ? 'METHOD\\nPATH(sorted query)\\ntimestamp\\nnonce\\nbody' : 'timestamp + body'} over the exact body bytes with the shared secret.`,
+    { header: checked[0], checked },
+  );
+}

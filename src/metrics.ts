@@ -1,0 +1,24 @@
+import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
+
+/**
+ * The process's Prometheus registry. Modules count what happens here; `/metrics` exposes it.
+ * One registry per process (default metrics are process-wide), created once.
+ */
+export const registry = new Registry();
+collectDefaultMetrics({ register: registry });
+
+/** Outcomes of request-signature checks: which version verified, mismatches, and failures by reason. */
+export const signatureVerifications = new Counter({
+  name: 'kiln_signature_verifications_total',
+  help: 'Signed-request checks by outcome: v1, v2, both, mismatch (one of two signatures failed), or failure_<reason>',
+  labelNames: ['outcome'] as const,
+  registers: [registry],
+});
+
+/** Requests refused by a rate limit, by scope (user or ip). */
+export const rateLimited = new Counter({
+  name: 'kiln_rate_limited_total',
+  help: 'Requests answered 429 RATE_LIMITED, by scope',
+  labelNames: ['scope'] as const,
+  registers: [registry],
+});

@@ -1,0 +1,116 @@
+import { execFile } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKilnClient, signRequest } from '../../src/client/sign';
+import { TEST_SECRET } from '../helpers/app';
+import { REDIS_URL } from '../helpers/env';
+import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
+import { hasRedisServer, startPrivateRedis } from '../helpers/redis-server';
+
+const run = promisify(execFile);
+const ROOT = new URL('../..', import.meta.url).pathname;
+
+// Two processes share nonces and counters through Redis: the run's Redis when configured, else a private one.
+describe.skipIf(!REDIS_URL && !hasRedisServer())('signing across two Kiln processes', () => {
+  let shared: Shared;
+  let privateRedis: Awaited<ReturnType<typeof startPrivateRedis>> | undefined;
+  let a: KilnProcess;
+  let b: KilnProcess;
+  beforeAll(async () => {
+    shared = await sharedEnvironment();
+    const env: Record<string, string> = { ...shared.env, RATE_LIMIT_USER_PER_MIN: '10' };
+    if (!REDIS_URL) {
+      privateRedis = await startPrivateRedis();
+      Object.assign(env, { REDIS_URL: privateRedis.url, REDIS_PREFIX: 'signing:' });
+    }
+    // Embedded PGlite allows one process per directory; with DATABASE_URL both share one schema.
+    const dirA = join(env.DATA_DIR, 'a');
+    const dirB = join(env.DATA_DIR, 'b');
+    await Promise.all([mkdir(dirA), mkdir(dirB)]);
+    [a, b] = await Promise.all([spawnKiln({ ...env, DATA_DIR: dirA }), spawnKiln({ ...env, DATA_DIR: dirB })]);
+  });
+  afterAll(async () => {
+    await Promise.all([a?.stop(), b?.stop()]);
+    await privateRedis?.stop();
+    await shared?.cleanup();
+  });
+
+  it('refuses on process B a nonce first used on process A', async () => {
+    const nonce = `cross-process-${Date.now()}`;
+    const headers = signRequest({ secret: TEST_SECRET, method: 'GET', path: '/v1/ping', nonce });
+    const first = await fetch(`${a.url}/v1/ping`, { headers });
+    expect(first.status).toBe(200);
+    const second = await fetch(`${b.url}/v1/ping`, { headers });
+    expect(second.status).toBe(409);
+    expect(((await second.json()) as { error: string }).error).toBe('REPLAYED_NONCE');
+  });
+
+  it('accepts exactly one of 20 concurrent uses of a nonce spread over both processes', async () => {
+    const headers = signRequest({ secret: TEST_SECRET, method: 'GET', path: '/v1/ping', nonce: `race-${Date.now()}` });
+    const statuses = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => fetch(`${(i % 2 ? a : b).url}/v1/ping`, { headers }).then((r) => r.status)),
+    );
+    expect(statuses.filter((s) => s === 200)).toHaveLength(1);
+    expect(statuses.filter((s) => s === 409)).toHaveLength(19);
+  });
+
+  it('shares one user quota between the processes', async () => {
+    const clients = [a, b].map((p) => createKilnClient({ baseUrl: p.url, secret: TEST_SECRET }));
+    const userId = `quota_${Date.now()}`;
+    const statuses = await Promise.all(
+      Array.from({ length: 16 }, (_, i) => clients[i % 2]('POST', '/v1/ping', { userId }).then((r) => r.status)),
+    );
+    expect(statuses.filter((s) => s === 200)).toHaveLength(10);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(6);
+  });
+
+  it('prints, with `kiln sign`, headers and a curl line that Kiln accepts', async () => {
+    const port = new URL(a.url).port;
+    const { stdout } = await run(
+      process.execPath,
+      ['bin/kiln.mjs', 'sign', 'POST', '/v1/ping?b=2&a=1', '{"hello":"wörld"}'],
+      {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH ?? '', HMAC_SECRET: TEST_SECRET, PORT: port },
+      },
+    );
+    expect(stdout).toMatch(/^x-sheen-sig-v2: [0-9a-f]{64}$/m);
+    const curl = stdout.trim().split('\n').at(-1)!;
+    expect(curl.startsWith('curl ')).toBe(true);
+    const { stdout: answer } = await run('bash', ['-c', curl]);
+    expect(JSON.parse(answer)).toMatchObject({
+      ok: true,
+      signatureVersion: 'v2',
+      bodyBytes: Buffer.byteLength('{"hello":"wörld"}'),
+    });
+  });
+});
+
+describe.skipIf(!hasRedisServer())('signed requests with Redis down', () => {
+  let shared: Shared;
+  let redis: Awaited<ReturnType<typeof startPrivateRedis>>;
+  let kiln: KilnProcess;
+  beforeAll(async () => {
+    shared = await sharedEnvironment();
+    redis = await startPrivateRedis();
+    kiln = await spawnKiln({ ...shared.env, REDIS_URL: redis.url, REDIS_PREFIX: 'down:' });
+  });
+  afterAll(async () => {
+    await kiln?.stop();
+    await redis?.stop();
+    await shared?.cleanup();
+  });
+
+  it('refuses with 503 rather than skipping the nonce check', async () => {
+    const client = createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
+    expect((await client('GET', '/v1/ping')).status).toBe(200);
+    await redis.stop();
+    const res = await client<{ error: string; data: { dependency: string } }>('GET', '/v1/ping');
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBe('5');
+    expect(res.body.error).toBe('SERVICE_UNAVAILABLE');
+    expect(res.body.data.dependency).toBe('store');
+  });
+});
