@@ -154,7 +154,7 @@ export function loadConfig(env: Env = process.env): Config {
     hmacMode: oneOf(env, 'HMAC_MODE', ['v1', 'dual', 'v2'] as const, 'dual'),
     hmacV1Until: instant(env, 'HMAC_V1_UNTIL'),
     signatureHeaderPrefix: prefix.toLowerCase(),
-    idempotencyTtlS: integer(env, 'IDEMPOTENCY_TTL_S', DAY, 60, 30 * DAY),
+    idempotencyTtlS: integer(env, 'IDEMPOTENCY_TTL_S', DAY, 1, 30 * DAY),
     idempotencyRequired: boolean(env, 'IDEMPOTENCY_REQUIRED', false),
     idempotencyLockS: integer(env, 'IDEMPOTENCY_LOCK_S', 30, 1, 3600),
     timestampToleranceS: integer(env, 'TIMESTAMP_TOLERANCE_S', 120, 1, 3600),

@@ -5,6 +5,7 @@ import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { buildApp } from './http/server';
 import { resolveHmacSecrets } from './secrets';
+import { startMaintenance } from './services/maintenance';
 import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
 
@@ -37,6 +38,7 @@ async function main(): Promise<void> {
   }, 15_000);
   heartbeat.unref();
 
+  const stopMaintenance = startMaintenance(db, logger);
   const app = await buildApp({ config, db, store, logger, version: VERSION });
   const address = await app.listen({ port: config.port, host: config.host });
   logger.info(
@@ -56,6 +58,7 @@ async function main(): Promise<void> {
     force.unref();
     await app.close();
     clearInterval(heartbeat);
+    stopMaintenance();
     await unregisterInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'could not unregister'));
     await store.close();
     await db.close();

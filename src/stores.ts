@@ -1,3 +1,4 @@
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Config } from './config';
 import type { Database } from './db/database';
@@ -10,6 +11,7 @@ import type { EphemeralStore } from './store/store';
 
 /** Open the database the configuration names (PostgreSQL, else embedded PGlite) and bring its schema up to date. */
 export async function openDatabase(config: Config): Promise<Database> {
+  if (!config.databaseUrl) await mkdir(config.dataDir, { recursive: true });
   const db = config.databaseUrl
     ? openPostgres({ url: config.databaseUrl, schema: config.databaseSchema })
     : await openPglite({ dataDir: resolve(join(config.dataDir, 'pgdata')), schema: config.databaseSchema });

@@ -13,6 +13,13 @@ export interface Transaction extends Queryable {
   exec(sql: string): Promise<void>;
 }
 
+/** A transaction opened with `begin()` and ended explicitly (exactly one of commit or rollback). */
+export interface OpenTransaction extends Transaction {
+  commit(): Promise<void>;
+  /** Safe to call after a failure or twice; never throws for a connection that is already gone. */
+  rollback(): Promise<void>;
+}
+
 export interface QueryResult<R> {
   rows: R[];
   rowCount: number;
@@ -22,6 +29,11 @@ export interface Database extends Queryable {
   readonly kind: 'postgres' | 'pglite';
   /** Run `fn` in one transaction: committed when it resolves, rolled back when it throws. */
   transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T>;
+  /**
+   * Open a transaction that outlives one function call (the idempotency layer holds one across a request's
+   * lifecycle). Prefer `transaction()` everywhere else.
+   */
+  begin(): Promise<OpenTransaction>;
   /** Run several statements at once (migrations). No parameters. */
   exec(sql: string): Promise<void>;
   /** Subscribe to a LISTEN/NOTIFY channel; resolves to an unsubscribe function. */

@@ -1,5 +1,5 @@
 import { PGlite } from '@electric-sql/pglite';
-import { type Database, type QueryResult, quoteIdent, type Transaction } from './database';
+import { type Database, type OpenTransaction, type QueryResult, quoteIdent, type Transaction } from './database';
 
 /**
  * Serialises work on PGlite's single connection: a transaction holds the connection until it ends,
@@ -8,13 +8,19 @@ import { type Database, type QueryResult, quoteIdent, type Transaction } from '.
 class Mutex {
   private tail: Promise<void> = Promise.resolve();
 
-  async run<T>(fn: () => Promise<T>): Promise<T> {
+  /** Wait for the connection; resolves to the function that hands it on. */
+  async acquire(): Promise<() => void> {
     const previous = this.tail;
     let release!: () => void;
     this.tail = new Promise((resolve) => {
       release = resolve;
     });
     await previous;
+    return release;
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire();
     try {
       return await fn();
     } finally {
@@ -43,19 +49,54 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
   const db: Database = {
     kind: 'pglite',
     query: (sql, params) => lock.run(() => raw(sql, params)),
-    transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
-      return lock.run(async () => {
-        const tx: Transaction = { query: raw, exec: async (sql) => void (await pglite.exec(sql)) };
-        await pglite.exec('begin');
-        try {
-          const result = await fn(tx);
-          await pglite.exec('commit');
-          return result;
-        } catch (error) {
-          await pglite.exec('rollback');
-          throw error;
+    async begin(): Promise<OpenTransaction> {
+      const release = await lock.acquire();
+      let ended = false;
+      const finish = async (sql: 'commit' | 'rollback') => {
+        if (ended) {
+          if (sql === 'commit') throw new Error('transaction already ended');
+          return;
         }
-      });
+        ended = true;
+        try {
+          await pglite.exec(sql);
+        } finally {
+          release();
+        }
+      };
+      try {
+        await pglite.exec('begin');
+      } catch (error) {
+        ended = true;
+        release();
+        throw error;
+      }
+      const open = () => {
+        if (ended) throw new Error('transaction already ended');
+      };
+      return {
+        query: async (sql, params) => {
+          open();
+          return raw(sql, params);
+        },
+        exec: async (sql) => {
+          open();
+          await pglite.exec(sql);
+        },
+        commit: () => finish('commit'),
+        rollback: () => finish('rollback').catch(() => {}),
+      };
+    },
+    async transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
+      const tx = await db.begin();
+      try {
+        const result = await fn(tx);
+        await tx.commit();
+        return result;
+      } catch (error) {
+        await tx.rollback();
+        throw error;
+      }
     },
     exec: (sql) => lock.run(async () => void (await pglite.exec(sql))),
     async listen(channel, onNotify) {

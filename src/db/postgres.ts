@@ -1,5 +1,12 @@
 import pg from 'pg';
-import { type Database, type QueryResult, quoteIdent, type Transaction, translateError } from './database';
+import {
+  type Database,
+  type OpenTransaction,
+  type QueryResult,
+  quoteIdent,
+  type Transaction,
+  translateError,
+} from './database';
 
 // bigint (int8) and numeric come back as strings by default; Kiln's integers fit in a JS number.
 pg.types.setTypeParser(20, (value) => Number(value));
@@ -40,32 +47,70 @@ export function openPostgres(options: PostgresOptions): Database {
   const db: Database = {
     kind: 'postgres',
     query: (sql, params) => run(pool, sql, params),
-    async transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
+    async begin(): Promise<OpenTransaction> {
       let client: pg.PoolClient;
       try {
         client = await pool.connect();
       } catch (error) {
         throw translateError(error);
       }
-      const tx: Transaction = {
-        query: (sql, params) => run(client, sql, params),
-        exec: async (sql) => void (await run(client, sql)),
+      let ended = false;
+      // A checked-out client whose session the server ends (idle-in-transaction lease, restart) emits 'error';
+      // without a listener that would crash the process. The next query fails instead, and the client is discarded.
+      let lost = false;
+      const onError = () => {
+        lost = true;
       };
-      let broken = false;
+      client.on('error', onError);
+      const end = (broken: boolean) => {
+        if (ended) return;
+        ended = true;
+        client.off('error', onError);
+        client.release(broken || lost);
+      };
       try {
-        await tx.query('begin');
+        await client.query('begin');
+      } catch (error) {
+        end(true);
+        throw translateError(error);
+      }
+      const open = () => {
+        if (ended) throw new Error('transaction already ended');
+        return client;
+      };
+      return {
+        query: async (sql, params) => run(open(), sql, params),
+        exec: async (sql) => void (await run(open(), sql)),
+        async commit() {
+          if (ended) throw new Error('transaction already ended');
+          try {
+            await client.query('commit');
+            end(false);
+          } catch (error) {
+            end(true);
+            throw translateError(error);
+          }
+        },
+        async rollback() {
+          if (ended) return;
+          try {
+            await client.query('rollback');
+            end(false);
+          } catch {
+            end(true); // the connection itself is gone; the pool must not reuse it
+          }
+        },
+      };
+    },
+    async transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
+      const tx = await db.begin();
+      try {
         const result = await fn(tx);
-        await tx.query('commit');
+        await tx.commit();
         return result;
       } catch (error) {
-        try {
-          await client.query('rollback');
-        } catch {
-          broken = true; // the connection itself is gone; the pool must not reuse it
-        }
+        await tx.rollback();
         throw translateError(error);
-      } finally {
-        client.release(broken);
       }
     },
     async exec(sql) {
@@ -79,6 +124,8 @@ export function openPostgres(options: PostgresOptions): Database {
         if (message.channel === channel) onNotify(message.payload ?? '');
       };
       client.on('notification', handler);
+      // A lost connection must not crash the process; callers keep a slow poll as their safety net.
+      client.on('error', () => {});
       await client.query(`listen ${quoteIdent(channel)}`);
       return async () => {
         client.off('notification', handler);

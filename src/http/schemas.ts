@@ -12,3 +12,12 @@ export const ErrorEnvelopeSchema = Type.Object(
   },
   { $id: 'ErrorEnvelope', title: 'ErrorEnvelope' },
 );
+
+/** Text without control characters (names, labels). */
+export const PlainText = '^[^\\u0000-\\u001F\\u007F]*$';
+
+/** An id chosen by Kiln or a client: 1-64 of A-Z a-z 0-9 _ -. */
+export const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', minLength: 1, maxLength: 64 });
+
+/** An opaque token such as a user id: 1-128 of word characters and . : @ - */
+export const Token = Type.String({ pattern: '^[\\w.:@-]{1,128}$', minLength: 1, maxLength: 128 });

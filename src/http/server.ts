@@ -11,8 +11,10 @@ import { registerBodyErrors, registerJsonBody } from './body';
 import { registerContext, requestIdFrom } from './context';
 import { registerErrorHandling } from './errors';
 import { registerV1Guard } from './guard';
+import { registerIdempotency } from './idempotency';
 import { registerOpsRoutes } from './routes/ops';
 import { registerPingRoutes } from './routes/ping';
+import { registerProjectRoutes } from './routes/projects';
 import { validatorCompiler } from './validation';
 
 /** What the HTTP layer needs from the process: configuration, stores and identity. */
@@ -47,6 +49,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // Order matters: preValidation hooks run as registered, and the signature must be judged before the body.
   registerV1Guard(app, deps);
   registerBodyErrors(app);
+  registerIdempotency(app, deps);
   app.addHook('onResponse', async (request, reply) => {
     request.log.info(
       {
@@ -73,5 +76,6 @@ export async function buildApp(deps: AppDeps): Promise<App> {
 
   registerOpsRoutes(app, deps);
   registerPingRoutes(app);
+  registerProjectRoutes(app, deps);
   return app;
 }

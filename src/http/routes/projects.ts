@@ -1,0 +1,190 @@
+import { type Static, Type } from '@sinclair/typebox';
+import type { FastifyReply } from 'fastify';
+import type { Project } from '../../db/projects';
+import {
+  createProject,
+  getProject,
+  getProjectsBatch,
+  type ProjectInput,
+  patchProject,
+  replaceProject,
+} from '../../services/projects';
+import { ApiError } from '../errors';
+import { transactionOf } from '../idempotency';
+import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
+import type { App, AppDeps } from '../server';
+
+const Framework = Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: PlainText }), Type.Null()]);
+const Settings = Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { maxProperties: 200 });
+
+const ProjectSchema = Type.Object(
+  {
+    id: Id,
+    ownerId: Token,
+    name: Type.String(),
+    framework: Type.Union([Type.String(), Type.Null()]),
+    settings: Type.Record(Type.String(), Type.Unknown()),
+    allowConcurrentBuilds: Type.Boolean(),
+    version: Type.Integer({ minimum: 1 }),
+    createdAt: Type.String({ format: 'date-time' }),
+    updatedAt: Type.String({ format: 'date-time' }),
+  },
+  { title: 'Project' },
+);
+
+const writable = {
+  ownerId: Token,
+  name: Type.String({ minLength: 1, maxLength: 200, pattern: PlainText }),
+  framework: Type.Optional(Framework),
+  settings: Type.Optional(Settings),
+  allowConcurrentBuilds: Type.Optional(Type.Boolean()),
+};
+const ProjectInputSchema = Type.Object({ id: Type.Optional(Id), ...writable }, { additionalProperties: false });
+const ProjectPatchSchema = Type.Object(
+  {
+    ownerId: Type.Optional(Token),
+    name: Type.Optional(writable.name),
+    framework: Type.Optional(Framework),
+    settings: Type.Optional(Type.Union([Settings, Type.Null()])),
+    allowConcurrentBuilds: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+const IdParams = Type.Object({ id: Id });
+const IfMatchHeaders = Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 64 })) });
+const errors = {
+  400: ErrorEnvelopeSchema,
+  401: ErrorEnvelopeSchema,
+  404: ErrorEnvelopeSchema,
+  409: ErrorEnvelopeSchema,
+  422: ErrorEnvelopeSchema,
+  429: ErrorEnvelopeSchema,
+};
+
+/** `If-Match: "3"`, `W/"3"` or `3` → 3; `*` or absent → no condition. */
+export function parseIfMatch(header: string | undefined): number | undefined {
+  if (header === undefined || header.trim() === '*') return undefined;
+  const match = /^\s*(?:W\/)?"?(\d{1,9})"?\s*$/.exec(header);
+  if (!match) {
+    throw new ApiError('VALIDATION_ERROR', 'If-Match must be the ETag you read, e.g. "3".', {
+      issues: [{ path: 'headers.if-match', message: 'must be a version ETag such as "3"' }],
+    });
+  }
+  return Number(match[1]);
+}
+
+function withEtag(reply: FastifyReply, project: Project): Project {
+  reply.header('etag', `"${project.version}"`);
+  return project;
+}
+
+/** Projects (SPEC section 5): create, read with ETag, replace, merge-patch, batch read. */
+export function registerProjectRoutes(app: App, deps: AppDeps): void {
+  app.post(
+    '/v1/projects',
+    {
+      schema: {
+        tags: ['projects'],
+        summary: 'Create a project (the client may choose its id)',
+        body: ProjectInputSchema,
+        response: { 201: ProjectSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const project = await createProject(transactionOf(request), request.body as ProjectInput);
+      reply.code(201).header('location', `/v1/projects/${project.id}`);
+      return withEtag(reply, project);
+    },
+  );
+
+  app.get(
+    '/v1/projects/batch',
+    {
+      schema: {
+        tags: ['projects'],
+        summary: 'Read up to 100 projects at once',
+        querystring: Type.Object(
+          {
+            ids: Type.String({
+              minLength: 1,
+              maxLength: 6600,
+              description: 'Comma-separated project ids, at most 100',
+            }),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({ projects: Type.Array(ProjectSchema), notFound: Type.Array(Type.String()) }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const ids = request.query.ids.split(',').map((id) => id.trim());
+      const issues = ids.flatMap((id, index) =>
+        /^[A-Za-z0-9_-]{1,64}$/.test(id)
+          ? []
+          : [{ path: `query.ids.${index}`, message: 'must be 1-64 of A-Z a-z 0-9 _ -' }],
+      );
+      if (ids.length > 100) issues.push({ path: 'query.ids', message: `at most 100 ids, got ${ids.length}` });
+      if (issues.length) throw new ApiError('VALIDATION_ERROR', 'Fix the ids and send the request again.', { issues });
+      return getProjectsBatch(deps.db, ids);
+    },
+  );
+
+  app.get(
+    '/v1/projects/:id',
+    {
+      schema: {
+        tags: ['projects'],
+        summary: 'Read a project (ETag = version)',
+        params: IdParams,
+        response: { 200: ProjectSchema, ...errors },
+      },
+    },
+    async (request, reply) => withEtag(reply, await getProject(deps.db, request.params.id)),
+  );
+
+  app.put(
+    '/v1/projects/:id',
+    {
+      schema: {
+        tags: ['projects'],
+        summary: 'Replace a project (If-Match optional; stale → 409 VERSION_CONFLICT)',
+        params: IdParams,
+        headers: IfMatchHeaders,
+        body: ProjectInputSchema,
+        response: { 200: ProjectSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const ifMatch = parseIfMatch(request.headers['if-match']);
+      const project = await replaceProject(
+        transactionOf(request),
+        request.params.id,
+        ifMatch,
+        request.body as ProjectInput,
+      );
+      return withEtag(reply, project);
+    },
+  );
+
+  app.patch(
+    '/v1/projects/:id',
+    {
+      schema: {
+        tags: ['projects'],
+        summary: 'Merge-patch a project (RFC 7396; If-Match optional)',
+        params: IdParams,
+        headers: IfMatchHeaders,
+        body: ProjectPatchSchema,
+        response: { 200: ProjectSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const ifMatch = parseIfMatch(request.headers['if-match']);
+      const patch = request.body as Static<typeof ProjectPatchSchema>;
+      return withEtag(reply, await patchProject(transactionOf(request), request.params.id, ifMatch, patch));
+    },
+  );
+}

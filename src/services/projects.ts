@@ -1,0 +1,128 @@
+import { randomBytes } from 'node:crypto';
+import type { Queryable } from '../db/database';
+import {
+  findProject,
+  findProjects,
+  insertProject,
+  type Project,
+  type ProjectFields,
+  updateProject,
+} from '../db/projects';
+import { ApiError } from '../domain/errors';
+import { mergePatch } from '../domain/merge-patch';
+
+/** Input of create and replace: every writable field, optional ones defaulted. */
+export interface ProjectInput {
+  id?: string;
+  ownerId: string;
+  name: string;
+  framework?: string | null;
+  settings?: Record<string, unknown>;
+  allowConcurrentBuilds?: boolean;
+}
+
+export function newProjectId(): string {
+  return `prj_${randomBytes(9).toString('base64url')}`;
+}
+
+function fieldsOf(input: Omit<ProjectInput, 'id'>): ProjectFields {
+  return {
+    ownerId: input.ownerId,
+    name: input.name,
+    framework: input.framework ?? null,
+    settings: input.settings ?? {},
+    allowConcurrentBuilds: input.allowConcurrentBuilds ?? false,
+  };
+}
+
+function notFound(id: string): ApiError {
+  return new ApiError('PROJECT_NOT_FOUND', `No project ${id}; create it with POST /v1/projects.`, { projectId: id });
+}
+
+export async function createProject(q: Queryable, input: ProjectInput): Promise<Project> {
+  const id = input.id ?? newProjectId();
+  const project = await insertProject(q, id, fieldsOf(input));
+  if (!project) {
+    throw new ApiError(
+      'PROJECT_ALREADY_EXISTS',
+      `A project with id ${id} already exists; read it or choose another id.`,
+      {
+        projectId: id,
+      },
+    );
+  }
+  return project;
+}
+
+export async function getProject(q: Queryable, id: string): Promise<Project> {
+  const project = await findProject(q, id);
+  if (!project) throw notFound(id);
+  return project;
+}
+
+/** Up to 100 projects by id, in the order asked; the ids not found are listed apart. */
+export async function getProjectsBatch(
+  q: Queryable,
+  ids: string[],
+): Promise<{ projects: Project[]; notFound: string[] }> {
+  const unique = [...new Set(ids)];
+  const found = new Map((await findProjects(q, unique)).map((p) => [p.id, p]));
+  return {
+    projects: unique.flatMap((id) => found.get(id) ?? []),
+    notFound: unique.filter((id) => !found.has(id)),
+  };
+}
+
+async function rewrite(
+  q: Queryable,
+  id: string,
+  ifMatch: number | undefined,
+  change: (current: Project) => ProjectFields,
+): Promise<Project> {
+  const current = await findProject(q, id, true);
+  if (!current) throw notFound(id);
+  if (ifMatch !== undefined && ifMatch !== current.version) {
+    throw new ApiError(
+      'VERSION_CONFLICT',
+      `The project is at version ${current.version}, not ${ifMatch}; read it again, reapply your change, and send If-Match: "${current.version}".`,
+      { projectId: id, version: current.version, expected: ifMatch },
+    );
+  }
+  const updated = await updateProject(q, id, current.version, change(current));
+  if (!updated) throw new Error(`project ${id} changed under its row lock`);
+  return updated;
+}
+
+/** PUT: replace every writable field. */
+export function replaceProject(
+  q: Queryable,
+  id: string,
+  ifMatch: number | undefined,
+  input: ProjectInput,
+): Promise<Project> {
+  if (input.id !== undefined && input.id !== id) {
+    throw new ApiError('VALIDATION_ERROR', 'The body id differs from the path id; a project cannot be renamed.', {
+      issues: [{ path: 'body.id', message: `must equal ${id}` }],
+    });
+  }
+  return rewrite(q, id, ifMatch, () => fieldsOf(input));
+}
+
+/** PATCH: JSON merge patch (RFC 7396) over the writable fields; the result must still be a valid project. */
+export function patchProject(
+  q: Queryable,
+  id: string,
+  ifMatch: number | undefined,
+  patch: Record<string, unknown>,
+): Promise<Project> {
+  return rewrite(q, id, ifMatch, (current) => {
+    const { id: _id, version: _v, createdAt: _c, updatedAt: _u, ...writable } = current;
+    const merged = mergePatch(writable, patch) as Partial<ProjectFields>;
+    const issues = [
+      ...(typeof merged.name !== 'string' ? [{ path: 'body.name', message: 'cannot be removed' }] : []),
+      ...(typeof merged.ownerId !== 'string' ? [{ path: 'body.ownerId', message: 'cannot be removed' }] : []),
+    ];
+    if (issues.length) throw new ApiError('VALIDATION_ERROR', 'The patch would leave the project invalid.', { issues });
+    return fieldsOf(merged as ProjectFields);
+  });
+}
