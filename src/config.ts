@@ -36,10 +36,30 @@ export interface Config {
   buildTimeoutS: number;
   runnerConcurrency: number;
   metricsToken: string | undefined;
+  /** Packages a user can buy; the 402 recommendation picks the cheapest that covers the shortfall. */
+  creditPackages: CreditPackage[];
+  /** Price of a build without reported credits: credits per started minute of build time. */
+  creditsPerBuildMinute: number;
+  /** Estimate when there is no history at all. */
+  defaultEstimateCredits: number;
   logLevel: LogLevel;
   bodyLimitBytes: number;
   shutdownTimeoutS: number;
 }
+
+/** A package of credits for sale (SPEC section 2's recommendation). */
+export interface CreditPackage {
+  name: string;
+  /** Price in the operator's currency, e.g. 29.99. */
+  price: number;
+  credits: number;
+}
+
+export const DEFAULT_CREDIT_PACKAGES: CreditPackage[] = [
+  { name: 'starter', price: 9.99, credits: 250 },
+  { name: 'pro', price: 29.99, credits: 1000 },
+  { name: 'team', price: 99.99, credits: 5000 },
+];
 
 /** A configuration value that cannot be used; the message names the variable. */
 export class ConfigError extends Error {
@@ -129,6 +149,34 @@ function instant(env: Env, name: string): Date | undefined {
   return date;
 }
 
+function packages(env: Env): CreditPackage[] {
+  const raw = given(env, 'CREDIT_PACKAGES');
+  if (raw === undefined) return DEFAULT_CREDIT_PACKAGES;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new ConfigError('CREDIT_PACKAGES', 'expected JSON such as [{"name":"pro","price":29.99,"credits":1000}]');
+  }
+  const valid =
+    Array.isArray(parsed) &&
+    parsed.length > 0 &&
+    parsed.every(
+      (p) =>
+        p &&
+        typeof p.name === 'string' &&
+        /^[\w-]{1,32}$/.test(p.name) &&
+        typeof p.price === 'number' &&
+        p.price > 0 &&
+        Number.isInteger(p.credits) &&
+        p.credits > 0,
+    );
+  if (!valid) {
+    throw new ConfigError('CREDIT_PACKAGES', 'expected a non-empty array of {name, price > 0, credits: positive integer}');
+  }
+  return (parsed as CreditPackage[]).map(({ name, price, credits }) => ({ name, price, credits }));
+}
+
 const DAY = 86_400;
 
 /** Parse and validate the whole configuration; throws ConfigError naming the first bad variable. */
@@ -167,6 +215,9 @@ export function loadConfig(env: Env = process.env): Config {
     buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),
     runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
     metricsToken: given(env, 'METRICS_TOKEN'),
+    creditPackages: packages(env),
+    creditsPerBuildMinute: integer(env, 'CREDITS_PER_BUILD_MINUTE', 10, 0, 1_000_000),
+    defaultEstimateCredits: integer(env, 'DEFAULT_ESTIMATE_CREDITS', 100, 0, 10_000_000),
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
     bodyLimitBytes: integer(env, 'BODY_LIMIT_BYTES', 1_048_576, 1024, 64 * 1_048_576),
     shutdownTimeoutS: integer(env, 'SHUTDOWN_TIMEOUT_S', 10, 1, 600),
