@@ -26,11 +26,13 @@ create table builds (
   lease_expires_at timestamptz,
   -- the seq of the last event written (events are numbered per build)
   last_event_seq integer not null default 0,
-  constraint valid_build_transitions check (
+  -- The requirements' CHECK, made null-safe: with plain `=` a NULL previous_state makes the expression NULL,
+  -- and a CHECK passes on NULL.
+  constraint valid_build_transitions check (coalesce(
     (previous_state is null and state = 'queued')
     or (previous_state = 'queued' and state in ('building', 'cancelled'))
-    or (previous_state = 'building' and state in ('deployed', 'failed', 'cancelled'))
-  )
+    or (previous_state = 'building' and state in ('deployed', 'failed', 'cancelled')),
+    false))
 );
 
 create unique index builds_one_active_per_project on builds (project_id)
@@ -40,11 +42,19 @@ create index builds_building_lease on builds (lease_expires_at) where state = 'b
 create index builds_project_created on builds (project_id, created_at desc, id desc);
 create index builds_created on builds (created_at desc, id desc);
 
--- enforce_build_transition(): before update of builds. Inputs: old and new rows. Sets previous_state to the
+-- enforce_build_transition(): before insert or update of builds. A new build must be queued with no previous
+-- state. On update: inputs old and new rows; sets previous_state to the
 -- state being left; raises KL001 (with the from/to states in DETAIL) for any transition not in the table:
 -- queued → building | cancelled; building → deployed | failed | cancelled.
 create function enforce_build_transition() returns trigger language plpgsql as $$
 begin
+  if tg_op = 'INSERT' then
+    if new.state is distinct from 'queued' or new.previous_state is not null then
+      raise exception 'a build starts queued, got % (previous %)', new.state, new.previous_state
+        using errcode = 'KL001', detail = coalesce(new.previous_state, '') || '->' || coalesce(new.state, '');
+    end if;
+    return new;
+  end if;
   if new.state is distinct from old.state then
     if not ((old.state = 'queued' and new.state in ('building', 'cancelled'))
          or (old.state = 'building' and new.state in ('deployed', 'failed', 'cancelled'))) then
@@ -62,7 +72,7 @@ begin
 end;
 $$;
 
-create trigger builds_enforce_transition before update on builds
+create trigger builds_enforce_transition before insert or update on builds
   for each row execute function enforce_build_transition();
 
 create table build_events (

@@ -35,6 +35,8 @@ export interface Config {
   buildCommand: string | undefined;
   buildTimeoutS: number;
   runnerConcurrency: number;
+  /** Seconds a runner holds a build without renewing; a lapsed lease fails the build as worker_lost. */
+  buildLeaseS: number;
   metricsToken: string | undefined;
   /** Packages a user can buy; the 402 recommendation picks the cheapest that covers the shortfall. */
   creditPackages: CreditPackage[];
@@ -172,7 +174,10 @@ function packages(env: Env): CreditPackage[] {
         p.credits > 0,
     );
   if (!valid) {
-    throw new ConfigError('CREDIT_PACKAGES', 'expected a non-empty array of {name, price > 0, credits: positive integer}');
+    throw new ConfigError(
+      'CREDIT_PACKAGES',
+      'expected a non-empty array of {name, price > 0, credits: positive integer}',
+    );
   }
   return (parsed as CreditPackage[]).map(({ name, price, credits }) => ({ name, price, credits }));
 }
@@ -214,6 +219,7 @@ export function loadConfig(env: Env = process.env): Config {
     buildCommand: given(env, 'BUILD_COMMAND'),
     buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),
     runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
+    buildLeaseS: integer(env, 'BUILD_LEASE_S', 30, 2, 3600),
     metricsToken: given(env, 'METRICS_TOKEN'),
     creditPackages: packages(env),
     creditsPerBuildMinute: integer(env, 'CREDITS_PER_BUILD_MINUTE', 10, 0, 1_000_000),

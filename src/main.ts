@@ -1,13 +1,20 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { buildApp } from './http/server';
+import { CommandExecutor } from './runner/executors/command';
+import { Runner } from './runner/runner';
+import { BuildSignals } from './runner/signals';
 import { resolveHmacSecrets } from './secrets';
 import { startMaintenance } from './services/maintenance';
 import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
+
+/** The bundled sample command, run when BUILD_COMMAND is not set. */
+const SAMPLE_BUILD_COMMAND = `"${process.execPath}" "${fileURLToPath(new URL('../scripts/sample-build.mjs', import.meta.url))}"`;
 
 /** Start-up and shutdown only: read config, open stores, start the server, close in order. */
 async function main(): Promise<void> {
@@ -39,8 +46,23 @@ async function main(): Promise<void> {
   heartbeat.unref();
 
   const stopMaintenance = startMaintenance(db, logger);
-  const app = await buildApp({ config, db, store, logger, version: VERSION });
+  const signals = new BuildSignals(db, store, config.databaseSchema, logger);
+  const runner = new Runner({
+    db,
+    signals,
+    logger,
+    owner: instanceId,
+    executor:
+      config.buildExecutor === 'command' ? new CommandExecutor(config.buildCommand ?? SAMPLE_BUILD_COMMAND) : null,
+    concurrency: config.runnerConcurrency,
+    leaseSeconds: config.buildLeaseS,
+    timeoutSeconds: config.buildTimeoutS,
+    dataDir: config.dataDir,
+    creditsPerMinute: config.creditsPerBuildMinute,
+  });
+  const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   const address = await app.listen({ port: config.port, host: config.host });
+  await runner.start();
   logger.info(
     { url: address, version: VERSION, instanceId },
     `Kiln listening on ${address} — ${describeStores(config)}`,
@@ -56,7 +78,8 @@ async function main(): Promise<void> {
       process.exit(1);
     }, config.shutdownTimeoutS * 1000);
     force.unref();
-    await app.close();
+    await Promise.all([app.close(), runner.stop((config.shutdownTimeoutS - 1) * 1000)]);
+    await signals.close();
     clearInterval(heartbeat);
     stopMaintenance();
     await unregisterInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'could not unregister'));

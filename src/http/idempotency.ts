@@ -20,6 +20,8 @@ declare module 'fastify' {
      */
     tx?: OpenTransaction;
     idempotency?: { key: string; fingerprint: RequestFingerprint };
+    /** Work to do once the request's transaction has committed (wake-ups); dropped if it rolls back. */
+    afterCommit?: (() => void)[];
   }
 }
 
@@ -29,6 +31,23 @@ const REPLAYED_HEADERS = ['content-type', 'etag', 'location'];
 const IN_USE_RETRY_AFTER_S = 1;
 const CACHE_PREFIX = 'idem:';
 const CACHE_MARGIN_MS = 500;
+
+/** Run `fn` after the request's transaction commits (never if it rolls back). */
+export function afterCommit(request: FastifyRequest, fn: () => void): void {
+  request.afterCommit ??= [];
+  request.afterCommit.push(fn);
+}
+
+function runAfterCommit(request: FastifyRequest): void {
+  for (const fn of request.afterCommit ?? []) {
+    try {
+      fn();
+    } catch (error) {
+      request.log.warn({ err: error }, 'after-commit work failed');
+    }
+  }
+  request.afterCommit = undefined;
+}
 
 /** The transaction of a mutating /v1 request; route handlers pass it to their service. */
 export function transactionOf(request: FastifyRequest): Queryable {
@@ -172,7 +191,10 @@ export function registerIdempotency(app: App, deps: AppDeps): void {
     const idempotency = request.idempotency;
     try {
       if (!idempotency) {
-        await (status < 400 ? tx.commit() : tx.rollback());
+        if (status < 400) {
+          await tx.commit();
+          runAfterCommit(request);
+        } else await tx.rollback();
         return payload;
       }
       // An error keeps its record (when recordable) but never its effect.
@@ -197,6 +219,7 @@ export function registerIdempotency(app: App, deps: AppDeps): void {
       };
       const expiresAt = await insertRecord(tx, record, config.idempotencyTtlS);
       await tx.commit();
+      if (status < 400) runAfterCommit(request);
       // The copy must not outlive the record (an expired key is free for a new request).
       const cacheMs = Math.min(ttlMs, expiresAt.getTime() - Date.now()) - CACHE_MARGIN_MS;
       if (cacheMs > 0) {

@@ -1,6 +1,7 @@
 import pino from 'pino';
 import { loadConfig } from '../config';
 import { openPglite } from '../db/pglite';
+import { BuildSignals } from '../runner/signals';
 import { openMemoryStore } from '../store/memory';
 import { buildApp } from './server';
 
@@ -9,7 +10,9 @@ export async function renderOpenApi(version: string): Promise<string> {
   const db = await openPglite({ schema: 'public' });
   const store = openMemoryStore();
   const config = loadConfig({ HMAC_SECRET: 'openapi-rendering-secret', LOG_LEVEL: 'silent' });
-  const app = await buildApp({ config, db, store, logger: pino({ level: 'silent' }), version });
+  const logger = pino({ level: 'silent' });
+  const signals = new BuildSignals(db, store, 'public', logger);
+  const app = await buildApp({ config, db, store, logger, version, signals });
   try {
     await app.ready();
     return `${JSON.stringify(app.swagger(), null, 2)}\n`;

@@ -6,14 +6,17 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { Logger } from 'pino';
 import type { Config } from '../config';
 import type { Database } from '../db/database';
+import type { BuildSignals } from '../runner/signals';
 import type { EphemeralStore } from '../store/store';
 import { registerBodyErrors, registerJsonBody } from './body';
 import { registerContext, requestIdFrom } from './context';
 import { registerErrorHandling } from './errors';
 import { registerV1Guard } from './guard';
 import { registerIdempotency } from './idempotency';
+import { registerBuildRoutes } from './routes/builds';
 import { registerOpsRoutes } from './routes/ops';
 import { registerPingRoutes } from './routes/ping';
+import { registerPreviewRoutes } from './routes/previews';
 import { registerProjectRoutes } from './routes/projects';
 import { validatorCompiler } from './validation';
 
@@ -24,6 +27,8 @@ export interface AppDeps {
   store: EphemeralStore;
   logger: Logger;
   version: string;
+  /** Wake-ups between processes (runners, live event streams). */
+  signals: BuildSignals;
 }
 
 /** The Fastify instance with TypeBox types, as every route module receives it. */
@@ -77,5 +82,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerOpsRoutes(app, deps);
   registerPingRoutes(app);
   registerProjectRoutes(app, deps);
+  registerBuildRoutes(app, deps);
+  registerPreviewRoutes(app, deps);
   return app;
 }

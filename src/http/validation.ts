@@ -16,5 +16,24 @@ function makeAjv(options: Options): Ajv {
 export function validatorCompiler(): FastifySchemaCompiler<unknown> {
   const strict = makeAjv({ coerceTypes: false });
   const coercing = makeAjv({ coerceTypes: 'array' });
-  return ({ schema, httpPart }) => (httpPart === 'body' ? strict : coercing).compile(schema as object);
+  return ({ schema, httpPart }) => {
+    const validate = (httpPart === 'body' ? strict : coercing).compile(schema as object);
+    if (httpPart !== 'body' || (schema as Record<string, unknown>)[OPTIONAL_BODY] !== true) return validate;
+    // Fastify hands an absent body to the validator as null.
+    const allowEmpty = (data: unknown): boolean => {
+      const absent = data === undefined || data === null;
+      const ok = absent || validate(data);
+      allowEmpty.errors = absent ? null : validate.errors;
+      return ok;
+    };
+    allowEmpty.errors = null as typeof validate.errors;
+    return allowEmpty;
+  };
+}
+
+const OPTIONAL_BODY = 'x-optional-body';
+
+/** Mark a body schema as optional: a request with no body at all passes; a body that is sent must match. */
+export function optionalBody<T extends object>(schema: T): T {
+  return Object.assign(schema, { [OPTIONAL_BODY]: true });
 }

@@ -1,6 +1,7 @@
 import pino from 'pino';
 import { type Config, loadConfig } from '../../src/config';
 import { type App, buildApp } from '../../src/http/server';
+import { BuildSignals } from '../../src/runner/signals';
 import { openTestDatabase, type TestDatabase } from './db';
 import { openTestStore, type TestStore } from './store';
 
@@ -25,13 +26,9 @@ export async function startTestApp(
   const config = loadConfig({ HMAC_SECRET: TEST_SECRET, LOG_LEVEL: 'silent', ...env });
   const database = await openTestDatabase();
   const store = await openTestStore();
-  const app = await buildApp({
-    config,
-    db: database.db,
-    store: store.store,
-    logger: pino({ level: 'silent' }),
-    version: '0.0.0-test',
-  });
+  const logger = pino({ level: 'silent' });
+  const signals = new BuildSignals(database.db, store.store, database.schema, logger);
+  const app = await buildApp({ config, db: database.db, store: store.store, logger, version: '0.0.0-test', signals });
   prepare?.(app, { database, store });
   await app.ready();
   return {
@@ -41,6 +38,7 @@ export async function startTestApp(
     store,
     async close() {
       await app.close();
+      await signals.close();
       await store.cleanup();
       await database.cleanup();
     },

@@ -1,0 +1,73 @@
+import { BUILD_COLUMNS, type DbBuild } from './builds';
+import type { Queryable } from './database';
+
+const B_COLUMNS = BUILD_COLUMNS.split(',')
+  .map((c) => `b.${c.trim()}`)
+  .join(', ');
+
+/**
+ * Claim the oldest queued build for `owner`: move it to building with a lease of `leaseSeconds` and write its
+ * `started` event, in one statement. `for update skip locked` lets many runners claim at once without waiting
+ * on each other or taking the same build. Undefined when nothing is queued.
+ */
+export async function claimNextBuild(q: Queryable, owner: string, leaseSeconds: number): Promise<DbBuild | undefined> {
+  const { rows } = await q.query<DbBuild>(
+    `with next as (
+       select id from builds where state = 'queued' order by created_at, id for update skip locked limit 1),
+     b as (
+       update builds set state = 'building', started_at = now(), lease_owner = $1::text,
+              lease_expires_at = now() + make_interval(secs => $2::int), last_event_seq = last_event_seq + 1
+         from next where builds.id = next.id
+       returning builds.*),
+     e as (
+       insert into build_events (build_id, seq, type, message, data)
+       select id, last_event_seq, 'started', 'Build started', jsonb_build_object('runner', $1::text) from b)
+     select ${B_COLUMNS} from b`,
+    [owner, leaseSeconds],
+  );
+  return rows[0];
+}
+
+/**
+ * Extend the lease of a build this runner holds. Returns the build's state, or undefined when the runner no
+ * longer holds it (cancelled, or failed as worker_lost): the runner must then stop the build.
+ */
+export async function renewLease(q: Queryable, buildId: string, owner: string, leaseSeconds: number): Promise<boolean> {
+  const { rowCount } = await q.query(
+    `update builds set lease_expires_at = now() + make_interval(secs => $3::int)
+      where id = $1::text and lease_owner = $2::text and state = 'building'`,
+    [buildId, owner, leaseSeconds],
+  );
+  return rowCount === 1;
+}
+
+/**
+ * Fail, as worker_lost, up to `limit` building builds whose lease lapsed (their runner died), each with its
+ * `failed` event. Safe to run in every process at once (skip locked). Returns the builds failed.
+ */
+export async function failLapsedBuilds(q: Queryable, limit = 100): Promise<DbBuild[]> {
+  const { rows } = await q.query<DbBuild>(
+    `with lapsed as (
+       select id from builds
+        where state = 'building' and lease_expires_at < now()
+        order by lease_expires_at for update skip locked limit $1::int),
+     b as (
+       update builds set state = 'failed', finished_at = now(), reason = 'worker_lost',
+              error = 'The runner holding this build stopped renewing its lease (process died or lost the database).',
+              lease_owner = null, lease_expires_at = null, last_event_seq = last_event_seq + 1
+         from lapsed where builds.id = lapsed.id
+       returning builds.*),
+     e as (
+       insert into build_events (build_id, seq, type, message, data)
+       select id, last_event_seq, 'failed', 'Runner lost: the build is failed', jsonb_build_object('reason', 'worker_lost') from b)
+     select ${B_COLUMNS} from b`,
+    [limit],
+  );
+  return rows;
+}
+
+/** Builds waiting in the queue, across all processes. */
+export async function queueDepth(q: Queryable): Promise<number> {
+  const { rows } = await q.query<{ n: number }>(`select count(*)::int as n from builds where state = 'queued'`);
+  return rows[0].n;
+}

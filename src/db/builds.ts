@@ -1,0 +1,290 @@
+import { type BuildState, validNextStates } from '../domain/build-states';
+import type { Queryable } from './database';
+
+/** A build as the API shows it (SPEC section 5): every response that carries a build carries its state. */
+export interface Build {
+  id: string;
+  projectId: string;
+  userId: string;
+  state: BuildState;
+  previousState: BuildState | null;
+  validNextStates: BuildState[];
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  durationMs: number | null;
+  estimatedCredits: number;
+  actualCredits: number | null;
+  reservationId: string | null;
+  previewUrl: string | null;
+  error: string | null;
+  reason: string | null;
+  metadata: Record<string, unknown>;
+}
+
+/** An event of a build, numbered per build from 1. */
+export interface BuildEvent {
+  seq: number;
+  type: 'queued' | 'started' | 'progress' | 'log' | 'deployed' | 'failed' | 'cancelled';
+  phase?: string;
+  message?: string;
+  progress?: number;
+  data?: Record<string, unknown>;
+  createdAt: string;
+}
+
+export interface DbBuild {
+  id: string;
+  project_id: string;
+  user_id: string;
+  state: BuildState;
+  previous_state: BuildState | null;
+  estimated_credits: number;
+  actual_credits: number | null;
+  reservation_id: string | null;
+  preview_url: string | null;
+  error: string | null;
+  reason: string | null;
+  metadata: Record<string, unknown>;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+  lease_owner: string | null;
+}
+
+interface DbBuildEvent {
+  seq: number;
+  type: BuildEvent['type'];
+  phase: string | null;
+  message: string | null;
+  progress: number | null;
+  data: Record<string, unknown> | null;
+  created_at: Date;
+}
+
+export const BUILD_COLUMNS = `id, project_id, user_id, state, previous_state, estimated_credits, actual_credits,
+  reservation_id, preview_url, error, reason, metadata, created_at, started_at, finished_at, lease_owner`;
+const B_COLUMNS = BUILD_COLUMNS.split(',')
+  .map((c) => `b.${c.trim()}`)
+  .join(', ');
+
+export function toBuild(row: DbBuild): Build {
+  return {
+    id: row.id,
+    projectId: row.project_id,
+    userId: row.user_id,
+    state: row.state,
+    previousState: row.previous_state,
+    validNextStates: validNextStates(row.state),
+    createdAt: row.created_at.toISOString(),
+    startedAt: row.started_at?.toISOString() ?? null,
+    finishedAt: row.finished_at?.toISOString() ?? null,
+    durationMs: row.started_at && row.finished_at ? row.finished_at.getTime() - row.started_at.getTime() : null,
+    estimatedCredits: row.estimated_credits,
+    actualCredits: row.actual_credits,
+    reservationId: row.reservation_id,
+    previewUrl: row.preview_url,
+    error: row.error,
+    reason: row.reason,
+    metadata: row.metadata,
+  };
+}
+
+function toEvent(row: DbBuildEvent): BuildEvent {
+  return {
+    seq: row.seq,
+    type: row.type,
+    ...(row.phase === null ? {} : { phase: row.phase }),
+    ...(row.message === null ? {} : { message: row.message }),
+    ...(row.progress === null ? {} : { progress: row.progress }),
+    ...(row.data === null ? {} : { data: row.data }),
+    createdAt: row.created_at.toISOString(),
+  };
+}
+
+export interface NewBuild {
+  id: string;
+  projectId: string;
+  userId: string;
+  exclusive: boolean;
+  estimatedCredits: number;
+  metadata: Record<string, unknown>;
+}
+
+/**
+ * Insert a queued build with its first event (seq 1) in one statement. Undefined when the project already has an
+ * active exclusive build (the partial unique index is the arbiter, so concurrent inserts wait and then lose).
+ */
+export async function insertBuild(q: Queryable, build: NewBuild): Promise<DbBuild | undefined> {
+  const { rows } = await q.query<DbBuild>(
+    `with b as (
+       insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata, last_event_seq)
+       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::int, $6::jsonb, 1)
+       on conflict (project_id) where state in ('queued', 'building') and exclusive do nothing
+       returning *),
+     e as (insert into build_events (build_id, seq, type, message) select id, 1, 'queued', 'Build queued' from b)
+     select ${B_COLUMNS} from b`,
+    [build.id, build.projectId, build.userId, build.exclusive, build.estimatedCredits, JSON.stringify(build.metadata)],
+  );
+  return rows[0];
+}
+
+export async function findBuild(q: Queryable, id: string): Promise<DbBuild | undefined> {
+  const { rows } = await q.query<DbBuild>(`select ${BUILD_COLUMNS} from builds where id = $1::text`, [id]);
+  return rows[0];
+}
+
+/** The active exclusive build of a project, if any. */
+export async function findActiveBuild(q: Queryable, projectId: string): Promise<DbBuild | undefined> {
+  const { rows } = await q.query<DbBuild>(
+    `select ${BUILD_COLUMNS} from builds
+      where project_id = $1::text and state in ('queued', 'building') and exclusive
+      limit 1`,
+    [projectId],
+  );
+  return rows[0];
+}
+
+export interface BuildListFilter {
+  projectId?: string;
+  state?: BuildState;
+  userId?: string;
+  limit: number;
+  /** Continue after this (createdAt, id), newest first. */
+  after?: { createdAt: Date; id: string };
+}
+
+export async function listBuilds(q: Queryable, filter: BuildListFilter): Promise<DbBuild[]> {
+  const { rows } = await q.query<DbBuild>(
+    `select ${BUILD_COLUMNS} from builds
+      where ($1::text is null or project_id = $1::text)
+        and ($2::text is null or state = $2::text)
+        and ($3::text is null or user_id = $3::text)
+        and ($4::timestamptz is null or (created_at, id) < ($4::timestamptz, $5::text))
+      order by created_at desc, id desc
+      limit $6::int`,
+    [
+      filter.projectId ?? null,
+      filter.state ?? null,
+      filter.userId ?? null,
+      filter.after?.createdAt ?? null,
+      filter.after?.id ?? null,
+      filter.limit,
+    ],
+  );
+  return rows;
+}
+
+export interface TransitionChange {
+  to: BuildState;
+  /** The state the caller saw; the update only happens if the build is still in it. */
+  from: BuildState;
+  reason?: string | null;
+  error?: string | null;
+  previewUrl?: string | null;
+  actualCredits?: number | null;
+  /** The event written with the change. */
+  event: { message: string; data?: Record<string, unknown> };
+  /** Only this lease owner may make the change (runners); undefined for API callers. */
+  leaseOwner?: string;
+}
+
+/**
+ * Move a build from `from` to `to` and write its event in one statement. started_at is set on entering
+ * building, finished_at on entering a terminal state. Undefined when the build was no longer in `from` (or held by
+ * another runner); the trigger raises KL001 for a transition outside the table.
+ */
+export async function transitionBuild(
+  q: Queryable,
+  id: string,
+  change: TransitionChange,
+): Promise<DbBuild | undefined> {
+  const type = change.to === 'building' ? 'started' : change.to;
+  const { rows } = await q.query<DbBuild>(
+    `with b as (
+       update builds set
+         state = $2::text,
+         started_at = case when $2::text = 'building' then now() else started_at end,
+         finished_at = case when $2::text in ('deployed', 'failed', 'cancelled') then now() else finished_at end,
+         reason = coalesce($4::text, reason),
+         error = coalesce($5::text, error),
+         preview_url = coalesce($6::text, preview_url),
+         actual_credits = coalesce($7::int, actual_credits),
+         lease_owner = case when $2::text in ('deployed', 'failed', 'cancelled') then null else lease_owner end,
+         lease_expires_at = case when $2::text in ('deployed', 'failed', 'cancelled') then null else lease_expires_at end,
+         last_event_seq = last_event_seq + 1
+       where id = $1::text and state = $3::text and ($10::text is null or lease_owner = $10::text)
+       returning *),
+     e as (
+       insert into build_events (build_id, seq, type, message, data)
+       select id, last_event_seq, $8::text, $9::text, $11::jsonb from b)
+     select ${B_COLUMNS} from b`,
+    [
+      id,
+      change.to,
+      change.from,
+      change.reason ?? null,
+      change.error ?? null,
+      change.previewUrl ?? null,
+      change.actualCredits ?? null,
+      type,
+      change.event.message,
+      change.leaseOwner ?? null,
+      change.event.data === undefined ? null : JSON.stringify(change.event.data),
+    ],
+  );
+  return rows[0];
+}
+
+export interface NewEvent {
+  type: 'progress' | 'log';
+  phase?: string;
+  message?: string;
+  progress?: number;
+  data?: Record<string, unknown>;
+}
+
+/** Append a progress or log event (numbered after the build's last one) in one statement. */
+export async function appendEvent(q: Queryable, buildId: string, event: NewEvent): Promise<number | undefined> {
+  const { rows } = await q.query<{ seq: number }>(
+    `with b as (update builds set last_event_seq = last_event_seq + 1 where id = $1::text returning id, last_event_seq)
+     insert into build_events (build_id, seq, type, phase, message, progress, data)
+     select id, last_event_seq, $2::text, $3::text, $4::text, $5::real, $6::jsonb from b
+     returning seq`,
+    [
+      buildId,
+      event.type,
+      event.phase ?? null,
+      event.message ?? null,
+      event.progress ?? null,
+      event.data === undefined ? null : JSON.stringify(event.data),
+    ],
+  );
+  return rows[0]?.seq;
+}
+
+export async function listEvents(
+  q: Queryable,
+  buildId: string,
+  afterSeq: number,
+  limit: number,
+): Promise<BuildEvent[]> {
+  const { rows } = await q.query<DbBuildEvent>(
+    `select seq, type, phase, message, progress, data, created_at from build_events
+      where build_id = $1::text and seq > $2::int order by seq limit $3::int`,
+    [buildId, afterSeq, limit],
+  );
+  return rows.map(toEvent);
+}
+
+/** Median duration (seconds) of the project's last 20 deployed builds, if it has any. */
+export async function typicalDurationSeconds(q: Queryable, projectId: string): Promise<number | undefined> {
+  const { rows } = await q.query<{ seconds: number | null }>(
+    `select percentile_cont(0.5) within group (order by extract(epoch from finished_at - started_at))::float8 as seconds
+       from (select started_at, finished_at from builds
+              where project_id = $1::text and state = 'deployed' and started_at is not null
+              order by finished_at desc limit 20) recent`,
+    [projectId],
+  );
+  return rows[0]?.seconds ?? undefined;
+}

@@ -1,0 +1,117 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { type BuildEvent, listEvents } from '../../db/builds';
+import { isTerminal } from '../../domain/build-states';
+import { getBuild } from '../../services/builds';
+import type { App, AppDeps } from '../server';
+
+const HEARTBEAT_MS = 15_000;
+const POLL_MS = 1_000;
+const BATCH = 500;
+const TERMINAL_EVENTS = new Set(['deployed', 'failed', 'cancelled']);
+
+/** Open streams, so shutdown can end them instead of waiting for them. */
+const openStreams = new WeakMap<App, Set<() => void>>();
+
+/** End every live stream when the server begins to close (clients resume with Last-Event-ID elsewhere). */
+export function registerStreamShutdown(app: App): void {
+  const streams = new Set<() => void>();
+  openStreams.set(app, streams);
+  app.addHook('preClose', async () => {
+    for (const end of streams) end();
+  });
+}
+
+function frame(event: BuildEvent): string {
+  return `id: ${event.seq}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`;
+}
+
+/**
+ * Server-Sent Events for one build: everything after Last-Event-ID (or ?after), then live events as they are
+ * written — woken by the `events` signal, with a slow poll as the safety net — heartbeats every 15 s, and the
+ * end of the stream after the build's final event. Each event is sent once, in seq order.
+ */
+export async function streamBuildEvents(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  deps: AppDeps,
+  buildId: string,
+  after: number | undefined,
+): Promise<void> {
+  const { db, signals } = deps;
+  const build = await getBuild(db, buildId); // 404 before the stream opens
+  const resumeHeader = request.headers['last-event-id'];
+  const resumeFrom =
+    typeof resumeHeader === 'string' && /^\d{1,9}$/.test(resumeHeader) ? Number(resumeHeader) : undefined;
+  let last = resumeFrom ?? after ?? 0;
+
+  reply.hijack();
+  const raw = reply.raw;
+  raw.writeHead(200, {
+    ...(reply.getHeaders() as Record<string, string>),
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache, no-transform',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+    'x-processing-time-ms': reply.elapsedTime.toFixed(2),
+  });
+  raw.write(`retry: 2000\n\n`);
+
+  let ended = false;
+  let running = false;
+  let again = false;
+  const timers: NodeJS.Timeout[] = [];
+  let unsubscribe: (() => void) | undefined;
+  const streams = openStreams.get(request.server as unknown as App);
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    for (const timer of timers) clearInterval(timer);
+    unsubscribe?.();
+    streams?.delete(end);
+    raw.end();
+  };
+  streams?.add(end);
+  raw.on('close', end);
+
+  const pump = async (): Promise<void> => {
+    if (ended) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      do {
+        again = false;
+        for (
+          let events = await listEvents(db, build.id, last, BATCH);
+          events.length > 0 && !ended;
+          events = await listEvents(db, build.id, last, BATCH)
+        ) {
+          for (const event of events) {
+            raw.write(frame(event));
+            last = event.seq;
+            if (TERMINAL_EVENTS.has(event.type)) return end();
+          }
+        }
+      } while (again && !ended);
+      // Resumed after the final event: nothing more will come.
+      if (isTerminal((await getBuild(db, build.id)).state)) end();
+    } catch (error) {
+      request.log.warn({ err: error, buildId: build.id }, 'event stream read failed; will retry on the next poll');
+    } finally {
+      running = false;
+    }
+  };
+
+  unsubscribe = await signals.on('events', (buildId) => {
+    if (buildId === build.id) void pump();
+  });
+  timers.push(setInterval(() => void pump(), POLL_MS));
+  timers.push(
+    setInterval(() => {
+      if (!ended) raw.write(': heartbeat\n\n');
+    }, HEARTBEAT_MS),
+  );
+  await pump();
+}

@@ -1,0 +1,239 @@
+import { type Static, Type } from '@sinclair/typebox';
+import { toBuild } from '../../db/builds';
+import { BUILD_STATES } from '../../domain/build-states';
+import { createBuild, getBuild, getBuildEvents, listBuildPage, requestTransition } from '../../services/builds';
+import { afterCommit, transactionOf } from '../idempotency';
+import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
+import type { App, AppDeps } from '../server';
+import { optionalBody } from '../validation';
+import { registerStreamShutdown, streamBuildEvents } from './build-stream';
+
+const State = Type.Union(BUILD_STATES.map((s) => Type.Literal(s)));
+const NullableText = Type.Union([Type.String(), Type.Null()]);
+
+export const BuildSchema = Type.Object(
+  {
+    id: Type.String(),
+    projectId: Type.String(),
+    userId: Type.String(),
+    state: State,
+    previousState: Type.Union([State, Type.Null()]),
+    validNextStates: Type.Array(State),
+    createdAt: Type.String({ format: 'date-time' }),
+    startedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    finishedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    durationMs: Type.Union([Type.Integer(), Type.Null()]),
+    estimatedCredits: Type.Integer(),
+    actualCredits: Type.Union([Type.Integer(), Type.Null()]),
+    reservationId: NullableText,
+    previewUrl: NullableText,
+    error: NullableText,
+    reason: NullableText,
+    metadata: Type.Record(Type.String(), Type.Unknown()),
+  },
+  { title: 'Build' },
+);
+
+export const EventSchema = Type.Object(
+  {
+    seq: Type.Integer({ minimum: 1 }),
+    type: Type.String(),
+    phase: Type.Optional(Type.String()),
+    message: Type.Optional(Type.String()),
+    progress: Type.Optional(Type.Number()),
+    data: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    createdAt: Type.String({ format: 'date-time' }),
+  },
+  { title: 'BuildEvent' },
+);
+
+export const CreateBuildSchema = Type.Object(
+  {
+    projectId: Id,
+    userId: Token,
+    id: Type.Optional(Id),
+    estimatedCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
+    metadata: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { maxProperties: 100 })),
+    idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 257 })),
+  },
+  { additionalProperties: false },
+);
+
+const PatchBuildSchema = Type.Object(
+  {
+    state: State,
+    reason: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PlainText })),
+    actualCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
+    previewUrl: Type.Optional(Type.String({ minLength: 1, maxLength: 2048, pattern: '^(https?://|/)[^\\s]*$' })),
+    error: Type.Optional(Type.String({ minLength: 1, maxLength: 4000 })),
+  },
+  { additionalProperties: false },
+);
+
+const IdParams = Type.Object({ id: Id });
+const errors = {
+  400: ErrorEnvelopeSchema,
+  401: ErrorEnvelopeSchema,
+  402: ErrorEnvelopeSchema,
+  404: ErrorEnvelopeSchema,
+  409: ErrorEnvelopeSchema,
+  422: ErrorEnvelopeSchema,
+  429: ErrorEnvelopeSchema,
+};
+
+/** Builds (SPEC section 5): create, read, list, transition, cancel, events, live events. */
+export function registerBuildRoutes(app: App, deps: AppDeps): void {
+  const { db, signals } = deps;
+  registerStreamShutdown(app);
+
+  app.post(
+    '/v1/builds',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: 'Queue a build (one active build per project unless it allows concurrent builds)',
+        body: CreateBuildSchema,
+        response: { 201: BuildSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { idempotencyKey: _key, ...input } = request.body;
+      const build = await createBuild(transactionOf(request), input, deps.config.defaultEstimateCredits);
+      afterCommit(request, () => signals.send('queued', build.id));
+      reply.code(201).header('location', `/v1/builds/${build.id}`);
+      return toBuild(build);
+    },
+  );
+
+  app.get(
+    '/v1/builds/:id',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: 'Read a build',
+        params: IdParams,
+        response: { 200: BuildSchema, ...errors },
+      },
+    },
+    async (request) => toBuild(await getBuild(db, request.params.id)),
+  );
+
+  app.get(
+    '/v1/builds',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: 'List builds, newest first (cursor pages)',
+        querystring: Type.Object(
+          {
+            projectId: Type.Optional(Id),
+            userId: Type.Optional(Token),
+            state: Type.Optional(State),
+            limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
+            cursor: Type.Optional(Type.String({ maxLength: 200 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({ builds: Type.Array(BuildSchema), nextCursor: Type.Union([Type.String(), Type.Null()]) }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => listBuildPage(db, request.query),
+  );
+
+  app.patch(
+    '/v1/builds/:id',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: 'Move a build to another state (external runners, the web app)',
+        params: IdParams,
+        body: PatchBuildSchema,
+        response: { 200: BuildSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const { after } = await requestTransition(
+        transactionOf(request),
+        request.params.id,
+        request.body as Static<typeof PatchBuildSchema>,
+      );
+      afterCommit(request, () => {
+        signals.send('events', after.id);
+        if (after.state === 'cancelled') signals.send('cancelled', after.id);
+      });
+      return toBuild(after);
+    },
+  );
+
+  app.post(
+    '/v1/builds/:id/cancel',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: 'Cancel a queued or building build',
+        params: IdParams,
+        body: optionalBody(
+          Type.Object(
+            { reason: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PlainText })) },
+            { additionalProperties: false },
+          ),
+        ),
+        response: { 200: BuildSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const reason = (request.body as { reason?: string } | undefined)?.reason ?? 'cancelled';
+      const { after } = await requestTransition(transactionOf(request), request.params.id, {
+        state: 'cancelled',
+        reason,
+      });
+      afterCommit(request, () => {
+        signals.send('events', after.id);
+        signals.send('cancelled', after.id);
+      });
+      return toBuild(after);
+    },
+  );
+
+  app.get(
+    '/v1/builds/:id/events',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: "The build's events in order",
+        params: IdParams,
+        querystring: Type.Object(
+          {
+            after: Type.Integer({ minimum: 0, default: 0 }),
+            limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ events: Type.Array(EventSchema) }), ...errors },
+      },
+    },
+    async (request) => ({
+      events: await getBuildEvents(db, request.params.id, request.query.after, request.query.limit),
+    }),
+  );
+
+  app.get(
+    '/v1/builds/:id/events/stream',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: 'The events as Server-Sent Events: live, resumable with Last-Event-ID, closed when the build ends',
+        params: IdParams,
+        querystring: Type.Object(
+          { after: Type.Optional(Type.Integer({ minimum: 0 })) },
+          { additionalProperties: false },
+        ),
+        response: { ...errors },
+      },
+    },
+    async (request, reply) => streamBuildEvents(request, reply, deps, request.params.id, request.query.after),
+  );
+}

@@ -1,0 +1,228 @@
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { claimNextBuild, failLapsedBuilds, renewLease } from '../db/build-queue';
+import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
+import type { Database } from '../db/database';
+import { creditsForDuration } from '../domain/build-pricing';
+import type { ExecutionResult, Executor, StopReason } from './executors/types';
+import type { BuildSignals } from './signals';
+
+/** Events one build may write; past this its log lines are dropped (with one note saying so). */
+const MAX_EVENTS_PER_BUILD = 2_000;
+const SAFETY_POLL_MS = 5_000;
+
+export interface RunnerOptions {
+  db: Database;
+  signals: BuildSignals;
+  logger: Logger;
+  /** Identifies this process as lease owner. */
+  owner: string;
+  /** null: this process claims nothing (RUNNER_CONCURRENCY=0 or the external executor); it still reaps. */
+  executor: Executor | null;
+  concurrency: number;
+  leaseSeconds: number;
+  timeoutSeconds: number;
+  dataDir: string;
+  creditsPerMinute: number;
+  /** Called in the transaction that ends a build (credits are committed or released there). */
+  onFinished?: (tx: import('../db/database').Queryable, build: DbBuild) => Promise<void>;
+}
+
+/**
+ * The runner every process has: claims queued builds (skip locked) when woken or on a slow safety poll, runs them
+ * through the executor with a lease renewed by heartbeats, writes their events, and ends them. It also reaps: any
+ * process fails, as worker_lost, the builds whose lease lapsed.
+ */
+export class Runner {
+  private readonly running = new Map<string, AbortController>();
+  private readonly finished = new Set<Promise<void>>();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly unsubscribes: (() => void)[] = [];
+  private filling = false;
+  private refill = false;
+  private stopping = false;
+
+  constructor(private readonly options: RunnerOptions) {}
+
+  async start(): Promise<void> {
+    const { signals, leaseSeconds } = this.options;
+    const reapEveryMs = Math.max(1_000, Math.min(15_000, (leaseSeconds * 1000) / 2));
+    this.timers.push(setInterval(() => void this.reap(), reapEveryMs));
+    this.unsubscribes.push(await signals.on('cancelled', (buildId) => this.running.get(buildId)?.abort('cancelled')));
+    if (this.options.executor && this.options.concurrency > 0) {
+      this.unsubscribes.push(await signals.on('queued', () => void this.fill()));
+      this.timers.push(setInterval(() => void this.fill(), SAFETY_POLL_MS));
+      void this.fill();
+    }
+    void this.reap();
+  }
+
+  /** Claim builds until the runner is full or the queue is empty. */
+  async fill(): Promise<void> {
+    if (this.filling) {
+      this.refill = true;
+      return;
+    }
+    this.filling = true;
+    try {
+      do {
+        this.refill = false;
+        while (!this.stopping && this.running.size < this.options.concurrency) {
+          const build = await claimNextBuild(this.options.db, this.options.owner, this.options.leaseSeconds);
+          if (!build) break;
+          this.options.signals.send('events', build.id);
+          this.track(this.run(build));
+        }
+      } while (this.refill && !this.stopping);
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'claiming builds failed; will retry');
+    } finally {
+      this.filling = false;
+    }
+  }
+
+  private track(work: Promise<void>): void {
+    this.finished.add(work);
+    void work.finally(() => {
+      this.finished.delete(work);
+      void this.fill();
+    });
+  }
+
+  private async run(claimed: DbBuild): Promise<void> {
+    const { db, signals, logger, owner, leaseSeconds } = this.options;
+    const log = logger.child({ buildId: claimed.id });
+    const controller = new AbortController();
+    this.running.set(claimed.id, controller);
+    const workspace = resolve(join(this.options.dataDir, 'builds', claimed.id));
+    const previewDir = join(workspace, 'preview');
+    let eventCount = 0;
+    let events = Promise.resolve();
+    const emit = (event: NewEvent) => {
+      eventCount += 1;
+      if (eventCount > MAX_EVENTS_PER_BUILD) return;
+      const written: NewEvent =
+        eventCount === MAX_EVENTS_PER_BUILD
+          ? { type: 'log', message: `event limit (${MAX_EVENTS_PER_BUILD}) reached; further lines are dropped` }
+          : event;
+      events = events
+        .then(async () => {
+          await appendEvent(db, claimed.id, written);
+          signals.send('events', claimed.id);
+        })
+        .catch((error: unknown) => log.warn({ err: error }, 'could not write a build event'));
+    };
+    const heartbeat = setInterval(
+      () => {
+        renewLease(db, claimed.id, owner, leaseSeconds)
+          .then((held) => {
+            if (!held) controller.abort('lease_lost' satisfies StopReason);
+          })
+          .catch((error: unknown) => log.warn({ err: error }, 'lease renewal failed; will retry'));
+      },
+      (leaseSeconds * 1000) / 3,
+    );
+    const timeout = setTimeout(
+      () => controller.abort('timeout' satisfies StopReason),
+      this.options.timeoutSeconds * 1000,
+    );
+    log.info('build started');
+    let result: ExecutionResult;
+    try {
+      await mkdir(previewDir, { recursive: true });
+      result = await this.options.executor!.execute({
+        build: toBuild(claimed),
+        workspace,
+        previewDir,
+        previewUrl: `/previews/${claimed.id}/`,
+        signal: controller.signal,
+        emit,
+      });
+    } catch (error) {
+      result = { outcome: 'failed', reason: 'executor_error', error: (error as Error).message };
+    } finally {
+      clearInterval(heartbeat);
+      clearTimeout(timeout);
+      this.running.delete(claimed.id);
+    }
+    await events;
+    await this.finish(claimed, result, log);
+  }
+
+  /** End the build as the executor said, unless it was cancelled or reaped meanwhile (then it is not ours). */
+  private async finish(claimed: DbBuild, result: ExecutionResult, log: Logger): Promise<void> {
+    const { db, signals, owner } = this.options;
+    if (result.reason === 'cancelled' || result.reason === 'lease_lost') {
+      log.info({ reason: result.reason }, 'build stopped from outside');
+      return;
+    }
+    const durationMs = Date.now() - (claimed.started_at?.getTime() ?? Date.now());
+    const deployed = result.outcome === 'deployed';
+    try {
+      const ended = await db.transaction(async (tx) => {
+        const after = await transitionBuild(tx, claimed.id, {
+          from: 'building',
+          to: result.outcome,
+          leaseOwner: owner,
+          reason: deployed ? null : (result.reason ?? 'failed'),
+          error: result.error?.slice(0, 4000) ?? null,
+          previewUrl: result.previewUrl ?? null,
+          actualCredits: deployed
+            ? (result.credits ?? creditsForDuration(durationMs, this.options.creditsPerMinute))
+            : (result.credits ?? null),
+          event: {
+            message: deployed ? 'Build deployed' : `Build failed: ${result.reason ?? 'failed'}`,
+            data: {
+              durationMs,
+              ...(result.previewUrl ? { previewUrl: result.previewUrl } : {}),
+              ...(deployed ? {} : { reason: result.reason }),
+            },
+          },
+        });
+        if (after) await this.options.onFinished?.(tx, after);
+        return after;
+      });
+      if (ended) log.info({ state: ended.state, durationMs }, 'build finished');
+      else log.warn('build was no longer ours to finish (cancelled or reaped)');
+      signals.send('events', claimed.id);
+    } catch (error) {
+      log.error({ err: error }, 'could not record the end of the build; its lease will lapse and it will be reaped');
+    }
+  }
+
+  /** Fail builds whose runner vanished (any process does this). */
+  async reap(): Promise<void> {
+    const { db, signals, logger } = this.options;
+    try {
+      const reaped = await db.transaction(async (tx) => {
+        const failed = await failLapsedBuilds(tx);
+        for (const build of failed) await this.options.onFinished?.(tx, build);
+        return failed;
+      });
+      for (const build of reaped) {
+        logger.warn({ buildId: build.id, lastOwner: build.lease_owner }, 'build failed: worker_lost (lease lapsed)');
+        signals.send('events', build.id);
+      }
+    } catch (error) {
+      logger.warn({ err: error }, 'reaping lapsed builds failed; will retry');
+    }
+  }
+
+  /** Stop claiming; let running builds finish for up to `graceMs`, then stop them (they fail as shutdown). */
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    for (const timer of this.timers) clearInterval(timer);
+    for (const unsubscribe of this.unsubscribes) unsubscribe();
+    const all = Promise.all([...this.finished]);
+    const timer = setTimeout(() => {
+      for (const controller of this.running.values()) controller.abort('shutdown' satisfies StopReason);
+    }, graceMs);
+    await all;
+    clearTimeout(timer);
+  }
+
+  get activeBuilds(): number {
+    return this.running.size;
+  }
+}
