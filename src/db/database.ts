@@ -77,3 +77,19 @@ export function sqlState(error: unknown): string | undefined {
 export function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
+
+/** `Database.transaction` in terms of `begin`: commit when `fn` resolves, roll back when it throws. */
+export async function runInTransaction<T>(
+  begin: () => Promise<OpenTransaction>,
+  fn: (tx: Transaction) => Promise<T>,
+): Promise<T> {
+  const tx = await begin();
+  try {
+    const result = await fn(tx);
+    await tx.commit();
+    return result;
+  } catch (error) {
+    await tx.rollback();
+    throw translateError(error);
+  }
+}

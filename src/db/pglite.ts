@@ -1,5 +1,5 @@
 import { PGlite } from '@electric-sql/pglite';
-import { type Database, type OpenTransaction, type QueryResult, quoteIdent, type Transaction } from './database';
+import { type Database, type OpenTransaction, type QueryResult, quoteIdent, runInTransaction } from './database';
 
 /**
  * Serialises work on PGlite's single connection: a transaction holds the connection until it ends,
@@ -87,17 +87,7 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
         rollback: () => finish('rollback').catch(() => {}),
       };
     },
-    async transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
-      const tx = await db.begin();
-      try {
-        const result = await fn(tx);
-        await tx.commit();
-        return result;
-      } catch (error) {
-        await tx.rollback();
-        throw error;
-      }
-    },
+    transaction: (fn) => runInTransaction(() => db.begin(), fn),
     exec: (sql) => lock.run(async () => void (await pglite.exec(sql))),
     async listen(channel, onNotify) {
       return pglite.listen(channel, onNotify);

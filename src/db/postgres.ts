@@ -4,7 +4,7 @@ import {
   type OpenTransaction,
   type QueryResult,
   quoteIdent,
-  type Transaction,
+  runInTransaction,
   translateError,
 } from './database';
 
@@ -102,17 +102,7 @@ export function openPostgres(options: PostgresOptions): Database {
         },
       };
     },
-    async transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
-      const tx = await db.begin();
-      try {
-        const result = await fn(tx);
-        await tx.commit();
-        return result;
-      } catch (error) {
-        await tx.rollback();
-        throw translateError(error);
-      }
-    },
+    transaction: (fn) => runInTransaction(() => db.begin(), fn),
     async exec(sql) {
       await run(pool, sql);
     },
