@@ -11,8 +11,20 @@ declare module 'fastify' {
 
 const SANE_ID = /^[\w.:@/+=-]{1,128}$/;
 
+// Request ids are 10 random bytes in hex. They are cut from a block of random bytes drawn 1,024 ids at a time: one
+// call into the CSPRNG per request cost as much as the whole signature check.
+const ID_BYTES = 10;
+let idPool = Buffer.alloc(0);
+let idOffset = 0;
+
 export function newRequestId(): string {
-  return `req_${randomBytes(10).toString('hex')}`;
+  if (idOffset + ID_BYTES > idPool.length) {
+    idPool = randomBytes(ID_BYTES * 1024);
+    idOffset = 0;
+  }
+  const id = idPool.toString('hex', idOffset, idOffset + ID_BYTES);
+  idOffset += ID_BYTES;
+  return `req_${id}`;
 }
 
 /** Fastify's genReqId: keep the caller's x-request-id when it is a sane token, else make one. */
@@ -27,7 +39,8 @@ export function requestIdFrom(request: { headers: Record<string, string | string
  */
 export function registerContext(app: App, version: string): void {
   app.decorateRequest('correlationId', '');
-  app.addHook('onRequest', async (request: FastifyRequest, reply) => {
+  // Callback-style hooks (not async): they run on every response, and a promise per hook per request is measurable.
+  app.addHook('onRequest', (request: FastifyRequest, reply, done) => {
     const given = request.headers['x-correlation-id'];
     request.correlationId = typeof given === 'string' && SANE_ID.test(given) ? given : request.id;
     if (request.correlationId !== request.id) {
@@ -36,9 +49,10 @@ export function registerContext(app: App, version: string): void {
     reply.header('x-request-id', request.id);
     reply.header('x-correlation-id', request.correlationId);
     reply.header('x-worker-version', version);
+    done();
   });
-  app.addHook('onSend', async (_request, reply, payload) => {
+  app.addHook('onSend', (_request, reply, payload, done) => {
     reply.header('x-processing-time-ms', reply.elapsedTime.toFixed(2));
-    return payload;
+    done(null, payload);
   });
 }

@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify';
 import { rateLimited, signatureVerifications } from '../metrics';
-import { StoreUnavailableError } from '../store/store';
+import { StoreUnavailableError, type WindowCount } from '../store/store';
 import { ApiError } from './errors';
 import { enforceLimit, userIdOf, WINDOW_MS } from './rate-limit';
 import type { App, AppDeps } from './server';
@@ -19,7 +19,7 @@ export function isSignedRoute(request: FastifyRequest): boolean {
 }
 
 /**
- * Every /v1 request: signature (no store access until it verifies), then in one batch the nonce's
+ * Every /v1 request: signature (no store access until it verifies), then in one store operation the nonce's
  * check-and-store and the user and IP counters. Runs before body errors and validation, so an unsigned
  * request is answered 401 whatever its body.
  */
@@ -31,15 +31,19 @@ export function registerV1Guard(app: App, deps: AppDeps): void {
     const verified = verifySignature(request, config, Date.now());
     request.signatureVersion = verified.version;
     const userId = userIdOf(request);
+    const counters: { key: string; windowMs: number }[] = [];
+    const countIp = config.rateLimitIpPerMin > 0;
+    const countUser = config.rateLimitUserPerMin > 0 && userId !== undefined;
+    if (countIp) counters.push({ key: `rl:ip:${request.ip}`, windowMs: WINDOW_MS });
+    if (countUser) counters.push({ key: `rl:user:${userId}`, windowMs: WINDOW_MS });
     let fresh: boolean;
-    let ipCount: Awaited<ReturnType<typeof store.hit>> | undefined;
-    let userCount: Awaited<ReturnType<typeof store.hit>> | undefined;
+    let counts: WindowCount[];
     try {
-      [fresh, ipCount, userCount] = await Promise.all([
-        store.setIfAbsent(`nonce:${verified.nonce}`, request.id, nonceTtlMs),
-        config.rateLimitIpPerMin > 0 ? store.hit(`rl:ip:${request.ip}`, WINDOW_MS) : undefined,
-        config.rateLimitUserPerMin > 0 && userId ? store.hit(`rl:user:${userId}`, WINDOW_MS) : undefined,
-      ]);
+      // One store operation (one Redis script, one round trip): the nonce's check-and-store and both counters.
+      ({ fresh, counts } = await store.claimNonceAndHit(
+        { key: `nonce:${verified.nonce}`, value: request.id, ttlMs: nonceTtlMs },
+        counters,
+      ));
     } catch (error) {
       if (error instanceof StoreUnavailableError) {
         // Replay protection must never silently disappear: refuse rather than skip the nonce check.
@@ -52,6 +56,8 @@ export function registerV1Guard(app: App, deps: AppDeps): void {
       }
       throw error;
     }
+    const ipCount = countIp ? counts[0] : undefined;
+    const userCount = countUser ? counts[countIp ? 1 : 0] : undefined;
     if (!fresh) {
       signatureVerifications.inc({ outcome: 'failure_replayed_nonce' });
       throw new ApiError(

@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify';
 import type { Config } from '../config';
-import { type SignatureVersion, signV1, signV2, verifiesWithAny } from '../domain/signature';
+import { digestV1, digestV2, type SignatureVersion, verifiesWithAny } from '../domain/signature';
 import { signatureVerifications } from '../metrics';
 import { ApiError } from './errors';
 
@@ -12,6 +12,24 @@ export interface VerifiedSignature {
 
 const NONCE = /^[\x21-\x7e]{8,128}$/;
 const TIMESTAMP = /^\d{1,12}$/;
+
+interface HeaderNames {
+  v1: string;
+  v2: string;
+  timestamp: string;
+  nonce: string;
+}
+
+// The header names for a prefix, built once rather than on every request.
+const namesByPrefix = new Map<string, HeaderNames>();
+function headerNames(p: string): HeaderNames {
+  let names = namesByPrefix.get(p);
+  if (!names) {
+    names = { v1: `${p}-signature`, v2: `${p}-sig-v2`, timestamp: `${p}-timestamp`, nonce: `${p}-nonce` };
+    namesByPrefix.set(p, names);
+  }
+  return names;
+}
 
 function header(request: FastifyRequest, name: string): string | undefined {
   const value = request.headers[name];
@@ -34,8 +52,7 @@ function fail(
  * can never burn a nonce.
  */
 export function verifySignature(request: FastifyRequest, config: Config, nowMs: number): VerifiedSignature {
-  const p = config.signatureHeaderPrefix;
-  const names = { v1: `${p}-signature`, v2: `${p}-sig-v2`, timestamp: `${p}-timestamp`, nonce: `${p}-nonce` };
+  const names = headerNames(config.signatureHeaderPrefix);
   const v1 = header(request, names.v1);
   const v2 = header(request, names.v2);
   const timestamp = header(request, names.timestamp);
@@ -43,9 +60,9 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
   const serverTime = Math.floor(nowMs / 1000);
   const v1Allowed = config.hmacMode !== 'v2' && !(config.hmacV1Until && nowMs >= config.hmacV1Until.getTime());
   const v2Allowed = config.hmacMode !== 'v1';
-  const accepted = [v2Allowed && names.v2, v1Allowed && names.v1].filter(Boolean).join(' or ');
 
   if (!(v2Allowed && v2) && !(v1Allowed && v1)) {
+    const accepted = [v2Allowed && names.v2, v1Allowed && names.v1].filter(Boolean).join(' or ');
     const sentOnly = v1 ? names.v1 : v2 ? names.v2 : undefined;
     const why = sentOnly
       ? `${sentOnly} is not accepted here (HMAC_MODE=${config.hmacMode}${!v1Allowed && v1 && config.hmacMode !== 'v2' ? ', v1 retired by HMAC_V1_UNTIL' : ''})`
@@ -94,8 +111,8 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
   const v2Ok =
     v2Allowed &&
     v2 !== undefined &&
-    verifiesWithAny(v2, secrets, (s) => signV2(s, request.method, request.url, timestamp, nonce, body));
-  const v1Ok = v1Allowed && v1 !== undefined && verifiesWithAny(v1, secrets, (s) => signV1(s, timestamp, body));
+    verifiesWithAny(v2, secrets, (s) => digestV2(s, request.method, request.url, timestamp, nonce, body));
+  const v1Ok = v1Allowed && v1 !== undefined && verifiesWithAny(v1, secrets, (s) => digestV1(s, timestamp, body));
 
   if (v1 && v2 && v1Allowed && v2Allowed && v1Ok !== v2Ok) {
     signatureVerifications.inc({ outcome: 'mismatch' });

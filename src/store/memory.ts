@@ -25,12 +25,25 @@ export function openMemoryStore(prefix = ''): EphemeralStore {
   }, 30_000);
   sweep.unref();
 
+  // Synchronous cores of setIfAbsent and hit, so claimNonceAndHit runs them all in one step (atomic in-process).
+  const setIfAbsent = (key: string, value: string, ttlMs: number): boolean => {
+    if (live(key)) return false;
+    entries.set(prefix + key, { value, expiresAt: Date.now() + ttlMs });
+    return true;
+  };
+  const hit = (key: string, windowMs: number): WindowCount => {
+    const now = Date.now();
+    const windowStart = now - (now % windowMs);
+    const windowKey = `${key}:${windowStart}`;
+    const count = Number(live(windowKey)?.value ?? 0) + 1;
+    entries.set(prefix + windowKey, { value: String(count), expiresAt: windowStart + windowMs });
+    return { count, resetMs: windowStart + windowMs - now };
+  };
+
   return {
     kind: 'memory',
     async setIfAbsent(key, value, ttlMs) {
-      if (live(key)) return false;
-      entries.set(prefix + key, { value, expiresAt: Date.now() + ttlMs });
-      return true;
+      return setIfAbsent(key, value, ttlMs);
     },
     async get(key) {
       return live(key)?.value ?? null;
@@ -41,13 +54,12 @@ export function openMemoryStore(prefix = ''): EphemeralStore {
     async delete(key) {
       entries.delete(prefix + key);
     },
-    async hit(key, windowMs): Promise<WindowCount> {
-      const now = Date.now();
-      const windowStart = now - (now % windowMs);
-      const windowKey = `${key}:${windowStart}`;
-      const count = Number(live(windowKey)?.value ?? 0) + 1;
-      entries.set(prefix + windowKey, { value: String(count), expiresAt: windowStart + windowMs });
-      return { count, resetMs: windowStart + windowMs - now };
+    async hit(key, windowMs) {
+      return hit(key, windowMs);
+    },
+    async claimNonceAndHit(nonce, counters) {
+      const fresh = setIfAbsent(nonce.key, nonce.value, nonce.ttlMs);
+      return { fresh, counts: counters.map((c) => hit(c.key, c.windowMs)) };
     },
     async publish(channel, message) {
       bus.emit(prefix + channel, message);

@@ -15,6 +15,16 @@ export interface EphemeralStore {
    * (this hit included) and the milliseconds until the window resets.
    */
   hit(key: string, windowMs: number): Promise<WindowCount>;
+  /**
+   * The signed-request guard's one round trip: store `nonce.value` under `nonce.key` for `nonce.ttlMs` unless the
+   * key exists (exactly `setIfAbsent`), and count one hit in each of `counters` (exactly `hit`, counted whether or
+   * not the nonce was fresh). On Redis it is one script, so one command and one round trip whatever the counters;
+   * the claims made in the same event-loop turn share that one command. `counts` are in the order of `counters`.
+   */
+  claimNonceAndHit(
+    nonce: { key: string; value: string; ttlMs: number },
+    counters: readonly { key: string; windowMs: number }[],
+  ): Promise<{ fresh: boolean; counts: WindowCount[] }>;
   publish(channel: string, message: string): Promise<void>;
   /** Resolves once the subscription is active; the returned function ends it. */
   subscribe(channel: string, onMessage: (message: string) => void): Promise<() => Promise<void>>;

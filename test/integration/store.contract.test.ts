@@ -53,6 +53,95 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
       expect((await t.store.hit('counter', 400)).count).toBe(1);
     });
 
+    it('claims a nonce once under concurrency and counts every attempt in each counter', async () => {
+      const counters = [
+        { key: 'claim-ip', windowMs: 60_000 },
+        { key: 'claim-user', windowMs: 60_000 },
+      ];
+      const results = await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          t.store.claimNonceAndHit({ key: 'nonce:claim', value: `v${i}`, ttlMs: 5_000 }, counters),
+        ),
+      );
+      expect(results.filter((r) => r.fresh)).toHaveLength(1);
+      expect(await t.store.get('nonce:claim')).toBe(`v${results.findIndex((r) => r.fresh)}`);
+      for (const r of results) {
+        expect(r.counts).toHaveLength(2);
+        for (const c of r.counts) {
+          expect(c.resetMs).toBeGreaterThanOrEqual(0);
+          expect(c.resetMs).toBeLessThanOrEqual(60_000);
+        }
+      }
+      // Each counter saw all 50 hits, in order, unless a window boundary fell inside the burst.
+      for (const index of [0, 1]) {
+        const seen = results.map((r) => r.counts[index].count).sort((a, b) => a - b);
+        expect(new Set(seen).size).toBeGreaterThanOrEqual(25);
+        expect(seen[seen.length - 1]).toBeGreaterThanOrEqual(25);
+      }
+    });
+
+    it('claims with no counters, and its counters are the windows hit() counts', async () => {
+      expect(await t.store.claimNonceAndHit({ key: 'nonce:bare', value: 'x', ttlMs: 5_000 }, [])).toEqual({
+        fresh: true,
+        counts: [],
+      });
+      expect(await t.store.setIfAbsent('nonce:bare', 'y', 5_000)).toBe(false);
+      // A nonce claimed by setIfAbsent is taken for claimNonceAndHit too; the counter still counts the refused claim.
+      await t.store.setIfAbsent('nonce:taken', 'first', 5_000);
+      const window = 3_600_000;
+      const first = await t.store.claimNonceAndHit({ key: 'nonce:taken', value: 'second', ttlMs: 5_000 }, [
+        { key: 'shared', windowMs: window },
+      ]);
+      expect(first.fresh).toBe(false);
+      expect(await t.store.get('nonce:taken')).toBe('first');
+      const second = await t.store.hit('shared', window);
+      // Same window unless the hour turned between the two calls.
+      if (second.count !== 1) expect(second.count).toBe(first.counts[0].count + 1);
+    });
+
+    it('answers claims made together, with different counters, each with its own result', async () => {
+      const window = 3_600_000;
+      const [none, one, two, replay] = await Promise.all([
+        t.store.claimNonceAndHit({ key: 'nonce:mix-0', value: 'a', ttlMs: 5_000 }, []),
+        t.store.claimNonceAndHit({ key: 'nonce:mix-1', value: 'b', ttlMs: 5_000 }, [
+          { key: 'mix-a', windowMs: window },
+        ]),
+        t.store.claimNonceAndHit({ key: 'nonce:mix-2', value: 'c', ttlMs: 5_000 }, [
+          { key: 'mix-b', windowMs: window },
+          { key: 'mix-a', windowMs: window },
+        ]),
+        t.store.claimNonceAndHit({ key: 'nonce:mix-1', value: 'd', ttlMs: 5_000 }, [
+          { key: 'mix-b', windowMs: window },
+        ]),
+      ]);
+      expect(none).toEqual({ fresh: true, counts: [] });
+      expect(one.fresh).toBe(true);
+      expect(one.counts).toHaveLength(1);
+      expect(two.fresh).toBe(true);
+      expect(two.counts).toHaveLength(2);
+      expect(replay.fresh).toBe(false);
+      expect(replay.counts).toHaveLength(1);
+      expect(await t.store.get('nonce:mix-1')).toBe('b');
+      // Same window unless the hour turned inside the burst: mix-a and mix-b were each hit twice.
+      const a = [one.counts[0].count, two.counts[1].count].sort();
+      const b = [two.counts[0].count, replay.counts[0].count].sort();
+      if (a[1] !== 1) expect(a).toEqual([1, 2]);
+      if (b[1] !== 1) expect(b).toEqual([1, 2]);
+    });
+
+    it('forgets a claimed nonce after its TTL and resets its counters after their window', async () => {
+      const claim = () =>
+        t.store.claimNonceAndHit({ key: 'nonce:short', value: 'x', ttlMs: 80 }, [
+          { key: 'claim-short', windowMs: 400 },
+        ]);
+      expect((await claim()).fresh).toBe(true);
+      expect((await claim()).fresh).toBe(false);
+      await sleep(450);
+      const again = await claim();
+      expect(again.fresh).toBe(true);
+      expect(again.counts[0].count).toBe(1);
+    });
+
     it('publishes to subscribers and stops after unsubscribe', async () => {
       const got: string[] = [];
       const stop = await t.store.subscribe('wake', (m) => got.push(m));
@@ -78,5 +167,14 @@ describe('Redis unavailable', () => {
     await expect(openRedisStore({ url: 'redis://127.0.0.1:1', prefix: 'x:' })).rejects.toBeInstanceOf(
       StoreUnavailableError,
     );
+  });
+
+  it.runIf(REDIS_URL)('rejects claims with StoreUnavailableError once the connection is gone', async () => {
+    const t = await openTestRedis();
+    await t.store.close();
+    await expect(
+      t.store.claimNonceAndHit({ key: 'nonce:down', value: 'x', ttlMs: 1_000 }, [{ key: 'down', windowMs: 1_000 }]),
+    ).rejects.toBeInstanceOf(StoreUnavailableError);
+    await t.cleanup();
   });
 });

@@ -1,0 +1,139 @@
+// Profiling aid (not part of `npm run bench`): starts Kiln with --cpu-prof under the signed-get benchmark's
+// environment, loads it for BENCH_DURATION_S seconds with pre-signed requests, stops it and prints where the CPU
+// time went (self time by function and by package). `npx tsx bench/profile-signed-get.ts [profile dir]`.
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { signRequest } from '../src/client/sign';
+import { load, startProcess } from './lib';
+
+const SECRET = 'bench-secret-0123456789abcdef';
+const profileDir = process.argv[2] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
+const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
+const redisUrl = process.env.REDIS_URL ?? '';
+const kiln = await startProcess(
+  process.execPath,
+  [
+    ...(process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]),
+    '--import',
+    'tsx',
+    'src/main.ts',
+  ],
+  {
+    PORT: '0',
+    DATA_DIR: dataDir,
+    RUNNER_CONCURRENCY: '0',
+    HMAC_SECRET: SECRET,
+    DATABASE_URL: '',
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: `bench_${Date.now()}:`,
+    RATE_LIMIT_IP_PER_MIN: '10000000',
+  },
+  /"url":"(http:\/\/[^"]+)"/,
+);
+const pool = Array.from({ length: 300_000 }, () => signRequest({ secret: SECRET, method: 'GET', path: '/v1/ping' }));
+let next = 0;
+const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
+  ...request,
+  headers: { ...request.headers, ...pool[next++ % pool.length] },
+});
+// Kiln's CPU time (user + system, from /proc) over the measurement: the figure the noise of a shared machine moves least.
+const cpuMs = async () => {
+  const fields = (await readFile(`/proc/${kiln.child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+};
+await load('warm-up', { url: `${kiln.match[1]}/v1/ping`, durationS: 2, setupRequest: signed });
+const cpuBefore = await cpuMs();
+const loadStart = performance.now();
+const result = await load('profiled', { url: `${kiln.match[1]}/v1/ping`, setupRequest: signed });
+const loadEnd = performance.now();
+const cpu = (await cpuMs()) - cpuBefore;
+const served = result.requestsPerSec * ((loadEnd - loadStart) / 1000);
+process.stdout.write(
+  `${JSON.stringify(result)}\nKiln CPU ${(cpu / ((loadEnd - loadStart) / 1000) / 10).toFixed(0)} % of a core, ${((cpu * 1000) / served).toFixed(1)} µs per request\n`,
+);
+await kiln.stop();
+const stopped = performance.now();
+await rm(dataDir, { recursive: true, force: true });
+if (process.env.PROFILE === '0') process.exit(0);
+
+interface Node {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+// --cpu-prof also profiles tsx's loader thread: the main thread's profile is the largest one.
+const files = (await readdir(profileDir)).filter((f) => f.endsWith('.cpuprofile'));
+const sizes = await Promise.all(files.map(async (f) => (await stat(join(profileDir, f))).size));
+const file = files[sizes.indexOf(Math.max(...sizes))];
+if (!file) throw new Error('no profile written');
+const profile = JSON.parse(await readFile(join(profileDir, file), 'utf8')) as {
+  nodes: Node[];
+  samples: number[];
+  timeDeltas: number[];
+  startTime: number;
+  endTime: number;
+};
+// Only the samples taken while the load ran (the profile ends when the process exits, just after the stop).
+const from = profile.endTime - (stopped - loadStart) * 1000;
+const to = profile.endTime - (stopped - loadEnd) * 1000;
+const self = new Map<number, number>();
+let at = profile.startTime;
+profile.samples.forEach((id, i) => {
+  const delta = profile.timeDeltas[i] ?? 0;
+  at += delta;
+  if (at >= from && at <= to) self.set(id, (self.get(id) ?? 0) + delta);
+});
+// Inclusive time of every function name (a function counted once per sample even when recursive).
+const parent = new Map<number, number>();
+for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id);
+const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+const inclusive = new Map<string, number>();
+for (const [id, t] of self) {
+  const seen = new Set<string>();
+  for (let n: number | undefined = id; n !== undefined; n = parent.get(n)) {
+    const f = byId.get(n)?.callFrame;
+    if (!f) break;
+    const key = `${f.functionName || '(anon)'} ${f.url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/main\//, '')}:${f.lineNumber + 1}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    inclusive.set(key, (inclusive.get(key) ?? 0) + t);
+  }
+}
+const total = [...self.values()].reduce((a, b) => a + b, 0);
+const byFunction = new Map<string, number>();
+const byPackage = new Map<string, number>();
+for (const node of profile.nodes) {
+  const t = self.get(node.id) ?? 0;
+  const { functionName, url, lineNumber } = node.callFrame;
+  const short = url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/main\//, '');
+  const key = `${functionName || '(anon)'} ${short}:${lineNumber + 1}`;
+  byFunction.set(key, (byFunction.get(key) ?? 0) + t);
+  const pkg = url.includes('node_modules/')
+    ? (url
+        .split('node_modules/')
+        .pop()
+        ?.split('/')
+        .slice(0, url.includes('node_modules/@') ? 2 : 1)
+        .join('/') ?? url)
+    : url.startsWith('node:')
+      ? url
+      : url.includes('/main/src/')
+        ? `kiln ${short}`
+        : functionName.startsWith('(')
+          ? functionName
+          : '(native/other)';
+  byPackage.set(pkg, (byPackage.get(pkg) ?? 0) + t);
+}
+const pct = (t: number) => `${((t / total) * 100).toFixed(1).padStart(5)} %`;
+const top = (m: Map<string, number>, n: number) =>
+  [...m.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, n)
+    .map(([k, t]) => `${pct(t)}  ${k}`)
+    .join('\n');
+process.stdout.write(`profile ${join(profileDir, file)}, ${(total / 1e6).toFixed(1)} s sampled\n`);
+process.stdout.write(
+  `\n-- self time by package\n${top(byPackage, 25)}\n\n-- self time by function\n${top(byFunction, 40)}\n`,
+);
+process.stdout.write(`\n-- inclusive time by function\n${top(inclusive, Number(process.env.PROFILE_TOP ?? 70))}\n`);
