@@ -1,9 +1,22 @@
-// `npm run bench`: every benchmark, each comparing Kiln with its baseline in the same run; results in docs/BENCHMARKS.md.
+// `npm run bench [name]`: every benchmark (or one), each comparing Kiln with its baseline in the same run; results
+// in docs/BENCHMARKS.md. The idempotency, credits and submit-to-start benchmarks need PostgreSQL and Redis
+// (DATABASE_URL / REDIS_URL, defaulting to the local ones).
+import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
+import { benchIdempotency } from './idempotency';
 import { benchSignedGet } from './signed-get';
 
+const benches: Record<string, () => Promise<void>> = {
+  healthz: benchHealthz,
+  'signed-get': benchSignedGet,
+  idempotency: benchIdempotency,
+  credits: benchCredits,
+};
 const only = process.argv[2];
-const benches: Record<string, () => Promise<void>> = { healthz: benchHealthz, 'signed-get': benchSignedGet };
+if (only && !benches[only]) {
+  process.stderr.write(`unknown benchmark "${only}"; one of: ${Object.keys(benches).join(', ')}\n`);
+  process.exit(2);
+}
 for (const [name, run] of Object.entries(benches)) {
   if (only && only !== name) continue;
   process.stdout.write(`\n== ${name}\n`);

@@ -5,12 +5,18 @@
 import { signRequest } from './client/sign';
 import { ConfigError, loadConfig } from './config';
 import { resolveHmacSecrets } from './secrets';
+import { audit } from './services/credits';
+import { openDatabase } from './stores';
 
 const USAGE = `usage: kiln sign METHOD PATH [BODY]
-  METHOD  GET, POST, PUT, PATCH, DELETE or HEAD
-  PATH    the path with its query string, e.g. /v1/ping or '/v1/builds?state=queued'
-  BODY    the exact JSON body to send (omit for none)
-Environment: HMAC_SECRET or HMAC_SECRETS (else DATA_DIR/hmac-secret), SIGNATURE_HEADER_PREFIX, PORT, HOST.`;
+       kiln audit [--user ID]
+  sign    print the signature headers for one request, and a curl line
+          METHOD  GET, POST, PUT, PATCH, DELETE or HEAD
+          PATH    the path with its query string, e.g. /v1/ping or '/v1/builds?state=queued'
+          BODY    the exact JSON body to send (omit for none)
+  audit   prove the credit books from the ledger (one user, or all); prints JSON, exit 1 when not ok
+Environment: HMAC_SECRET or HMAC_SECRETS (else DATA_DIR/hmac-secret), SIGNATURE_HEADER_PREFIX, PORT, HOST;
+DATABASE_URL and DATABASE_SCHEMA (else the embedded database in DATA_DIR) for audit.`;
 
 const shellQuote = (text: string) => `'${text.replaceAll("'", `'\\''`)}'`;
 
@@ -51,9 +57,43 @@ async function sign(args: string[]): Promise<number> {
   return 0;
 }
 
+/** `kiln audit [--user ID]`: the credit audit as JSON; 0 when the books balance, 1 when not, 2 on bad usage. */
+async function auditCommand(args: string[]): Promise<number> {
+  const userIndex = args.indexOf('--user');
+  const userId = userIndex >= 0 ? args[userIndex + 1] : undefined;
+  const unknown = userIndex >= 0 ? args.filter((_arg, i) => i !== userIndex && i !== userIndex + 1) : args;
+  if ((userIndex >= 0 && !/^[\w.:@-]{1,128}$/.test(userId ?? '')) || unknown.length > 0) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const config = loadConfig(process.env);
+  let db: Awaited<ReturnType<typeof openDatabase>>;
+  try {
+    db = await openDatabase(config);
+  } catch (error) {
+    if (!config.databaseUrl) {
+      process.stderr.write(
+        `kiln audit: cannot open the embedded database in ${config.dataDir} (${(error as Error).message}). ` +
+          'Embedded PGlite can be opened by one process at a time: stop Kiln first, or run the audit through ' +
+          'GET /v1/credits/audit, or point DATABASE_URL at PostgreSQL.\n',
+      );
+      return 1;
+    }
+    throw error;
+  }
+  try {
+    const report = await audit(db, userId);
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    return report.ok ? 0 : 1;
+  } finally {
+    await db.close();
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === 'sign') return sign(rest);
+  if (command === 'audit') return auditCommand(rest);
   process.stderr.write(`${USAGE}\n`);
   return command === undefined || command === 'help' || command === '--help' ? 0 : 2;
 }

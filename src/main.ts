@@ -9,6 +9,7 @@ import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
 import { BuildSignals } from './runner/signals';
 import { resolveHmacSecrets } from './secrets';
+import { startCreditSweeper } from './services/credit-sweeper';
 import { startMaintenance } from './services/maintenance';
 import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
@@ -59,7 +60,9 @@ async function main(): Promise<void> {
     timeoutSeconds: config.buildTimeoutS,
     dataDir: config.dataDir,
     creditsPerMinute: config.creditsPerBuildMinute,
+    reservationTtlS: config.reservationTtlS,
   });
+  const stopCreditSweeper = startCreditSweeper(db, logger);
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   const address = await app.listen({ port: config.port, host: config.host });
   await runner.start();
@@ -82,6 +85,7 @@ async function main(): Promise<void> {
     await signals.close();
     clearInterval(heartbeat);
     stopMaintenance();
+    stopCreditSweeper();
     await unregisterInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'could not unregister'));
     await store.close();
     await db.close();

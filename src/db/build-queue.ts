@@ -29,8 +29,8 @@ export async function claimNextBuild(q: Queryable, owner: string, leaseSeconds: 
 }
 
 /**
- * Extend the lease of a build this runner holds. Returns the build's state, or undefined when the runner no
- * longer holds it (cancelled, or failed as worker_lost): the runner must then stop the build.
+ * Extend the lease of a build this runner holds. False when the runner no longer holds it (cancelled, or failed
+ * as worker_lost): the runner must then stop the build.
  */
 export async function renewLease(q: Queryable, buildId: string, owner: string, leaseSeconds: number): Promise<boolean> {
   const { rowCount } = await q.query(
@@ -64,6 +64,20 @@ export async function failLapsedBuilds(q: Queryable, limit = 100): Promise<DbBui
     [limit],
   );
   return rows;
+}
+
+/**
+ * Holds of queued builds that expire within `withinSeconds`: a build's hold must live as long as the build waits
+ * (running builds renew theirs with their lease).
+ */
+export async function queuedHoldsExpiringSoon(q: Queryable, withinSeconds: number, limit = 100): Promise<string[]> {
+  const { rows } = await q.query<{ id: string }>(
+    `select r.id from builds b join credit_reservations r on r.id = b.reservation_id
+      where b.state = 'queued' and r.state = 'active' and r.expires_at < now() + make_interval(secs => $1::int)
+      limit $2::int`,
+    [withinSeconds, limit],
+  );
+  return rows.map((r) => r.id);
 }
 
 /** Builds waiting in the queue, across all processes. */

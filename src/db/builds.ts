@@ -104,6 +104,8 @@ function toEvent(row: DbBuildEvent): BuildEvent {
 
 export interface NewBuild {
   id: string;
+  /** The credit hold reserved for it in the same transaction (null when it costs nothing). */
+  reservationId: string | null;
   projectId: string;
   userId: string;
   exclusive: boolean;
@@ -118,13 +120,21 @@ export interface NewBuild {
 export async function insertBuild(q: Queryable, build: NewBuild): Promise<DbBuild | undefined> {
   const { rows } = await q.query<DbBuild>(
     `with b as (
-       insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata, last_event_seq)
-       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::int, $6::jsonb, 1)
+       insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata, reservation_id, last_event_seq)
+       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::int, $6::jsonb, $7::text, 1)
        on conflict (project_id) where state in ('queued', 'building') and exclusive do nothing
        returning *),
      e as (insert into build_events (build_id, seq, type, message) select id, 1, 'queued', 'Build queued' from b)
      select ${B_COLUMNS} from b`,
-    [build.id, build.projectId, build.userId, build.exclusive, build.estimatedCredits, JSON.stringify(build.metadata)],
+    [
+      build.id,
+      build.projectId,
+      build.userId,
+      build.exclusive,
+      build.estimatedCredits,
+      JSON.stringify(build.metadata),
+      build.reservationId,
+    ],
   );
   return rows[0];
 }

@@ -14,6 +14,8 @@ import { registerErrorHandling } from './errors';
 import { registerV1Guard } from './guard';
 import { registerIdempotency } from './idempotency';
 import { registerBuildRoutes } from './routes/builds';
+import { registerCreditRoutes } from './routes/credits';
+import { registerEstimateRoutes } from './routes/estimate';
 import { registerOpsRoutes } from './routes/ops';
 import { registerPingRoutes } from './routes/ping';
 import { registerPreviewRoutes } from './routes/previews';
@@ -84,5 +86,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerProjectRoutes(app, deps);
   registerBuildRoutes(app, deps);
   registerPreviewRoutes(app, deps);
+  registerCreditRoutes(app, deps);
+  registerEstimateRoutes(app, deps);
   return app;
 }

@@ -1,10 +1,12 @@
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { claimNextBuild, failLapsedBuilds, renewLease } from '../db/build-queue';
+import { claimNextBuild, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } from '../db/build-queue';
 import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
 import type { Database } from '../db/database';
 import { creditsForDuration } from '../domain/build-pricing';
+import { settleBuildCredits } from '../services/builds';
+import { internalActor, renewReservation } from '../services/credits';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
 import type { BuildSignals } from './signals';
 
@@ -25,8 +27,8 @@ export interface RunnerOptions {
   timeoutSeconds: number;
   dataDir: string;
   creditsPerMinute: number;
-  /** Called in the transaction that ends a build (credits are committed or released there). */
-  onFinished?: (tx: import('../db/database').Queryable, build: DbBuild) => Promise<void>;
+  /** Lifetime a build's credit hold is renewed to while the build waits or runs. */
+  reservationTtlS: number;
 }
 
 /**
@@ -113,16 +115,21 @@ export class Runner {
         })
         .catch((error: unknown) => log.warn({ err: error }, 'could not write a build event'));
     };
+    const renew = async () => {
+      if (!(await renewLease(db, claimed.id, owner, leaseSeconds)))
+        return controller.abort('lease_lost' satisfies StopReason);
+      // The build's hold lives as long as the build: renewed with its lease.
+      if (claimed.reservation_id) {
+        await renewReservation(db, claimed.reservation_id, this.options.reservationTtlS, internalActor('runner'));
+      }
+    };
     const heartbeat = setInterval(
       () => {
-        renewLease(db, claimed.id, owner, leaseSeconds)
-          .then((held) => {
-            if (!held) controller.abort('lease_lost' satisfies StopReason);
-          })
-          .catch((error: unknown) => log.warn({ err: error }, 'lease renewal failed; will retry'));
+        renew().catch((error: unknown) => log.warn({ err: error }, 'lease or hold renewal failed; will retry'));
       },
       (leaseSeconds * 1000) / 3,
     );
+    await renew().catch((error: unknown) => log.warn({ err: error }, 'hold renewal failed; will retry'));
     const timeout = setTimeout(
       () => controller.abort('timeout' satisfies StopReason),
       this.options.timeoutSeconds * 1000,
@@ -180,7 +187,7 @@ export class Runner {
             },
           },
         });
-        if (after) await this.options.onFinished?.(tx, after);
+        if (after) await settleBuildCredits(tx, after, internalActor('runner'), log);
         return after;
       });
       if (ended) log.info({ state: ended.state, durationMs }, 'build finished');
@@ -197,12 +204,18 @@ export class Runner {
     try {
       const reaped = await db.transaction(async (tx) => {
         const failed = await failLapsedBuilds(tx);
-        for (const build of failed) await this.options.onFinished?.(tx, build);
+        for (const build of failed) await settleBuildCredits(tx, build, internalActor('reaper'), logger);
         return failed;
       });
       for (const build of reaped) {
         logger.warn({ buildId: build.id, lastOwner: build.lease_owner }, 'build failed: worker_lost (lease lapsed)');
         signals.send('events', build.id);
+      }
+      const ttl = this.options.reservationTtlS;
+      for (const reservationId of await queuedHoldsExpiringSoon(db, Math.ceil(ttl / 2))) {
+        await renewReservation(db, reservationId, ttl, internalActor('reaper')).catch((error: unknown) =>
+          logger.warn({ err: error, reservationId }, 'could not renew the hold of a queued build'),
+        );
       }
     } catch (error) {
       logger.warn({ err: error }, 'reaping lapsed builds failed; will retry');

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { CreditPackage } from '../config';
 import {
   type Build,
   type BuildEvent,
@@ -14,8 +15,11 @@ import {
 } from '../db/builds';
 import { type Queryable, sqlState } from '../db/database';
 import { findProject } from '../db/projects';
+import { creditsForDuration } from '../domain/build-pricing';
 import { type BuildState, canTransition, etaSeconds, validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
+import { type Actor, commitReservation, newReservationId, releaseReservation, reserveCredits } from './credits';
+import { estimate } from './estimate';
 
 /** Without history, a build is expected to take this long (seconds) for ETAs. */
 export const DEFAULT_BUILD_SECONDS = 120;
@@ -55,43 +59,141 @@ async function alreadyRunning(q: Queryable, active: DbBuild): Promise<ApiError> 
   );
 }
 
+/** What build operations need from the configuration and the request. */
+export interface BuildContext {
+  /** Credits when neither the client nor any history gives an estimate. */
+  defaultEstimateCredits: number;
+  packages: readonly CreditPackage[];
+  reservationTtlS: number;
+  creditsPerMinute: number;
+  actor?: Partial<Actor>;
+}
+
 /**
- * Queue a build: check the project, insert the build as queued with its first event (one statement). The caller's
- * transaction also holds the credits reservation and the idempotency record.
+ * Queue a build in the caller's transaction: check the project, insert the build as queued with its first event,
+ * and hold its credits (the client's estimate, else the estimate from history). 429 when the project is busy, 402
+ * when the user's credits are short; either way the caller's transaction rolls back and nothing remains.
  */
-export async function createBuild(q: Queryable, input: CreateBuildInput, estimate: number): Promise<DbBuild> {
+export async function createBuild(q: Queryable, input: CreateBuildInput, context: BuildContext): Promise<DbBuild> {
   const project = await findProject(q, input.projectId);
   if (!project) {
     throw new ApiError('PROJECT_NOT_FOUND', `No project ${input.projectId}; create it with POST /v1/projects first.`, {
       projectId: input.projectId,
     });
   }
+  const operation = typeof input.metadata?.operation === 'string' ? input.metadata.operation : 'build';
+  const amount =
+    input.estimatedCredits ??
+    (
+      await estimate(
+        q,
+        { operation, projectId: project.id },
+        { defaultCredits: context.defaultEstimateCredits, packages: context.packages },
+      )
+    ).estimatedCredits;
+  const id = input.id ?? newBuildId();
+  const reservationId = amount > 0 ? newReservationId() : null;
   let build: DbBuild | undefined;
   try {
     build = await insertBuild(q, {
-      id: input.id ?? newBuildId(),
+      id,
+      reservationId,
       projectId: project.id,
       userId: input.userId,
       exclusive: !project.allowConcurrentBuilds,
-      estimatedCredits: input.estimatedCredits ?? estimate,
+      estimatedCredits: amount,
       metadata: input.metadata ?? {},
     });
   } catch (error) {
     if (sqlState(error) === '23505') {
       throw new ApiError(
         'BUILD_ALREADY_EXISTS',
-        `A build with id ${input.id} already exists; read it or choose another id.`,
+        `A build with id ${id} already exists; read it or choose another id.`,
         {
-          buildId: input.id,
+          buildId: id,
         },
       );
     }
     throw error;
   }
-  if (build) return build;
-  const active = await findActiveBuild(q, project.id);
-  if (!active) throw new Error(`insert of a build for ${project.id} conflicted, but no active build was found`);
-  throw await alreadyRunning(q, active);
+  if (!build) {
+    const active = await findActiveBuild(q, project.id);
+    if (!active) throw new Error(`insert of a build for ${project.id} conflicted, but no active build was found`);
+    throw await alreadyRunning(q, active);
+  }
+  if (reservationId) {
+    await reserveCredits(q, {
+      ...context.actor,
+      reservationId,
+      userId: input.userId,
+      amount,
+      buildId: id,
+      ttlS: context.reservationTtlS,
+      packages: context.packages,
+      reason: `hold for build ${id}`,
+    });
+  }
+  return build;
+}
+
+/**
+ * Settle a build's hold in the transaction that ended it: deployed → charge its actual credits (at most the hold;
+ * the rest is refunded), failed or cancelled → release the hold. A hold that is no longer active (it expired) is
+ * left as it is and said in the log. Returns what happened, for the build's event.
+ */
+export async function settleBuildCredits(
+  q: Queryable,
+  build: DbBuild,
+  actor: Partial<Actor>,
+  log?: { warn(obj: object, msg: string): void },
+): Promise<Record<string, unknown> | undefined> {
+  if (!build.reservation_id) return undefined;
+  try {
+    if (build.state === 'deployed') {
+      const wanted = build.actual_credits ?? 0;
+      try {
+        const done = await commitReservation(q, {
+          ...actor,
+          reservationId: build.reservation_id,
+          actualCredits: wanted,
+          buildId: build.id,
+        });
+        return { charged: done.charged, refunded: done.refunded };
+      } catch (error) {
+        if (!(error instanceof ApiError) || error.code !== 'COMMIT_EXCEEDS_RESERVATION') throw error;
+        const reserved = Number(error.data?.reserved);
+        const done = await commitReservation(q, {
+          ...actor,
+          reservationId: build.reservation_id,
+          actualCredits: reserved,
+          buildId: build.id,
+        });
+        log?.warn(
+          { buildId: build.id, wanted, charged: reserved },
+          'build used more credits than it held; charged the hold',
+        );
+        return { charged: done.charged, refunded: 0, uncharged: wanted - reserved };
+      }
+    }
+    if (build.state === 'failed' || build.state === 'cancelled') {
+      const done = await releaseReservation(q, {
+        ...actor,
+        reservationId: build.reservation_id,
+        reason: `build ${build.state}${build.reason ? `: ${build.reason}` : ''}`.slice(0, 200),
+      });
+      return { released: done.released };
+    }
+  } catch (error) {
+    if (error instanceof ApiError && error.code === 'RESERVATION_NOT_ACTIVE') {
+      log?.warn(
+        { buildId: build.id, reservationId: build.reservation_id, hold: error.data },
+        'build hold was no longer active; nothing settled',
+      );
+      return { settled: false };
+    }
+    throw error;
+  }
+  return undefined;
 }
 
 export async function getBuild(q: Queryable, id: string): Promise<DbBuild> {
@@ -125,9 +227,16 @@ export async function requestTransition(
   q: Queryable,
   id: string,
   change: TransitionRequest,
+  context: Pick<BuildContext, 'creditsPerMinute' | 'actor'>,
 ): Promise<{ before: DbBuild; after: DbBuild }> {
   const build = await getBuild(q, id);
   if (!canTransition(build.state, change.state)) throw invalidTransition(build, change.state);
+  // Deployed without a figure: priced from the time it spent building.
+  const actualCredits =
+    change.actualCredits ??
+    (change.state === 'deployed' && build.started_at
+      ? creditsForDuration(Date.now() - build.started_at.getTime(), context.creditsPerMinute)
+      : undefined);
   let after: DbBuild | undefined;
   try {
     after = await transitionBuild(q, id, {
@@ -136,7 +245,7 @@ export async function requestTransition(
       reason: change.reason ?? (change.state === 'cancelled' ? 'cancelled' : null),
       error: change.error,
       previewUrl: change.previewUrl,
-      actualCredits: change.actualCredits,
+      actualCredits,
       event: {
         message: change.reason ? `Build ${change.state}: ${change.reason}` : `Build ${change.state}`,
         data: { source: 'api', ...(change.reason ? { reason: change.reason } : {}) },
@@ -147,6 +256,7 @@ export async function requestTransition(
     throw error;
   }
   if (!after) throw invalidTransition(await getBuild(q, id), change.state);
+  await settleBuildCredits(q, after, context.actor ?? {});
   return { before: build, after };
 }
 

@@ -14,6 +14,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Build = {
   id: string;
   state: string;
+  reservationId: string | null;
   reason: string | null;
   error: string | null;
   previewUrl: string | null;
@@ -53,7 +54,12 @@ describe('the runner (command executor)', () => {
   /** With DATABASE_URL every process shares one queue: stop the others so only this test's runners claim. */
   const stopAll = () => Promise.all(processes.map((p) => p.stop('SIGTERM')));
   const api = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
+  const grantCredits = async (kiln: KilnProcess, userId: string) => {
+    const body = { userId, credits: 100_000, reason: 'test budget', source: 'test' };
+    expect((await api(kiln)('POST', '/v1/credits/grant', body)).status).toBe(200);
+  };
   const newBuild = async (kiln: KilnProcess, metadata: Record<string, unknown> = {}, allowConcurrentBuilds = false) => {
+    await grantCredits(kiln, 'user_run');
     const projectId = `prj_run_${++projectCount}_${Date.now()}`;
     expect(
       (await api(kiln)('POST', '/v1/projects', { id: projectId, ownerId: 'u', name: 'run', allowConcurrentBuilds }))
@@ -95,6 +101,14 @@ describe('the runner (command executor)', () => {
     expect(events.map((e) => e.id)).toEqual(events.map((_, i) => i + 1));
     const done = await getBuild(kiln, build.id);
     expect(done).toMatchObject({ state: 'deployed', actualCredits: 17, previewUrl: `/previews/${build.id}/` });
+    // The hold of 100 (default estimate) became a charge of the 17 credits the command reported.
+    const audit = await api(kiln)<{ ok: boolean }>('GET', '/v1/credits/audit?userId=user_run');
+    expect(audit.body.ok).toBe(true);
+    const ledger = await api(kiln)<{ entries: { type: string; amount: number; buildId: string | null }[] }>(
+      'GET',
+      '/v1/credits/ledger/user_run',
+    );
+    expect(ledger.body.entries.find((e) => e.type === 'commit' && e.buildId === build.id)?.amount).toBe(-17);
     const preview = await fetch(`${kiln.url}${done.previewUrl}`);
     expect(preview.status).toBe(200);
     expect(await preview.text()).toContain(build.id);
@@ -181,6 +195,8 @@ describe('the runner (command executor)', () => {
       await api(b)<{ events: { type: string; data?: { reason?: string } }[] }>('GET', `/v1/builds/${build.id}/events`)
     ).body.events;
     expect(events.at(-1)).toMatchObject({ type: 'failed', data: { reason: 'worker_lost' } });
+    const hold = await api(b)<{ state: string }>('GET', `/v1/credits/reservations/${lost.reservationId}`);
+    expect(hold.body.state).toBe('released');
     // The orphaned command outlived its runner; the test cleans it up.
     for (const pid of (await readFile(pidsFile, 'utf8')).trim().split(' ').map(Number)) {
       try {
@@ -198,6 +214,7 @@ describe('the runner (command executor)', () => {
       start({ BUILD_COMMAND: command, RUNNER_CONCURRENCY: '4' }),
       start({ BUILD_COMMAND: command, RUNNER_CONCURRENCY: '4' }),
     ]);
+    await grantCredits(a, 'u');
     const projectId = `prj_pair_${Date.now()}`;
     await api(a)('POST', '/v1/projects', { id: projectId, ownerId: 'u', name: 'pair', allowConcurrentBuilds: true });
     const ids = await Promise.all(

@@ -7,6 +7,14 @@ describe('builds API (external executor: transitions come through the API)', () 
   let t: TestApp;
   beforeAll(async () => {
     t = await startTestApp({ BUILD_EXECUTOR: 'external' });
+    for (const userId of ['user_1', 'u']) {
+      const granted = await signedInject(t.app, {
+        method: 'POST',
+        url: '/v1/credits/grant',
+        body: { userId, credits: 1_000_000, reason: 'test budget', source: 'test' },
+      });
+      expect(granted.statusCode).toBe(200);
+    }
   });
   afterAll(() => t.close());
 

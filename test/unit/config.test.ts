@@ -44,6 +44,11 @@ describe('config', () => {
     ['DATABASE_SCHEMA', 'Robert"); drop table'],
     ['SIGNATURE_HEADER_PREFIX', 'x sheen'],
     ['HMAC_SECRET', 'short'],
+    ['CREDIT_PACKAGES', 'nope'],
+    ['CREDIT_PACKAGES', '[{"name":"x","price":0,"credits":1}]'],
+    ['CREDIT_PACKAGES', '[]'],
+    ['BUILD_LEASE_S', '1'],
+    ['CREDITS_PER_BUILD_MINUTE', 'ten'],
   ])('refuses %s=%s with an error naming the variable', (name, value) => {
     let caught: unknown;
     try {
@@ -76,6 +81,12 @@ describe('config', () => {
     expect(config.idempotencyRequired).toBe(true);
     expect(config.rateLimitIpPerMin).toBe(0);
     expect(config.signatureHeaderPrefix).toBe('x-kiln');
+  });
+
+  it('reads a credit package catalog', () => {
+    const config = loadConfig({ CREDIT_PACKAGES: '[{"name":"solo","price":5,"credits":100}]' });
+    expect(config.creditPackages).toEqual([{ name: 'solo', price: 5, credits: 100 }]);
+    expect(loadConfig({}).creditPackages.map((p) => p.name)).toEqual(['starter', 'pro', 'team']);
   });
 
   it('treats an empty variable as unset', () => {

@@ -1,7 +1,15 @@
 import { type Static, Type } from '@sinclair/typebox';
+import type { FastifyRequest } from 'fastify';
 import { toBuild } from '../../db/builds';
 import { BUILD_STATES } from '../../domain/build-states';
-import { createBuild, getBuild, getBuildEvents, listBuildPage, requestTransition } from '../../services/builds';
+import {
+  type BuildContext,
+  createBuild,
+  getBuild,
+  getBuildEvents,
+  listBuildPage,
+  requestTransition,
+} from '../../services/builds';
 import { afterCommit, transactionOf } from '../idempotency';
 import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
@@ -83,8 +91,15 @@ const errors = {
 
 /** Builds (SPEC section 5): create, read, list, transition, cancel, events, live events. */
 export function registerBuildRoutes(app: App, deps: AppDeps): void {
-  const { db, signals } = deps;
+  const { db, signals, config } = deps;
   registerStreamShutdown(app);
+  const buildContext = (request: FastifyRequest): BuildContext => ({
+    defaultEstimateCredits: config.defaultEstimateCredits,
+    packages: config.creditPackages,
+    reservationTtlS: config.reservationTtlS,
+    creditsPerMinute: config.creditsPerBuildMinute,
+    actor: { requestId: request.id, correlationId: request.correlationId },
+  });
 
   app.post(
     '/v1/builds',
@@ -98,7 +113,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     },
     async (request, reply) => {
       const { idempotencyKey: _key, ...input } = request.body;
-      const build = await createBuild(transactionOf(request), input, deps.config.defaultEstimateCredits);
+      const build = await createBuild(transactionOf(request), input, buildContext(request));
       afterCommit(request, () => signals.send('queued', build.id));
       reply.code(201).header('location', `/v1/builds/${build.id}`);
       return toBuild(build);
@@ -155,10 +170,12 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
       },
     },
     async (request) => {
+      const change = request.body as Static<typeof PatchBuildSchema>;
       const { after } = await requestTransition(
         transactionOf(request),
         request.params.id,
-        request.body as Static<typeof PatchBuildSchema>,
+        change,
+        buildContext(request),
       );
       afterCommit(request, () => {
         signals.send('events', after.id);
@@ -186,10 +203,13 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => {
       const reason = (request.body as { reason?: string } | undefined)?.reason ?? 'cancelled';
-      const { after } = await requestTransition(transactionOf(request), request.params.id, {
-        state: 'cancelled',
-        reason,
-      });
+      const cancel = { state: 'cancelled' as const, reason };
+      const { after } = await requestTransition(
+        transactionOf(request),
+        request.params.id,
+        cancel,
+        buildContext(request),
+      );
       afterCommit(request, () => {
         signals.send('events', after.id);
         signals.send('cancelled', after.id);

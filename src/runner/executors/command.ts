@@ -80,7 +80,10 @@ export class CommandExecutor implements Executor {
       signal.addEventListener('abort', onAbort, { once: true });
       child.stdin.on('error', () => {}); // a command that never reads stdin must not fail the build
       child.stdin.end(`${JSON.stringify(build)}\n`);
-      createInterface({ input: child.stdout }).on('line', (line) => {
+      // Every stdout line must be turned into an event before the build ends: wait for the reader too.
+      const lines = createInterface({ input: child.stdout });
+      const linesDone = new Promise<void>((done) => lines.once('close', done));
+      lines.on('line', (line) => {
         if (!line.trim()) return;
         const parsed = parseLine(line);
         if (parsed.event) context.emit(parsed.event);
@@ -101,7 +104,8 @@ export class CommandExecutor implements Executor {
           error: `could not start the build command: ${error.message}`,
         }),
       );
-      child.on('close', (code, sig) => {
+      child.on('close', async (code, sig) => {
+        await linesDone;
         // Stragglers (background children the command left) go with the group.
         killGroup('SIGKILL');
         if (stopped) return finish({ outcome: 'failed', reason: stopped, error: `build stopped: ${stopped}` });

@@ -1,0 +1,48 @@
+// Baseline for the credits benchmark: bare Fastify routes each calling one credit function once on a pg pool,
+// in the schema Kiln migrated (DATABASE_SCHEMA). Holds for commit/release were created before the run
+// (ids base_c_N / base_r_N); each request takes the next one.
+import Fastify from 'fastify';
+import pg from 'pg';
+
+const schema = process.env.DATABASE_SCHEMA ?? 'public';
+const pool = new pg.Pool({
+  connectionString: process.env.DATABASE_URL,
+  max: 20,
+  options: `-c search_path="${schema}"`,
+});
+let reserveN = 0;
+let commitN = 0;
+let releaseN = 0;
+const app = Fastify({ logger: false });
+app.post('/reserve', async () => {
+  const id = `base_x_${process.pid}_${reserveN++}`;
+  const { rows } = await pool.query(
+    `select * from credit_reserve($1::text, 'bench_base', 10::bigint, null::text, 1800, 'req', 'corr', 'bench')`,
+    [id],
+  );
+  return rows[0];
+});
+app.post('/commit', async () => {
+  const { rows } = await pool.query(
+    `select * from credit_resolve($1::text, 'commit', 5::bigint, null::text, 'bench', 'req', 'corr')`,
+    [`base_c_${commitN++}`],
+  );
+  return rows[0];
+});
+app.post('/release', async () => {
+  const { rows } = await pool.query(
+    `select * from credit_resolve($1::text, 'release', null::bigint, null::text, 'bench', 'req', 'corr')`,
+    [`base_r_${releaseN++}`],
+  );
+  return rows[0];
+});
+const address = await app.listen({ port: 0, host: '127.0.0.1' });
+process.stdout.write(`baseline listening ${address}\n`);
+process.on(
+  'SIGTERM',
+  () =>
+    void app
+      .close()
+      .then(() => pool.end())
+      .then(() => process.exit(0)),
+);

@@ -1,0 +1,124 @@
+// Credit operations (SPEC sections 6 and 8), Kiln on PostgreSQL + Redis, same run:
+// - reserve, commit and release through Kiln's signed HTTP path vs a bare Fastify route calling the same plpgsql
+//   function once (bench/baseline-credits.ts);
+// - p95 of reserve at a fixed 500 req/s.
+import pg from 'pg';
+import { signRequest } from '../src/client/sign';
+import { formatTable, load, machine, startProcess, writeSection } from './lib';
+
+const SECRET = 'bench-secret-0123456789abcdef';
+const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+
+type Req = { method: string; path: string; headers: Record<string, string>; body?: string };
+
+/** Pre-signed POSTs (fresh nonce each), so the load generator spends its CPU on sending, not on HMACs. */
+function presigned(path: string, bodies: (i: number) => string, count: number): Req[] {
+  return Array.from({ length: count }, (_, i) => {
+    const body = bodies(i);
+    return {
+      method: 'POST',
+      path,
+      body,
+      headers: { ...signRequest({ secret: SECRET, method: 'POST', path, body }), 'content-type': 'application/json' },
+    };
+  });
+}
+
+function cycling(requests: Req[]) {
+  let next = 0;
+  return () => requests[next++ % requests.length];
+}
+
+/** Create `count` holds with ids `${prefix}N` for `userId` in one statement (setup, not measured). */
+async function createHolds(client: pg.Client, prefix: string, userId: string, count: number): Promise<void> {
+  await client.query(
+    `select credit_reserve($1::text || g, $2::text, 10::bigint, null::text, 7200, 'setup', 'setup', 'bench')
+       from generate_series(0, $3::int - 1) g`,
+    [prefix, userId, count],
+  );
+}
+
+export async function benchCredits(): Promise<void> {
+  const schema = `bench_credits_${Date.now().toString(36)}`;
+  const durationS = Number(process.env.BENCH_DURATION_S ?? 8);
+  const kiln = await startProcess(
+    process.execPath,
+    ['--import', 'tsx', 'src/main.ts'],
+    {
+      PORT: '0',
+      RUNNER_CONCURRENCY: '0',
+      HMAC_SECRET: SECRET,
+      DATABASE_URL,
+      DATABASE_SCHEMA: schema,
+      REDIS_URL,
+      REDIS_PREFIX: `${schema}:`,
+      RATE_LIMIT_IP_PER_MIN: '0',
+      RATE_LIMIT_USER_PER_MIN: '0',
+    },
+    /"url":"(http:\/\/[^"]+)"/,
+  );
+  const admin = new pg.Client({ connectionString: DATABASE_URL, options: `-c search_path="${schema}"` });
+  await admin.connect();
+  const baseline = await startProcess(
+    process.execPath,
+    ['--import', 'tsx', 'bench/baseline-credits.ts'],
+    { DATABASE_URL, DATABASE_SCHEMA: schema },
+    /listening (http:\/\/\S+)/,
+  );
+  const url = kiln.match[1];
+  const base = baseline.match[1];
+  try {
+    // Plenty of credits, and holds for every commit and release either side may send (a hold resolves once).
+    const pool = Math.max(20_000, durationS * 5_000);
+    for (const user of ['bench_user', 'bench_base']) {
+      await admin.query(
+        `select credit_grant($1::text, 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')`,
+        [user],
+      );
+    }
+    await createHolds(admin, 'kiln_c_', 'bench_user', pool);
+    await createHolds(admin, 'kiln_r_', 'bench_user', pool);
+    await createHolds(admin, 'base_c_', 'bench_base', pool);
+    await createHolds(admin, 'base_r_', 'bench_base', pool);
+
+    const reserveBody = JSON.stringify({ userId: 'bench_user', estimatedCredits: 10 });
+    const reserves = cycling(presigned('/v1/credits/reserve', () => reserveBody, durationS * 8_000));
+    const commits = cycling(
+      presigned('/v1/credits/commit', (i) => JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }), pool),
+    );
+    const releases = cycling(
+      presigned('/v1/credits/release', (i) => JSON.stringify({ reservationId: `kiln_r_${i}`, reason: 'bench' }), pool),
+    );
+    await load('warm-up', { url: `${base}/reserve`, method: 'POST', durationS: 2 });
+    await load('warm-up', { url, durationS: 2, setupRequest: reserves });
+
+    const rows = [];
+    const baseReserve = await load('bare Fastify: credit_reserve()', { url: `${base}/reserve`, method: 'POST' });
+    const kilnReserve = await load('Kiln POST /v1/credits/reserve (signed)', { url, setupRequest: reserves });
+    const baseCommit = await load('bare Fastify: credit_resolve(commit)', { url: `${base}/commit`, method: 'POST' });
+    const kilnCommit = await load('Kiln POST /v1/credits/commit (signed)', { url, setupRequest: commits });
+    const baseRelease = await load('bare Fastify: credit_resolve(release)', { url: `${base}/release`, method: 'POST' });
+    const kilnRelease = await load('Kiln POST /v1/credits/release (signed)', { url, setupRequest: releases });
+    const fixed = await load('Kiln reserve at a fixed 500 req/s', { url, rate: 500, setupRequest: reserves });
+    rows.push(baseReserve, kilnReserve, baseCommit, kilnCommit, baseRelease, kilnRelease, fixed);
+    const table = formatTable(rows, baseReserve);
+    const ratio = (a: { requestsPerSec: number }, b: { requestsPerSec: number }) =>
+      `${((a.requestsPerSec / b.requestsPerSec) * 100).toFixed(0)} %`;
+    const { rows: auditRows } = await admin.query<{ n: string }>(
+      `select count(*) as n from credit_accounts a
+        where a.balance <> (select coalesce(sum(amount), 0) from credit_ledger l where l.user_id = a.user_id)`,
+    );
+    const summary = `Kiln / bare: reserve ${ratio(kilnReserve, baseReserve)}, commit ${ratio(kilnCommit, baseCommit)}, release ${ratio(kilnRelease, baseRelease)}; p95 at 500 req/s: ${fixed.p95} ms; accounts whose balance differs from the ledger afterwards: ${auditRows[0].n}`;
+    process.stdout.write(`\n${table}\n\n${summary}\n`);
+    await writeSection(
+      'credits',
+      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each, every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts). Each Kiln mutation also runs in the idempotency layer's transaction (BEGIN, the function, COMMIT); commits and releases resolve distinct holds created before the run.\n\n${table}\n\n- ${summary}.\n`,
+    );
+  } finally {
+    await kiln.stop();
+    await baseline.stop();
+    await admin.query(`drop schema if exists "${schema}" cascade`);
+    await admin.end();
+  }
+}

@@ -1,0 +1,299 @@
+import type { Queryable } from './database';
+
+/**
+ * Credits repository (SPEC section 6): one call to one plpgsql function of migrations/0004_credits.sql per
+ * operation, and the reads. Rows are converted to camelCase here; bigint columns become numbers (credit figures
+ * stay far below 2^53).
+ */
+
+/** Who asked, for the ledger. */
+export interface Actor {
+  requestId: string;
+  correlationId: string;
+}
+
+/** A user's credit account as the API shows it. */
+export interface CreditAccount {
+  userId: string;
+  plan: string;
+  balance: number;
+  reserved: number;
+  available: number;
+}
+
+export type ReservationState = 'active' | 'committed' | 'released' | 'expired';
+
+/** A hold as the API shows it. */
+export interface Reservation {
+  reservationId: string;
+  userId: string;
+  buildId: string | null;
+  reserved: number;
+  state: ReservationState;
+  expires: string;
+  charged: number | null;
+  refunded: number | null;
+  reason: string;
+  resolutionReason: string | null;
+  createdAt: string;
+  resolvedAt: string | null;
+}
+
+/** One ledger entry as the API shows it. */
+export interface LedgerEntry {
+  id: string;
+  userId: string;
+  type: 'grant' | 'reserve' | 'commit' | 'release' | 'expire';
+  amount: number;
+  reservedChange: number;
+  balanceAfter: number;
+  reservedAfter: number;
+  reservationId: string | null;
+  buildId: string | null;
+  requestId: string;
+  correlationId: string;
+  reason: string;
+  source: string | null;
+  createdAt: string;
+}
+
+const num = (value: unknown): number => Number(value);
+const numOrNull = (value: unknown): number | null => (value === null || value === undefined ? null : Number(value));
+const iso = (value: unknown): string => new Date(value as Date | string).toISOString();
+
+export async function grantCredits(
+  q: Queryable,
+  input: { userId: string; credits: number; plan?: string; reason: string; source: string },
+  actor: Actor,
+): Promise<CreditAccount> {
+  const { rows } = await q.query<{ plan: string; balance: unknown; reserved: unknown }>(
+    `select plan, balance, reserved
+       from credit_grant($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::text, $7::text)`,
+    [input.userId, input.credits, input.plan ?? null, input.reason, input.source, actor.requestId, actor.correlationId],
+  );
+  const row = rows[0];
+  const balance = num(row.balance);
+  const reserved = num(row.reserved);
+  return { userId: input.userId, plan: row.plan, balance, reserved, available: balance - reserved };
+}
+
+/** The account now (lapsed holds excluded); undefined when the user never had one. */
+export async function findAccount(q: Queryable, userId: string): Promise<CreditAccount | undefined> {
+  const { rows } = await q.query<{ plan: string; balance: unknown; reserved: unknown }>(
+    `select plan, balance, credit_reserved_now(user_id) as reserved from credit_accounts where user_id = $1::text`,
+    [userId],
+  );
+  if (!rows[0]) return undefined;
+  const balance = num(rows[0].balance);
+  const reserved = num(rows[0].reserved);
+  return { userId, plan: rows[0].plan, balance, reserved, available: balance - reserved };
+}
+
+export interface ReserveOutcome {
+  outcome: 'ok' | 'insufficient';
+  expiresAt: string | null;
+  balance: number;
+  reserved: number;
+}
+
+export async function insertReservation(
+  q: Queryable,
+  input: { id: string; userId: string; amount: number; buildId: string | null; ttlS: number; reason: string },
+  actor: Actor,
+): Promise<ReserveOutcome> {
+  const { rows } = await q.query<{
+    outcome: 'ok' | 'insufficient';
+    expires_at: unknown;
+    balance: unknown;
+    reserved: unknown;
+  }>(
+    `select outcome, expires_at, balance, reserved
+       from credit_reserve($1::text, $2::text, $3::bigint, $4::text, $5::int, $6::text, $7::text, $8::text)`,
+    [
+      input.id,
+      input.userId,
+      input.amount,
+      input.buildId,
+      input.ttlS,
+      actor.requestId,
+      actor.correlationId,
+      input.reason,
+    ],
+  );
+  const row = rows[0];
+  return {
+    outcome: row.outcome,
+    expiresAt: row.expires_at ? iso(row.expires_at) : null,
+    balance: num(row.balance),
+    reserved: num(row.reserved),
+  };
+}
+
+export interface ResolveOutcome {
+  outcome: 'ok' | 'repeat' | 'not_found' | 'not_active' | 'exceeds' | 'build_mismatch';
+  state: ReservationState | null;
+  amount: number | null;
+  charged: number | null;
+  available: number | null;
+  buildId: string | null;
+  userId: string | null;
+}
+
+/** Commit (charge `actual`, refund the rest) or release (refund all) a hold, once. */
+export async function resolveReservation(
+  q: Queryable,
+  input: {
+    reservationId: string;
+    action: 'commit' | 'release';
+    actual: number | null;
+    buildId: string | null;
+    reason: string;
+  },
+  actor: Actor,
+): Promise<ResolveOutcome> {
+  const { rows } = await q.query<Record<string, unknown>>(
+    `select outcome, state, amount, charged, available, build_id, user_id
+       from credit_resolve($1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text)`,
+    [
+      input.reservationId,
+      input.action,
+      input.actual,
+      input.buildId,
+      input.reason,
+      actor.requestId,
+      actor.correlationId,
+    ],
+  );
+  const row = rows[0];
+  return {
+    outcome: row.outcome as ResolveOutcome['outcome'],
+    state: (row.state as ReservationState | null) ?? null,
+    amount: numOrNull(row.amount),
+    charged: numOrNull(row.charged),
+    available: numOrNull(row.available),
+    buildId: (row.build_id as string | null) ?? null,
+    userId: (row.user_id as string | null) ?? null,
+  };
+}
+
+export async function extendReservation(
+  q: Queryable,
+  reservationId: string,
+  seconds: number,
+  actor: Actor,
+): Promise<{ outcome: 'ok' | 'not_found' | 'not_active'; state: ReservationState | null; expiresAt: string | null }> {
+  const { rows } = await q.query<{
+    outcome: 'ok' | 'not_found' | 'not_active';
+    state: ReservationState | null;
+    expires_at: unknown;
+  }>('select outcome, state, expires_at from credit_renew($1::text, $2::int, $3::text, $4::text)', [
+    reservationId,
+    seconds,
+    actor.requestId,
+    actor.correlationId,
+  ]);
+  const row = rows[0];
+  return { outcome: row.outcome, state: row.state, expiresAt: row.expires_at ? iso(row.expires_at) : null };
+}
+
+interface DbReservation {
+  id: string;
+  user_id: string;
+  build_id: string | null;
+  amount: unknown;
+  state: ReservationState;
+  expires_at: unknown;
+  charged: unknown;
+  reason: string;
+  resolution_reason: string | null;
+  created_at: unknown;
+  resolved_at: unknown;
+}
+
+/** A hold by id; one that lapsed but is not yet marked shows as expired (it stopped counting at expires_at). */
+export async function findReservation(q: Queryable, id: string): Promise<Reservation | undefined> {
+  const { rows } = await q.query<DbReservation>(
+    `select id, user_id, build_id, amount,
+            case when state = 'active' and expires_at <= clock_timestamp() then 'expired' else state end as state,
+            expires_at, charged, reason, resolution_reason, created_at,
+            case when state = 'active' and expires_at <= clock_timestamp() then expires_at else resolved_at end
+              as resolved_at
+       from credit_reservations where id = $1::text`,
+    [id],
+  );
+  const row = rows[0];
+  if (!row) return undefined;
+  const amount = num(row.amount);
+  const charged = numOrNull(row.charged);
+  return {
+    reservationId: row.id,
+    userId: row.user_id,
+    buildId: row.build_id,
+    reserved: amount,
+    state: row.state,
+    expires: iso(row.expires_at),
+    charged,
+    refunded: row.state === 'committed' ? amount - (charged ?? 0) : row.state === 'active' ? null : amount,
+    reason: row.reason,
+    resolutionReason: row.resolution_reason,
+    createdAt: iso(row.created_at),
+    resolvedAt: row.resolved_at ? iso(row.resolved_at) : null,
+  };
+}
+
+interface DbLedgerEntry {
+  id: unknown;
+  user_id: string;
+  type: LedgerEntry['type'];
+  amount: unknown;
+  reserved_change: unknown;
+  balance_after: unknown;
+  reserved_after: unknown;
+  reservation_id: string | null;
+  build_id: string | null;
+  request_id: string;
+  correlation_id: string;
+  reason: string;
+  source: string | null;
+  created_at: unknown;
+}
+
+/** A page of a user's ledger, newest first, entries with id < `before` when given. */
+export async function listLedger(
+  q: Queryable,
+  userId: string,
+  before: string | undefined,
+  limit: number,
+): Promise<LedgerEntry[]> {
+  const { rows } = await q.query<DbLedgerEntry>(
+    `select id, user_id, type, amount, reserved_change, balance_after, reserved_after, reservation_id, build_id,
+            request_id, correlation_id, reason, source, created_at
+       from credit_ledger
+      where user_id = $1::text and ($2::bigint is null or id < $2::bigint)
+      order by id desc
+      limit $3::int`,
+    [userId, before ?? null, limit],
+  );
+  return rows.map((row) => ({
+    id: String(row.id),
+    userId: row.user_id,
+    type: row.type,
+    amount: num(row.amount),
+    reservedChange: num(row.reserved_change),
+    balanceAfter: num(row.balance_after),
+    reservedAfter: num(row.reserved_after),
+    reservationId: row.reservation_id,
+    buildId: row.build_id,
+    requestId: row.request_id,
+    correlationId: row.correlation_id,
+    reason: row.reason,
+    source: row.source,
+    createdAt: iso(row.created_at),
+  }));
+}
+
+/** Write the expiry of lapsed holds into the ledger for up to `limit` users; returns how many holds expired. */
+export async function sweepLapsedHolds(q: Queryable, limit: number, requestId: string): Promise<number> {
+  const { rows } = await q.query<{ n: unknown }>('select credit_sweep($1::int, $2::text) as n', [limit, requestId]);
+  return num(rows[0].n);
+}

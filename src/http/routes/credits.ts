@@ -1,0 +1,303 @@
+import { type Static, Type } from '@sinclair/typebox';
+import type { FastifyRequest } from 'fastify';
+import {
+  audit,
+  commitReservation,
+  getBalance,
+  getLedger,
+  getReservation,
+  grant,
+  releaseReservation,
+  reserveCredits,
+} from '../../services/credits';
+import { transactionOf } from '../idempotency';
+import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
+import type { App, AppDeps } from '../server';
+
+/** Largest single figure a request may carry; the database stores bigint, this keeps sums far from any limit. */
+const MAX_CREDITS = 1_000_000_000;
+const Credits = Type.Integer({ minimum: 1, maximum: MAX_CREDITS });
+const Reason = Type.String({ minLength: 1, maxLength: 500, pattern: PlainText });
+const IdempotencyKey = Type.Optional(
+  Type.String({ minLength: 1, maxLength: 257, description: 'Same meaning as the Idempotency-Key header' }),
+);
+
+const AccountSchema = Type.Object(
+  {
+    userId: Token,
+    plan: Type.String(),
+    balance: Type.Integer(),
+    reserved: Type.Integer(),
+    available: Type.Integer(),
+  },
+  { title: 'CreditAccount' },
+);
+const GrantBody = Type.Object(
+  {
+    userId: Token,
+    credits: Credits,
+    reason: Reason,
+    source: Type.String({ pattern: '^[\\w.:-]{1,64}$', description: 'purchase, promotion, adjustment, …' }),
+    plan: Type.Optional(Type.String({ pattern: '^[\\w-]{1,32}$' })),
+    idempotencyKey: IdempotencyKey,
+  },
+  { additionalProperties: false },
+);
+const ReserveBody = Type.Object(
+  {
+    userId: Token,
+    estimatedCredits: Credits,
+    buildId: Type.Optional(Id),
+    reason: Type.Optional(Reason),
+    idempotencyKey: IdempotencyKey,
+  },
+  { additionalProperties: false },
+);
+const ReserveResponse = Type.Object({
+  reservationId: Id,
+  reserved: Type.Integer(),
+  expires: Type.String({ format: 'date-time' }),
+  available: Type.Integer(),
+});
+const CommitBody = Type.Object(
+  {
+    reservationId: Id,
+    actualCredits: Type.Integer({ minimum: 0, maximum: MAX_CREDITS }),
+    buildId: Type.Optional(Id),
+    reason: Type.Optional(Reason),
+    idempotencyKey: IdempotencyKey,
+  },
+  { additionalProperties: false },
+);
+const ReleaseBody = Type.Object(
+  { reservationId: Id, reason: Reason, idempotencyKey: IdempotencyKey },
+  { additionalProperties: false },
+);
+const ReservationSchema = Type.Object(
+  {
+    reservationId: Id,
+    userId: Token,
+    buildId: Type.Union([Type.String(), Type.Null()]),
+    reserved: Type.Integer(),
+    state: Type.Union(['active', 'committed', 'released', 'expired'].map((s) => Type.Literal(s))),
+    expires: Type.String({ format: 'date-time' }),
+    charged: Type.Union([Type.Integer(), Type.Null()]),
+    refunded: Type.Union([Type.Integer(), Type.Null()]),
+    reason: Type.String(),
+    resolutionReason: Type.Union([Type.String(), Type.Null()]),
+    createdAt: Type.String({ format: 'date-time' }),
+    resolvedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  },
+  { title: 'CreditReservation' },
+);
+const NullableText = Type.Union([Type.String(), Type.Null()]);
+const LedgerEntrySchema = Type.Object(
+  {
+    id: Type.String(),
+    userId: Type.String(),
+    type: Type.String(),
+    amount: Type.Integer({ description: 'Signed change of balance' }),
+    reservedChange: Type.Integer({ description: 'Signed change of reserved' }),
+    balanceAfter: Type.Integer(),
+    reservedAfter: Type.Integer(),
+    reservationId: NullableText,
+    buildId: NullableText,
+    requestId: Type.String(),
+    correlationId: Type.String(),
+    reason: Type.String(),
+    source: NullableText,
+    createdAt: Type.String({ format: 'date-time' }),
+  },
+  { title: 'CreditLedgerEntry' },
+);
+const AuditSchema = Type.Object(
+  {
+    ok: Type.Boolean(),
+    checkedUsers: Type.Integer(),
+    checkedReservations: Type.Integer(),
+    ledgerEntries: Type.Integer(),
+    problems: Type.Array(
+      Type.Object({
+        check: Type.String(),
+        userId: NullableText,
+        reservationId: NullableText,
+        expected: Type.Union([Type.Integer(), Type.Null()]),
+        actual: Type.Union([Type.Integer(), Type.Null()]),
+      }),
+    ),
+  },
+  { title: 'CreditAudit' },
+);
+const UserParams = Type.Object({ userId: Token });
+const errors = {
+  400: ErrorEnvelopeSchema,
+  401: ErrorEnvelopeSchema,
+  404: ErrorEnvelopeSchema,
+  409: ErrorEnvelopeSchema,
+  422: ErrorEnvelopeSchema,
+  429: ErrorEnvelopeSchema,
+};
+
+const actor = (request: FastifyRequest) => ({
+  requestId: request.id,
+  correlationId: request.correlationId || request.id,
+});
+
+/** Credits (SPEC section 6): grant, balance, reserve, commit, release, reservation, ledger, audit. */
+export function registerCreditRoutes(app: App, deps: AppDeps): void {
+  const { config } = deps;
+  const tags = ['credits'];
+
+  app.post(
+    '/v1/credits/grant',
+    {
+      schema: {
+        tags,
+        summary: 'Add credits to a user (top-ups, purchases, adjustments); may set the plan',
+        body: GrantBody,
+        response: { 200: AccountSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const body = request.body as Static<typeof GrantBody>;
+      return grant(transactionOf(request), { ...body, ...actor(request) });
+    },
+  );
+
+  app.get(
+    '/v1/credits/balance/:userId',
+    {
+      schema: {
+        tags,
+        summary: 'A user’s balance, reserved and available credits (unknown user: zeros on the free plan)',
+        params: UserParams,
+        response: { 200: AccountSchema, ...errors },
+      },
+    },
+    async (request) => getBalance(deps.db, request.params.userId),
+  );
+
+  app.post(
+    '/v1/credits/reserve',
+    {
+      schema: {
+        tags,
+        summary: 'Hold credits for a build; 402 INSUFFICIENT_CREDITS with what to buy when short',
+        body: ReserveBody,
+        response: { 201: ReserveResponse, 402: ErrorEnvelopeSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as Static<typeof ReserveBody>;
+      const held = await reserveCredits(transactionOf(request), {
+        userId: body.userId,
+        amount: body.estimatedCredits,
+        buildId: body.buildId,
+        reason: body.reason,
+        ttlS: config.reservationTtlS,
+        packages: config.creditPackages,
+        ...actor(request),
+      });
+      reply.code(201).header('location', `/v1/credits/reservations/${held.reservationId}`);
+      return {
+        reservationId: held.reservationId,
+        reserved: held.reserved,
+        expires: held.expiresAt,
+        available: held.available,
+      };
+    },
+  );
+
+  app.post(
+    '/v1/credits/commit',
+    {
+      schema: {
+        tags,
+        summary: 'Charge a hold (actualCredits ≤ reserved; the rest is refunded)',
+        body: CommitBody,
+        response: {
+          200: Type.Object({ charged: Type.Integer(), refunded: Type.Integer(), newBalance: Type.Integer() }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const body = request.body as Static<typeof CommitBody>;
+      const { charged, refunded, newBalance } = await commitReservation(transactionOf(request), {
+        ...body,
+        ...actor(request),
+      });
+      return { charged, refunded, newBalance };
+    },
+  );
+
+  app.post(
+    '/v1/credits/release',
+    {
+      schema: {
+        tags,
+        summary: 'Give a whole hold back',
+        body: ReleaseBody,
+        response: { 200: Type.Object({ released: Type.Integer(), newBalance: Type.Integer() }), ...errors },
+      },
+    },
+    async (request) => {
+      const body = request.body as Static<typeof ReleaseBody>;
+      const { released, newBalance } = await releaseReservation(transactionOf(request), {
+        reservationId: body.reservationId,
+        reason: body.reason,
+        ...actor(request),
+      });
+      return { released, newBalance };
+    },
+  );
+
+  app.get(
+    '/v1/credits/reservations/:id',
+    {
+      schema: {
+        tags,
+        summary: 'A reservation and its state',
+        params: Type.Object({ id: Id }),
+        response: { 200: ReservationSchema, ...errors },
+      },
+    },
+    async (request) => getReservation(deps.db, request.params.id),
+  );
+
+  app.get(
+    '/v1/credits/ledger/:userId',
+    {
+      schema: {
+        tags,
+        summary: 'A user’s ledger, newest first, in pages (pass nextCursor as cursor)',
+        params: UserParams,
+        querystring: Type.Object(
+          {
+            cursor: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,17}$' })),
+            limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({ entries: Type.Array(LedgerEntrySchema), nextCursor: NullableText }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => getLedger(deps.db, request.params.userId, request.query.cursor, request.query.limit),
+  );
+
+  app.get(
+    '/v1/credits/audit',
+    {
+      schema: {
+        tags,
+        summary: 'Prove the books from the ledger (one user, or all)',
+        querystring: Type.Object({ userId: Type.Optional(Token) }, { additionalProperties: false }),
+        response: { 200: AuditSchema, ...errors },
+      },
+    },
+    async (request) => audit(deps.db, request.query.userId),
+  );
+}

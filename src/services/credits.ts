@@ -1,0 +1,216 @@
+/**
+ * Credit use cases (SPEC section 6) over a Queryable, so builds can call them inside their own transaction.
+ * Each operation is one round trip (a plpgsql function); refusals become ApiErrors here.
+ */
+import { randomBytes } from 'node:crypto';
+import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from '../config';
+import { type AuditReport, auditCredits } from '../db/credit-audit';
+import {
+  type Actor,
+  type CreditAccount,
+  extendReservation,
+  findAccount,
+  findReservation,
+  grantCredits,
+  insertReservation,
+  type LedgerEntry,
+  listLedger,
+  type Reservation,
+  type ResolveOutcome,
+  resolveReservation,
+} from '../db/credits';
+import type { Queryable } from '../db/database';
+import { ApiError } from '../domain/errors';
+import { insufficientCredits } from '../domain/recommendation';
+
+export type { Actor, AuditReport, CreditAccount, LedgerEntry, Reservation };
+
+/** Ledger text: a reason or source without control characters, as stored. */
+const DEFAULT_TTL_S = 1800;
+const DEFAULT_REASON = { reserve: 'hold for a build', commit: 'build finished' };
+
+export function newReservationId(): string {
+  return `res_${randomBytes(12).toString('base64url')}`;
+}
+
+/** Ids of a call made by Kiln itself (no HTTP request): a fresh request id, correlated to itself. */
+export function internalActor(kind: string): Actor {
+  const id = `${kind}_${randomBytes(8).toString('hex')}`;
+  return { requestId: id, correlationId: id };
+}
+
+function actorOf(input: Partial<Actor>): Actor {
+  const fallback = internalActor('internal');
+  return {
+    requestId: input.requestId ?? fallback.requestId,
+    correlationId: input.correlationId ?? input.requestId ?? fallback.correlationId,
+  };
+}
+
+export async function grant(
+  q: Queryable,
+  input: { userId: string; credits: number; reason: string; source: string; plan?: string } & Partial<Actor>,
+): Promise<CreditAccount> {
+  return grantCredits(q, input, actorOf(input));
+}
+
+/** The user's figures; a user Kiln never saw has zeros on the free plan. */
+export async function getBalance(q: Queryable, userId: string): Promise<CreditAccount> {
+  return (await findAccount(q, userId)) ?? { userId, plan: 'free', balance: 0, reserved: 0, available: 0 };
+}
+
+export interface ReserveInput extends Partial<Actor> {
+  /** Chosen by the caller when it must store the id first (a build row points at its hold); else generated. */
+  reservationId?: string;
+  userId: string;
+  amount: number;
+  buildId?: string | null;
+  reason?: string;
+  /** Hold lifetime: pass config.reservationTtlS (default 1800). */
+  ttlS?: number;
+  /** Packages for the 402 recommendation: pass config.creditPackages (default the built-in three). */
+  packages?: readonly CreditPackage[];
+}
+
+/** Hold `amount` credits; 402 INSUFFICIENT_CREDITS (with what to buy) when the user's available credits are short. */
+export async function reserveCredits(
+  q: Queryable,
+  input: ReserveInput,
+): Promise<{ reservationId: string; expiresAt: string; reserved: number; available: number }> {
+  const reservationId = input.reservationId ?? newReservationId();
+  const result = await insertReservation(
+    q,
+    {
+      id: reservationId,
+      userId: input.userId,
+      amount: input.amount,
+      buildId: input.buildId ?? null,
+      ttlS: input.ttlS ?? DEFAULT_TTL_S,
+      reason: input.reason ?? DEFAULT_REASON.reserve,
+    },
+    actorOf(input),
+  );
+  const available = result.balance - result.reserved;
+  if (result.outcome === 'insufficient') {
+    const { message, data } = insufficientCredits(input.amount, available, input.packages ?? DEFAULT_CREDIT_PACKAGES);
+    throw new ApiError('INSUFFICIENT_CREDITS', message, { userId: input.userId, ...data });
+  }
+  return { reservationId, expiresAt: result.expiresAt as string, reserved: input.amount, available };
+}
+
+function refusal(reservationId: string, result: ResolveOutcome, requested: number | null): ApiError {
+  switch (result.outcome) {
+    case 'not_found':
+      return new ApiError(
+        'RESERVATION_NOT_FOUND',
+        `No reservation ${reservationId}; reserve credits first with POST /v1/credits/reserve.`,
+        { reservationId },
+      );
+    case 'exceeds':
+      return new ApiError(
+        'COMMIT_EXCEEDS_RESERVATION',
+        `Cannot charge ${requested} credits against a hold of ${result.amount}; commit at most ${result.amount}, and grant or reserve more for the rest.`,
+        { reservationId, reserved: result.amount, requested },
+      );
+    case 'build_mismatch':
+      return new ApiError(
+        'VALIDATION_ERROR',
+        `Reservation ${reservationId} belongs to build ${result.buildId}; send that buildId or none.`,
+        { issues: [{ path: 'body.buildId', message: `must be ${result.buildId}` }] },
+      );
+    default:
+      return new ApiError(
+        'RESERVATION_NOT_ACTIVE',
+        `Reservation ${reservationId} is already ${result.state}; it resolves once. Read it with GET /v1/credits/reservations/${reservationId}.`,
+        { reservationId, state: result.state },
+      );
+  }
+}
+
+/** Charge `actualCredits` (≤ the hold) and refund the rest. A repeat with the same arguments answers as the first. */
+export async function commitReservation(
+  q: Queryable,
+  input: { reservationId: string; actualCredits: number; buildId?: string | null; reason?: string } & Partial<Actor>,
+): Promise<{ charged: number; refunded: number; newBalance: number; replayed: boolean }> {
+  const result = await resolveReservation(
+    q,
+    {
+      reservationId: input.reservationId,
+      action: 'commit',
+      actual: input.actualCredits,
+      buildId: input.buildId ?? null,
+      reason: input.reason ?? DEFAULT_REASON.commit,
+    },
+    actorOf(input),
+  );
+  if (result.outcome !== 'ok' && result.outcome !== 'repeat') {
+    throw refusal(input.reservationId, result, input.actualCredits);
+  }
+  const charged = result.charged ?? 0;
+  return {
+    charged,
+    refunded: (result.amount ?? 0) - charged,
+    newBalance: result.available ?? 0,
+    replayed: result.outcome === 'repeat',
+  };
+}
+
+/** Give the whole hold back. A repeat with the same reason answers as the first. */
+export async function releaseReservation(
+  q: Queryable,
+  input: { reservationId: string; reason: string } & Partial<Actor>,
+): Promise<{ released: number; newBalance: number; replayed: boolean }> {
+  const result = await resolveReservation(
+    q,
+    { reservationId: input.reservationId, action: 'release', actual: null, buildId: null, reason: input.reason },
+    actorOf(input),
+  );
+  if (result.outcome !== 'ok' && result.outcome !== 'repeat') throw refusal(input.reservationId, result, null);
+  return { released: result.amount ?? 0, newBalance: result.available ?? 0, replayed: result.outcome === 'repeat' };
+}
+
+/**
+ * Extend an active hold to at least now + `untilSeconds` (builds renew their hold with their lease).
+ * 404 RESERVATION_NOT_FOUND, or 409 RESERVATION_NOT_ACTIVE once it was resolved or has lapsed.
+ */
+export async function renewReservation(
+  q: Queryable,
+  reservationId: string,
+  untilSeconds: number,
+  actor: Partial<Actor> = {},
+): Promise<{ expiresAt: string }> {
+  const result = await extendReservation(q, reservationId, untilSeconds, actorOf(actor));
+  if (result.outcome === 'ok') return { expiresAt: result.expiresAt as string };
+  throw refusal(
+    reservationId,
+    { ...result, amount: null, charged: null, available: null, buildId: null, userId: null },
+    null,
+  );
+}
+
+export async function getReservation(q: Queryable, reservationId: string): Promise<Reservation> {
+  const reservation = await findReservation(q, reservationId);
+  if (!reservation) {
+    throw new ApiError('RESERVATION_NOT_FOUND', `No reservation ${reservationId}; check the id you were given.`, {
+      reservationId,
+    });
+  }
+  return reservation;
+}
+
+/** A page of the ledger, newest first; `nextCursor` is null on the last page. */
+export async function getLedger(
+  q: Queryable,
+  userId: string,
+  cursor: string | undefined,
+  limit: number,
+): Promise<{ entries: LedgerEntry[]; nextCursor: string | null }> {
+  const entries = await listLedger(q, userId, cursor, limit + 1);
+  const page = entries.slice(0, limit);
+  return { entries: page, nextCursor: entries.length > limit ? page[page.length - 1].id : null };
+}
+
+/** Prove the books (one user, or all when userId is undefined). */
+export function audit(q: Queryable, userId?: string): Promise<AuditReport> {
+  return auditCredits(q, userId);
+}

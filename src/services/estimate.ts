@@ -1,0 +1,50 @@
+/** Estimates (SPEC section 7): what an operation will likely cost, and whether the user can afford it. */
+import type { CreditPackage } from '../config';
+import type { Queryable } from '../db/database';
+import { deployedUsage } from '../db/usage';
+import { type EstimateFigures, estimateFrom, MIN_PROJECT_SAMPLES } from '../domain/estimate';
+import { type Recommendation, recommendPackage } from '../domain/recommendation';
+import { getBalance } from './credits';
+
+export interface EstimateInput {
+  operation: string;
+  projectId?: string;
+  userId?: string;
+}
+
+export interface Estimate extends EstimateFigures {
+  operation: string;
+  sufficient?: boolean;
+  available?: number;
+  recommendation?: Recommendation;
+}
+
+/**
+ * From the project's past deployed builds (when it has at least MIN_PROJECT_SAMPLES), else every project's, else
+ * the configured default. With a userId: whether the user's available credits cover the estimate, and what to
+ * buy when they do not.
+ */
+export async function estimate(
+  q: Queryable,
+  input: EstimateInput,
+  options: { defaultCredits: number; packages: readonly CreditPackage[] },
+): Promise<Estimate> {
+  let figures: EstimateFigures | undefined;
+  if (input.projectId) {
+    const own = await deployedUsage(q, input.operation, input.projectId);
+    if (own.count >= MIN_PROJECT_SAMPLES) figures = estimateFrom(own, 'project', options.defaultCredits);
+  }
+  if (!figures) {
+    const all = await deployedUsage(q, input.operation, null);
+    figures = estimateFrom(all, all.count > 0 ? 'all_projects' : 'default', options.defaultCredits);
+  }
+  const result: Estimate = { operation: input.operation, ...figures };
+  if (input.userId) {
+    const { available } = await getBalance(q, input.userId);
+    result.available = available;
+    result.sufficient = available >= figures.estimatedCredits;
+    const recommendation = recommendPackage(figures.estimatedCredits - available, options.packages);
+    if (recommendation) result.recommendation = recommendation;
+  }
+  return result;
+}

@@ -1,0 +1,104 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestApp, type TestApp } from '../helpers/app';
+import { signedInject } from '../helpers/signed';
+
+/** Credits wired into builds (SPEC sections 5 and 6): hold on create, charge on deployed, release otherwise. */
+describe('builds and credits', () => {
+  let t: TestApp;
+  let n = 0;
+  beforeAll(async () => {
+    t = await startTestApp({ BUILD_EXECUTOR: 'external', DEFAULT_ESTIMATE_CREDITS: '100' });
+  });
+  afterAll(() => t.close());
+
+  const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
+    signedInject(t.app, { method, url, body });
+  const grant = (userId: string, credits: number) =>
+    call('POST', '/v1/credits/grant', { userId, credits, reason: 'test', source: 'test' });
+  const balance = async (userId: string) => (await call('GET', `/v1/credits/balance/${userId}`)).json();
+  const newUserAndProject = async (credits: number) => {
+    const userId = `user_bc_${++n}`;
+    if (credits > 0) expect((await grant(userId, credits)).statusCode).toBe(200);
+    const projectId = `prj_bc_${n}`;
+    expect((await call('POST', '/v1/projects', { id: projectId, ownerId: userId, name: 'bc' })).statusCode).toBe(201);
+    return { userId, projectId };
+  };
+
+  it('holds the estimated credits in the transaction that creates the build', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const res = await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 150 });
+    expect(res.statusCode).toBe(201);
+    const build = res.json();
+    expect(build.reservationId).toMatch(/^res_/);
+    expect(await balance(userId)).toMatchObject({ balance: 1000, reserved: 150, available: 850 });
+    const hold = (await call('GET', `/v1/credits/reservations/${build.reservationId}`)).json();
+    expect(hold).toMatchObject({ state: 'active', buildId: build.id });
+  });
+
+  it('holds the estimate when the client gives none (the configured default without history)', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId })).json();
+    expect(build.estimatedCredits).toBe(100);
+    expect((await balance(userId)).reserved).toBe(100);
+  });
+
+  it('answers 402 with a recommendation and creates nothing when credits are short', async () => {
+    const { userId, projectId } = await newUserAndProject(350);
+    const res = await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 500 });
+    expect(res.statusCode).toBe(402);
+    const body = res.json();
+    expect(body.error).toBe('INSUFFICIENT_CREDITS');
+    expect(body.data).toMatchObject({ required: 500, available: 350, shortfall: 150 });
+    expect(body.data.recommendation.package).toBeTruthy();
+    expect(body.message).toMatch(/150/);
+    expect((await call('GET', `/v1/builds?projectId=${projectId}`)).json().builds).toEqual([]);
+    expect(await balance(userId)).toMatchObject({ balance: 350, reserved: 0 });
+    // The project's slot is free: a build it can afford goes in.
+    expect((await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 300 })).statusCode).toBe(201);
+  });
+
+  it('charges the actual credits on deployed and refunds the rest of the hold', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 200 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    const done = await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 120 });
+    expect(done.json()).toMatchObject({ state: 'deployed', actualCredits: 120 });
+    expect(await balance(userId)).toMatchObject({ balance: 880, reserved: 0, available: 880 });
+    expect((await call('GET', `/v1/credits/reservations/${build.reservationId}`)).json()).toMatchObject({
+      state: 'committed',
+    });
+  });
+
+  it('charges no more than the hold when a build reports more', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 50 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 80 });
+    expect(await balance(userId)).toMatchObject({ balance: 950, reserved: 0 });
+  });
+
+  it.each(['failed', 'cancelled'])('releases the whole hold when a build is %s', async (state) => {
+    const { userId, projectId } = await newUserAndProject(500);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 400 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    expect((await call('PATCH', `/v1/builds/${build.id}`, { state })).statusCode).toBe(200);
+    expect(await balance(userId)).toMatchObject({ balance: 500, reserved: 0, available: 500 });
+    expect((await call('GET', `/v1/credits/reservations/${build.reservationId}`)).json()).toMatchObject({
+      state: 'released',
+    });
+  });
+
+  it('releases the hold of a queued build that is cancelled', async () => {
+    const { userId, projectId } = await newUserAndProject(500);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    expect((await call('POST', `/v1/builds/${build.id}/cancel`)).statusCode).toBe(200);
+    expect((await balance(userId)).reserved).toBe(0);
+  });
+
+  it('keeps the books balanced after all of it', async () => {
+    const audit = await call('GET', '/v1/credits/audit');
+    expect(audit.statusCode).toBe(200);
+    expect(audit.json()).toMatchObject({ ok: true });
+    expect(audit.json().checkedUsers).toBeGreaterThanOrEqual(n);
+  });
+});

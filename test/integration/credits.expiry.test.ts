@@ -1,0 +1,107 @@
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sweepLapsedHolds } from '../../src/db/credits';
+import { startCreditSweeper } from '../../src/services/credit-sweeper';
+import { audit, grant, renewReservation, reserveCredits } from '../../src/services/credits';
+import { startTestApp, type TestApp } from '../helpers/app';
+import { signedInject } from '../helpers/signed';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('credit expiry and concurrency', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp({ RESERVATION_TTL_S: '1', RATE_LIMIT_USER_PER_MIN: '0', RATE_LIMIT_IP_PER_MIN: '0' });
+  });
+  afterAll(() => t.close());
+  const call = (method: 'GET' | 'POST', url: string, body?: unknown) => signedInject(t.app, { method, url, body });
+  const expireEntries = async (reservationId: string) =>
+    (
+      await t.database.db.query<{ n: number }>(
+        `select count(*)::int as n from credit_ledger where type = 'expire' and reservation_id = $1::text`,
+        [reservationId],
+      )
+    ).rows[0].n;
+
+  it('a lapsed hold stops counting at its expiry instant, before any sweeper runs', async () => {
+    await grant(t.database.db, { userId: 'u_exp', credits: 100, reason: 'seed', source: 'test' });
+    const hold = (await call('POST', '/v1/credits/reserve', { userId: 'u_exp', estimatedCredits: 100 })).json();
+    expect((await call('POST', '/v1/credits/reserve', { userId: 'u_exp', estimatedCredits: 1 })).statusCode).toBe(402);
+    const wait = Date.parse(hold.expires) - Date.now();
+    await sleep(Math.max(0, wait) + 20);
+    // Reads already exclude it, with no expire entry written yet.
+    expect(await expireEntries(hold.reservationId)).toBe(0);
+    expect((await call('GET', '/v1/credits/balance/u_exp')).json()).toMatchObject({ reserved: 0, available: 100 });
+    expect((await call('GET', `/v1/credits/reservations/${hold.reservationId}`)).json()).toMatchObject({
+      state: 'expired',
+      refunded: 100,
+    });
+    const commit = await call('POST', '/v1/credits/commit', { reservationId: hold.reservationId, actualCredits: 1 });
+    expect(commit.statusCode).toBe(409);
+    expect(commit.json().data.state).toBe('expired');
+    // An operation expires it first (one entry), then holds the credits again.
+    const again = await call('POST', '/v1/credits/reserve', { userId: 'u_exp', estimatedCredits: 100 });
+    expect(again.statusCode).toBe(201);
+    expect(await expireEntries(hold.reservationId)).toBe(1);
+    expect((await audit(t.database.db, 'u_exp')).ok).toBe(true);
+  });
+
+  it('two sweepers racing write exactly one expire entry per hold', async () => {
+    const ids: string[] = [];
+    for (let u = 0; u < 8; u++) {
+      await grant(t.database.db, { userId: `u_sweep_${u}`, credits: 50, reason: 'seed', source: 'test' });
+      for (let h = 0; h < 3; h++) {
+        const held = await reserveCredits(t.database.db, { userId: `u_sweep_${u}`, amount: 10, ttlS: 1 });
+        ids.push(held.reservationId);
+      }
+    }
+    await sleep(1100);
+    const counts = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => sweepLapsedHolds(t.database.db, 3, `sweep_test_${i}`)),
+    );
+    // The sweeper's loop: keep sweeping until nothing is left.
+    while ((await sweepLapsedHolds(t.database.db, 100, 'sweep_rest')) > 0);
+    expect(counts.every((n) => n >= 0)).toBe(true);
+    for (const id of ids) expect(await expireEntries(id)).toBe(1);
+    expect((await audit(t.database.db)).ok).toBe(true);
+  });
+
+  it('startCreditSweeper twice: every lapsed hold written once, within a few intervals', async () => {
+    await grant(t.database.db, { userId: 'u_sweeper', credits: 30, reason: 'seed', source: 'test' });
+    const holds = await Promise.all(
+      [1, 2, 3].map(() => reserveCredits(t.database.db, { userId: 'u_sweeper', amount: 10, ttlS: 1 })),
+    );
+    const stops = [
+      startCreditSweeper(t.database.db, pino({ level: 'silent' }), 50),
+      startCreditSweeper(t.database.db, pino({ level: 'silent' }), 50),
+    ];
+    try {
+      await sleep(1600);
+    } finally {
+      for (const stop of stops) stop();
+    }
+    for (const hold of holds) expect(await expireEntries(hold.reservationId)).toBe(1);
+    const balance = (await call('GET', '/v1/credits/balance/u_sweeper')).json();
+    expect(balance).toMatchObject({ balance: 30, reserved: 0 });
+    expect((await audit(t.database.db, 'u_sweeper')).ok).toBe(true);
+  });
+
+  it('renewing extends an active hold; a lapsed or resolved one cannot be renewed', async () => {
+    await grant(t.database.db, { userId: 'u_renew', credits: 20, reason: 'seed', source: 'test' });
+    const held = await reserveCredits(t.database.db, { userId: 'u_renew', amount: 10, ttlS: 1 });
+    const renewed = await renewReservation(t.database.db, held.reservationId, 60);
+    expect(Date.parse(renewed.expiresAt) - Date.now()).toBeGreaterThan(50_000);
+    await sleep(1100);
+    expect((await call('GET', `/v1/credits/reservations/${held.reservationId}`)).json().state).toBe('active');
+    const short = await reserveCredits(t.database.db, { userId: 'u_renew', amount: 10, ttlS: 1 });
+    await sleep(1100);
+    await expect(renewReservation(t.database.db, short.reservationId, 60)).rejects.toMatchObject({
+      code: 'RESERVATION_NOT_ACTIVE',
+      data: { state: 'expired' },
+    });
+    await expect(renewReservation(t.database.db, 'res_nope', 60)).rejects.toMatchObject({
+      code: 'RESERVATION_NOT_FOUND',
+    });
+    expect((await audit(t.database.db, 'u_renew')).ok).toBe(true);
+  });
+});
