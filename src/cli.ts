@@ -4,16 +4,19 @@
  */
 import { signRequest } from './client/sign';
 import { ConfigError, loadConfig } from './config';
+import { runDemo } from './demo';
 import { resolveHmacSecrets } from './secrets';
 import { audit } from './services/credits';
 import { openDatabase } from './stores';
 
 const USAGE = `usage: kiln sign METHOD PATH [BODY]
        kiln audit [--user ID]
+       kiln demo
   sign    print the signature headers for one request, and a curl line
           METHOD  GET, POST, PUT, PATCH, DELETE or HEAD
           PATH    the path with its query string, e.g. /v1/ping or '/v1/builds?state=queued'
           BODY    the exact JSON body to send (omit for none)
+  demo    against the running Kiln (HOST, PORT): a project, a build, its events live, its preview
   audit   prove the credit books from the ledger (one user, or all); prints JSON, exit 1 when not ok
 Environment: HMAC_SECRET or HMAC_SECRETS (else DATA_DIR/hmac-secret), SIGNATURE_HEADER_PREFIX, PORT, HOST;
 DATABASE_URL and DATABASE_SCHEMA (else the embedded database in DATA_DIR) for audit.`;
@@ -90,10 +93,20 @@ async function auditCommand(args: string[]): Promise<number> {
   }
 }
 
+async function demo(): Promise<number> {
+  const config = loadConfig(process.env);
+  const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
+  const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
+  return runDemo(`http://${host}:${config.port}`, secrets[0], config.signatureHeaderPrefix, (line) =>
+    process.stdout.write(`${line}\n`),
+  );
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === 'sign') return sign(rest);
   if (command === 'audit') return auditCommand(rest);
+  if (command === 'demo') return demo();
   process.stderr.write(`${USAGE}\n`);
   return command === undefined || command === 'help' || command === '--help' ? 0 : 2;
 }

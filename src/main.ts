@@ -31,7 +31,10 @@ async function main(): Promise<void> {
   }
   // Asynchronous stdout: one write per batch of lines instead of a system call per line (measured ~15 % less CPU
   // per request); flushed before every exit below.
-  const logger = pino({ level: config.logLevel, base: { pid: process.pid } }, pino.destination({ dest: 1, sync: false }));
+  const logger = pino(
+    { level: config.logLevel, base: { pid: process.pid } },
+    pino.destination({ dest: 1, sync: false }),
+  );
   const exit = (code: number) => logger.flush(() => process.exit(code));
   const { secrets, file } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
   if (file) logger.info({ file }, 'using the HMAC secret saved in DATA_DIR (set HMAC_SECRET to choose one)');
@@ -73,6 +76,7 @@ async function main(): Promise<void> {
     { url: address, version: VERSION, instanceId },
     `Kiln listening on ${address} — ${describeStores(config)}`,
   );
+  logger.info(`Try it: npm run demo (a project and a build through the signed API, its events live, its preview)`);
 
   let stopping = false;
   const shutdown = async (signal: string) => {

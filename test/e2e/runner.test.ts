@@ -1,5 +1,7 @@
+import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKilnClient } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
@@ -8,6 +10,7 @@ import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../
 import { readEventStream } from '../helpers/sse';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
+const run = promisify(execFile);
 const SLOW_BUILD = `sh ${join(ROOT, 'test/fixtures/slow-build.sh')}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -113,6 +116,18 @@ describe('the runner (command executor)', () => {
     expect(preview.status).toBe(200);
     expect(await preview.text()).toContain(build.id);
     expect((await fetch(`${kiln.url}/previews/${build.id}/../../hmac-secret`)).status).toBe(404);
+  });
+
+  it('`kiln demo` shows a whole build against the running process', async () => {
+    const kiln = processes[0];
+    const { stdout } = await run(process.execPath, ['bin/kiln.mjs', 'demo'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', HMAC_SECRET: TEST_SECRET, PORT: new URL(kiln.url).port },
+    });
+    expect(stdout).toContain('POST /v1/builds → 201');
+    expect(stdout).toMatch(/#1 queued/);
+    expect(stdout).toMatch(/#\d+ deployed/);
+    expect(stdout).toMatch(/preview: http:\/\/127\.0\.0\.1:\d+\/previews\//);
   });
 
   it('fails a build whose command exits non-zero, with the tail of its stderr', async () => {
