@@ -11,7 +11,7 @@ import {
   requestTransition,
 } from '../../services/builds';
 import { afterCommit, transactionOf } from '../idempotency';
-import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
+import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
 import { optionalBody } from '../validation';
 import { registerStreamShutdown, streamBuildEvents } from './build-stream';
@@ -79,15 +79,7 @@ const PatchBuildSchema = Type.Object(
 );
 
 const IdParams = Type.Object({ id: Id });
-const errors = {
-  400: ErrorEnvelopeSchema,
-  401: ErrorEnvelopeSchema,
-  402: ErrorEnvelopeSchema,
-  404: ErrorEnvelopeSchema,
-  409: ErrorEnvelopeSchema,
-  422: ErrorEnvelopeSchema,
-  429: ErrorEnvelopeSchema,
-};
+const errors = ERROR_RESPONSES;
 
 /** Builds (SPEC section 5): create, read, list, transition, cancel, events, live events. */
 export function registerBuildRoutes(app: App, deps: AppDeps): void {

@@ -11,7 +11,7 @@ import {
   reserveCredits,
 } from '../../services/credits';
 import { transactionOf } from '../idempotency';
-import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
+import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
 
 /** Largest single figure a request may carry; the database stores bigint, this keeps sums far from any limit. */
@@ -129,14 +129,7 @@ const AuditSchema = Type.Object(
   { title: 'CreditAudit' },
 );
 const UserParams = Type.Object({ userId: Token });
-const errors = {
-  400: ErrorEnvelopeSchema,
-  401: ErrorEnvelopeSchema,
-  404: ErrorEnvelopeSchema,
-  409: ErrorEnvelopeSchema,
-  422: ErrorEnvelopeSchema,
-  429: ErrorEnvelopeSchema,
-};
+const errors = ERROR_RESPONSES;
 
 const actor = (request: FastifyRequest) => ({
   requestId: request.id,
@@ -184,7 +177,7 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
         tags,
         summary: 'Hold credits for a build; 402 INSUFFICIENT_CREDITS with what to buy when short',
         body: ReserveBody,
-        response: { 201: ReserveResponse, 402: ErrorEnvelopeSchema, ...errors },
+        response: { 201: ReserveResponse, ...errors },
       },
     },
     async (request, reply) => {

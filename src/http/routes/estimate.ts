@@ -1,7 +1,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import { estimate } from '../../services/estimate';
 import { transactionOf } from '../idempotency';
-import { ErrorEnvelopeSchema, Id, Token } from '../schemas';
+import { ERROR_RESPONSES, Id, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
 
 const EstimateBody = Type.Object(
@@ -53,13 +53,7 @@ export function registerEstimateRoutes(app: App, deps: AppDeps): void {
         tags: ['credits'],
         summary: 'Estimate an operation’s credits from past usage; with userId, whether they are affordable',
         body: EstimateBody,
-        response: {
-          200: EstimateSchema,
-          400: ErrorEnvelopeSchema,
-          401: ErrorEnvelopeSchema,
-          422: ErrorEnvelopeSchema,
-          429: ErrorEnvelopeSchema,
-        },
+        response: { 200: EstimateSchema, ...ERROR_RESPONSES },
       },
     },
     async (request) => {

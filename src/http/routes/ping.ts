@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import { ErrorEnvelopeSchema } from '../schemas';
+import { ERROR_RESPONSES } from '../schemas';
 import type { App } from '../server';
 
 const PingSchema = Type.Object({
@@ -8,8 +8,6 @@ const PingSchema = Type.Object({
   signatureVersion: Type.Union([Type.Literal('v1'), Type.Literal('v2')]),
   bodyBytes: Type.Integer({ description: 'Length of the body the signature covered' }),
 });
-
-const signedErrors = { 401: ErrorEnvelopeSchema, 409: ErrorEnvelopeSchema, 429: ErrorEnvelopeSchema };
 
 /** `GET|POST /v1/ping`: lets a client test its signing (a failure's 401 says exactly which check failed). */
 export function registerPingRoutes(app: App): void {
@@ -21,7 +19,9 @@ export function registerPingRoutes(app: App): void {
   });
   app.get(
     '/v1/ping',
-    { schema: { tags: ['signing'], summary: 'Test request signing', response: { 200: PingSchema, ...signedErrors } } },
+    {
+      schema: { tags: ['signing'], summary: 'Test request signing', response: { 200: PingSchema, ...ERROR_RESPONSES } },
+    },
     async (request) => reply(request),
   );
   app.post(
@@ -31,7 +31,7 @@ export function registerPingRoutes(app: App): void {
         tags: ['signing'],
         summary: 'Test request signing with a body (any JSON)',
         body: Type.Optional(Type.Unknown()),
-        response: { 200: PingSchema, ...signedErrors },
+        response: { 200: PingSchema, ...ERROR_RESPONSES },
       },
     },
     async (request) => reply(request),

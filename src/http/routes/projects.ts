@@ -11,7 +11,7 @@ import {
 } from '../../services/projects';
 import { ApiError } from '../errors';
 import { transactionOf } from '../idempotency';
-import { ErrorEnvelopeSchema, Id, PlainText, Token } from '../schemas';
+import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
 
 const Framework = Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: PlainText }), Type.Null()]);
@@ -52,14 +52,7 @@ const ProjectPatchSchema = Type.Object(
 );
 const IdParams = Type.Object({ id: Id });
 const IfMatchHeaders = Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 64 })) });
-const errors = {
-  400: ErrorEnvelopeSchema,
-  401: ErrorEnvelopeSchema,
-  404: ErrorEnvelopeSchema,
-  409: ErrorEnvelopeSchema,
-  422: ErrorEnvelopeSchema,
-  429: ErrorEnvelopeSchema,
-};
+const errors = ERROR_RESPONSES;
 
 /** `If-Match: "3"`, `W/"3"` or `3` → 3; `*` or absent → no condition. */
 export function parseIfMatch(header: string | undefined): number | undefined {
