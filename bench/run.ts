@@ -5,12 +5,14 @@ import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
 import { benchIdempotency } from './idempotency';
 import { benchSignedGet } from './signed-get';
+import { benchSubmitToStart } from './submit-to-start';
 
 const benches: Record<string, () => Promise<void>> = {
   healthz: benchHealthz,
   'signed-get': benchSignedGet,
   idempotency: benchIdempotency,
   credits: benchCredits,
+  'submit-to-start': benchSubmitToStart,
 };
 const only = process.argv[2];
 if (only && !benches[only]) {

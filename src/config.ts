@@ -12,6 +12,8 @@ export interface Config {
   port: number;
   host: string;
   databaseUrl: string | undefined;
+  /** Connections in this process's PostgreSQL pool. */
+  databasePoolSize: number;
   /** PostgreSQL schema Kiln's tables live in (lets several deployments or test runs share one database). */
   databaseSchema: string;
   redisUrl: string | undefined;
@@ -200,6 +202,7 @@ export function loadConfig(env: Env = process.env): Config {
     host: given(env, 'HOST') ?? '127.0.0.1',
     databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
     databaseSchema: identifier(env, 'DATABASE_SCHEMA', 'public'),
+    databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 20, 2, 500),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     redisPrefix,
     dataDir: given(env, 'DATA_DIR') ?? './.kiln',

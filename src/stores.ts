@@ -13,7 +13,7 @@ import type { EphemeralStore } from './store/store';
 export async function openDatabase(config: Config): Promise<Database> {
   if (!config.databaseUrl) await mkdir(config.dataDir, { recursive: true });
   const db = config.databaseUrl
-    ? openPostgres({ url: config.databaseUrl, schema: config.databaseSchema })
+    ? openPostgres({ url: config.databaseUrl, schema: config.databaseSchema, max: config.databasePoolSize })
     : await openPglite({ dataDir: resolve(join(config.dataDir, 'pgdata')), schema: config.databaseSchema });
   try {
     await migrate(db, config.databaseSchema);

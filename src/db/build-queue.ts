@@ -6,14 +6,19 @@ const B_COLUMNS = BUILD_COLUMNS.split(',')
   .join(', ');
 
 /**
- * Claim the oldest queued build for `owner`: move it to building with a lease of `leaseSeconds` and write its
- * `started` event, in one statement. `for update skip locked` lets many runners claim at once without waiting
- * on each other or taking the same build. Undefined when nothing is queued.
+ * Claim up to `limit` of the oldest queued builds for `owner`: move them to building with a lease of
+ * `leaseSeconds` and write their `started` events, in one statement. `for update skip locked` lets many runners
+ * claim at once without waiting on each other or taking the same build. Empty when nothing is queued.
  */
-export async function claimNextBuild(q: Queryable, owner: string, leaseSeconds: number): Promise<DbBuild | undefined> {
+export async function claimBuilds(
+  q: Queryable,
+  owner: string,
+  leaseSeconds: number,
+  limit: number,
+): Promise<DbBuild[]> {
   const { rows } = await q.query<DbBuild>(
     `with next as (
-       select id from builds where state = 'queued' order by created_at, id for update skip locked limit 1),
+       select id from builds where state = 'queued' order by created_at, id for update skip locked limit $3::int),
      b as (
        update builds set state = 'building', started_at = now(), lease_owner = $1::text,
               lease_expires_at = now() + make_interval(secs => $2::int), last_event_seq = last_event_seq + 1
@@ -22,10 +27,10 @@ export async function claimNextBuild(q: Queryable, owner: string, leaseSeconds: 
      e as (
        insert into build_events (build_id, seq, type, message, data)
        select id, last_event_seq, 'started', 'Build started', jsonb_build_object('runner', $1::text) from b)
-     select ${B_COLUMNS} from b`,
-    [owner, leaseSeconds],
+     select ${B_COLUMNS} from b order by b.created_at, b.id`,
+    [owner, leaseSeconds, limit],
   );
-  return rows[0];
+  return rows;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { claimNextBuild, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } from '../db/build-queue';
+import { claimBuilds, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } from '../db/build-queue';
 import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
 import type { Database } from '../db/database';
 import { creditsForDuration } from '../domain/build-pricing';
@@ -70,11 +70,15 @@ export class Runner {
     try {
       do {
         this.refill = false;
-        while (!this.stopping && this.running.size < this.options.concurrency) {
-          const build = await claimNextBuild(this.options.db, this.options.owner, this.options.leaseSeconds);
-          if (!build) break;
-          this.options.signals.send('events', build.id);
-          this.track(this.run(build));
+        // Claim as many as there are free slots, in one statement; go on while the queue fills them.
+        for (let free = this.freeSlots(); free > 0 && !this.stopping; free = this.freeSlots()) {
+          const claimed = await claimBuilds(this.options.db, this.options.owner, this.options.leaseSeconds, free);
+          for (const build of claimed) {
+            this.running.set(build.id, new AbortController());
+            this.options.signals.send('events', build.id);
+            this.track(this.run(build));
+          }
+          if (claimed.length < free) break;
         }
       } while (this.refill && !this.stopping);
     } catch (error) {
@@ -82,6 +86,10 @@ export class Runner {
     } finally {
       this.filling = false;
     }
+  }
+
+  private freeSlots(): number {
+    return this.options.concurrency - this.running.size;
   }
 
   private track(work: Promise<void>): void {
@@ -95,7 +103,8 @@ export class Runner {
   private async run(claimed: DbBuild): Promise<void> {
     const { db, signals, logger, owner, leaseSeconds } = this.options;
     const log = logger.child({ buildId: claimed.id });
-    const controller = new AbortController();
+    // Registered at claim time, so the free-slot count is right before this starts.
+    const controller = this.running.get(claimed.id) ?? new AbortController();
     this.running.set(claimed.id, controller);
     const workspace = resolve(join(this.options.dataDir, 'builds', claimed.id));
     const previewDir = join(workspace, 'preview');
@@ -129,7 +138,6 @@ export class Runner {
       },
       (leaseSeconds * 1000) / 3,
     );
-    await renew().catch((error: unknown) => log.warn({ err: error }, 'hold renewal failed; will retry'));
     const timeout = setTimeout(
       () => controller.abort('timeout' satisfies StopReason),
       this.options.timeoutSeconds * 1000,
