@@ -10,6 +10,8 @@ const pool = new pg.Pool({
   max: 20,
   options: `-c search_path="${schema}"`,
 });
+// As in bench/credits.ts: the load is spread over this many users.
+const BENCH_USERS = 100;
 let reserveN = 0;
 let commitN = 0;
 let releaseN = 0;
@@ -17,8 +19,8 @@ const app = Fastify({ logger: false });
 app.post('/reserve', async () => {
   const id = `base_x_${process.pid}_${reserveN++}`;
   const { rows } = await pool.query(
-    `select * from credit_reserve($1::text, 'bench_base', 10::bigint, null::text, 1800, 'req', 'corr', 'bench')`,
-    [id],
+    `select * from credit_reserve($1::text, $2::text, 10::bigint, null::text, 1800, 'req', 'corr', 'bench')`,
+    [id, `bench_base_${reserveN % BENCH_USERS}`],
   );
   return rows[0];
 });

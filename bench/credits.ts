@@ -30,12 +30,15 @@ function cycling(requests: Req[]) {
   return () => requests[next++ % requests.length];
 }
 
-/** Create `count` holds with ids `${prefix}N` for `userId` in one statement (setup, not measured). */
-async function createHolds(client: pg.Client, prefix: string, userId: string, count: number): Promise<void> {
+/** Users the load is spread over (each operation locks its user's account row). */
+export const BENCH_USERS = 100;
+
+/** Create `count` holds with ids `${prefix}N`, hold N for user `${userPrefix}${N % BENCH_USERS}` (setup, not measured). */
+async function createHolds(client: pg.Client, prefix: string, userPrefix: string, count: number): Promise<void> {
   await client.query(
-    `select credit_reserve($1::text || g, $2::text, 10::bigint, null::text, 7200, 'setup', 'setup', 'bench')
+    `select credit_reserve($1::text || g, $2::text || (g % $4::int), 10::bigint, null::text, 7200, 'setup', 'setup', 'bench')
        from generate_series(0, $3::int - 1) g`,
-    [prefix, userId, count],
+    [prefix, userPrefix, count, BENCH_USERS],
   );
 }
 
@@ -71,19 +74,19 @@ export async function benchCredits(): Promise<void> {
   try {
     // Plenty of credits, and holds for every commit and release either side may send (a hold resolves once).
     const pool = Math.max(20_000, durationS * 5_000);
-    for (const user of ['bench_user', 'bench_base']) {
-      await admin.query(
-        `select credit_grant($1::text, 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')`,
-        [user],
-      );
-    }
-    await createHolds(admin, 'kiln_c_', 'bench_user', pool);
-    await createHolds(admin, 'kiln_r_', 'bench_user', pool);
-    await createHolds(admin, 'base_c_', 'bench_base', pool);
-    await createHolds(admin, 'base_r_', 'bench_base', pool);
+    await admin.query(
+      `select credit_grant(u || (g % $1::int), 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
+         from generate_series(0, $1::int - 1) g, unnest(array['bench_user_', 'bench_base_']) u`,
+      [BENCH_USERS],
+    );
+    await createHolds(admin, 'kiln_c_', 'bench_user_', pool);
+    await createHolds(admin, 'kiln_r_', 'bench_user_', pool);
+    await createHolds(admin, 'base_c_', 'bench_base_', pool);
+    await createHolds(admin, 'base_r_', 'bench_base_', pool);
 
-    const reserveBody = JSON.stringify({ userId: 'bench_user', estimatedCredits: 10 });
-    const reserves = cycling(presigned('/v1/credits/reserve', () => reserveBody, durationS * 8_000));
+    const reserveBody = (i: number) =>
+      JSON.stringify({ userId: `bench_user_${i % BENCH_USERS}`, estimatedCredits: 10 });
+    const reserves = cycling(presigned('/v1/credits/reserve', reserveBody, durationS * 8_000));
     const commits = cycling(
       presigned('/v1/credits/commit', (i) => JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }), pool),
     );
@@ -113,7 +116,7 @@ export async function benchCredits(): Promise<void> {
     process.stdout.write(`\n${table}\n\n${summary}\n`);
     await writeSection(
       'credits',
-      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each, every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts). Each Kiln mutation also runs in the idempotency layer's transaction (BEGIN, the function, COMMIT); commits and releases resolve distinct holds created before the run.\n\n${table}\n\n- ${summary}.\n`,
+      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each, load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts). Each Kiln mutation also runs in the idempotency layer's transaction (BEGIN, the function, COMMIT); commits and releases resolve distinct holds created before the run.\n\n${table}\n\n- ${summary}.\n`,
     );
   } finally {
     await kiln.stop();
