@@ -22,6 +22,16 @@ declare module 'fastify' {
     idempotency?: { key: string; fingerprint: RequestFingerprint };
     /** Work to do once the request's transaction has committed (wake-ups); dropped if it rolls back. */
     afterCommit?: (() => void)[];
+    /** For a single-statement route called without a key: the database itself, no transaction around it. */
+    autocommit?: Queryable;
+  }
+  interface FastifyContextConfig {
+    /**
+     * The handler sends exactly one statement (a credit function). Without an idempotency key it then runs in
+     * autocommit — one round trip instead of BEGIN, statement, COMMIT — since one statement is atomic by itself.
+     * With a key it still runs in the transaction that records the key.
+     */
+    singleStatement?: boolean;
   }
 }
 
@@ -51,8 +61,9 @@ function runAfterCommit(request: FastifyRequest): void {
 
 /** The transaction of a mutating /v1 request; route handlers pass it to their service. */
 export function transactionOf(request: FastifyRequest): Queryable {
-  if (!request.tx) throw new Error(`no transaction for ${request.method} ${request.url}: not a mutating /v1 route`);
-  return request.tx;
+  const q = request.tx ?? request.autocommit;
+  if (!q) throw new Error(`no transaction for ${request.method} ${request.url}: not a mutating /v1 route`);
+  return q;
 }
 
 function isMutation(request: FastifyRequest): boolean {
@@ -157,6 +168,10 @@ export function registerIdempotency(app: App, deps: AppDeps): void {
         return null;
       });
       if (cached) return replay(request, reply, JSON.parse(cached) as CachedRecord, 'store');
+    }
+    if (key === undefined && request.routeOptions.config.singleStatement) {
+      request.autocommit = db;
+      return;
     }
     const tx = await db.begin();
     try {

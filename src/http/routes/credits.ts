@@ -144,6 +144,7 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/grant',
     {
+      config: { singleStatement: true },
       schema: {
         tags,
         summary: 'Add credits to a user (top-ups, purchases, adjustments); may set the plan',
@@ -173,6 +174,7 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/reserve',
     {
+      config: { singleStatement: true },
       schema: {
         tags,
         summary: 'Hold credits for a build; 402 INSUFFICIENT_CREDITS with what to buy when short',
@@ -204,6 +206,7 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/commit',
     {
+      config: { singleStatement: true },
       schema: {
         tags,
         summary: 'Charge a hold (actualCredits ≤ reserved; the rest is refunded)',
@@ -227,6 +230,7 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/release',
     {
+      config: { singleStatement: true },
       schema: {
         tags,
         summary: 'Give a whole hold back',
