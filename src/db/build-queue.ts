@@ -72,13 +72,14 @@ export async function failLapsedBuilds(q: Queryable, limit = 100): Promise<DbBui
 }
 
 /**
- * Holds of queued builds that expire within `withinSeconds`: a build's hold must live as long as the build waits
- * (running builds renew theirs with their lease).
+ * Holds that expire within `withinSeconds` of builds no runner renews: queued ones, and ones an external runner
+ * moved to building. A build's hold must live as long as the build (runners renew theirs with their lease).
  */
 export async function queuedHoldsExpiringSoon(q: Queryable, withinSeconds: number, limit = 100): Promise<string[]> {
   const { rows } = await q.query<{ id: string }>(
     `select r.id from builds b join credit_reservations r on r.id = b.reservation_id
-      where b.state = 'queued' and r.state = 'active' and r.expires_at < now() + make_interval(secs => $1::int)
+      where (b.state = 'queued' or (b.state = 'building' and b.lease_owner is null))
+        and r.state = 'active' and r.expires_at < now() + make_interval(secs => $1::int)
       limit $2::int`,
     [withinSeconds, limit],
   );

@@ -197,6 +197,8 @@ export interface TransitionChange {
   event: { message: string; data?: Record<string, unknown> };
   /** Only this lease owner may make the change (runners); undefined for API callers. */
   leaseOwner?: string;
+  /** On entering building: hold the build for this long (no owner) so the reaper finds it if it is abandoned. */
+  leaseSeconds?: number;
 }
 
 /**
@@ -221,7 +223,9 @@ export async function transitionBuild(
          preview_url = coalesce($6::text, preview_url),
          actual_credits = coalesce($7::int, actual_credits),
          lease_owner = case when $2::text in ('deployed', 'failed', 'cancelled') then null else lease_owner end,
-         lease_expires_at = case when $2::text in ('deployed', 'failed', 'cancelled') then null else lease_expires_at end,
+         lease_expires_at = case when $2::text in ('deployed', 'failed', 'cancelled') then null
+                                 when $12::int is not null then now() + make_interval(secs => $12::int)
+                                 else lease_expires_at end,
          last_event_seq = last_event_seq + 1
        where id = $1::text and state = $3::text and ($10::text is null or lease_owner = $10::text)
        returning *),
@@ -241,6 +245,7 @@ export async function transitionBuild(
       change.event.message,
       change.leaseOwner ?? null,
       change.event.data === undefined ? null : JSON.stringify(change.event.data),
+      change.leaseSeconds ?? null,
     ],
   );
   return rows[0];

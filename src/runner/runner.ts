@@ -5,6 +5,7 @@ import { claimBuilds, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } fr
 import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
 import type { Database } from '../db/database';
 import { creditsForDuration } from '../domain/build-pricing';
+import { ApiError } from '../domain/errors';
 import { settleBuildCredits } from '../services/builds';
 import { internalActor, renewReservation } from '../services/credits';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
@@ -146,14 +147,21 @@ export class Runner {
     let result: ExecutionResult;
     try {
       await mkdir(previewDir, { recursive: true });
-      result = await this.options.executor!.execute({
-        build: toBuild(claimed),
-        workspace,
-        previewDir,
-        previewUrl: `/previews/${claimed.id}/`,
-        signal: controller.signal,
-        emit,
-      });
+      if (!(await this.holdStillActive(claimed, log))) {
+        result = {
+          outcome: 'failed',
+          reason: 'hold_expired',
+          error: 'The credit hold of this build had expired before it started; create the build again.',
+        };
+      } else
+        result = await this.options.executor!.execute({
+          build: toBuild(claimed),
+          workspace,
+          previewDir,
+          previewUrl: `/previews/${claimed.id}/`,
+          signal: controller.signal,
+          emit,
+        });
     } catch (error) {
       result = { outcome: 'failed', reason: 'executor_error', error: (error as Error).message };
     } finally {
@@ -163,6 +171,35 @@ export class Runner {
     }
     await events;
     await this.finish(claimed, result, log);
+  }
+
+  /**
+   * A build only runs with its credits held: renew the hold now. A hold that lapsed while the build waited (no
+   * process was up to renew it) fails the build instead of running it for free.
+   */
+  private async holdStillActive(claimed: DbBuild, log: Logger): Promise<boolean> {
+    if (!claimed.reservation_id) return true;
+    try {
+      await renewReservation(
+        this.options.db,
+        claimed.reservation_id,
+        this.options.reservationTtlS,
+        internalActor('runner'),
+      );
+      return true;
+    } catch (error) {
+      if (
+        error instanceof ApiError &&
+        (error.code === 'RESERVATION_NOT_ACTIVE' || error.code === 'RESERVATION_NOT_FOUND')
+      ) {
+        log.warn(
+          { reservationId: claimed.reservation_id, hold: error.data },
+          'build hold expired before it started; failing it',
+        );
+        return false;
+      }
+      throw error;
+    }
   }
 
   /** End the build as the executor said, unless it was cancelled or reaped meanwhile (then it is not ours). */
@@ -211,7 +248,8 @@ export class Runner {
     const { db, signals, logger } = this.options;
     try {
       const reaped = await db.transaction(async (tx) => {
-        const failed = await failLapsedBuilds(tx);
+        // Settle in user order: two processes reaping at once then lock accounts in the same order.
+        const failed = (await failLapsedBuilds(tx)).sort((a, b) => a.user_id.localeCompare(b.user_id));
         for (const build of failed) await settleBuildCredits(tx, build, internalActor('reaper'), logger);
         return failed;
       });

@@ -66,6 +66,8 @@ export interface BuildContext {
   packages: readonly CreditPackage[];
   reservationTtlS: number;
   creditsPerMinute: number;
+  /** Lease of a build moved to building through the API (no runner heartbeats): BUILD_TIMEOUT_S. */
+  externalLeaseS: number;
   actor?: Partial<Actor>;
 }
 
@@ -221,43 +223,61 @@ function invalidTransition(build: DbBuild, to: BuildState): ApiError {
 
 /**
  * Apply a transition asked for by the API (external runner or web app). Checked against the table first for a
- * good message; the conditional update and the trigger are the last word under races.
+ * good message; the conditional update and the trigger are the last word under races. A build that moved on
+ * between the read and the update (a runner claimed it while a cancel was on its way) is read again and, if the
+ * transition is still allowed from its new state, tried again — so a valid request never gets a false 409.
  */
 export async function requestTransition(
   q: Queryable,
   id: string,
   change: TransitionRequest,
-  context: Pick<BuildContext, 'creditsPerMinute' | 'actor'>,
+  context: Pick<BuildContext, 'creditsPerMinute' | 'actor' | 'externalLeaseS'>,
 ): Promise<{ before: DbBuild; after: DbBuild }> {
-  const build = await getBuild(q, id);
-  if (!canTransition(build.state, change.state)) throw invalidTransition(build, change.state);
+  for (let attempt = 0; ; attempt++) {
+    const build = await getBuild(q, id);
+    if (!canTransition(build.state, change.state)) throw invalidTransition(build, change.state);
+    const after = await tryTransition(q, build, change, context);
+    if (after) {
+      await settleBuildCredits(q, after, context.actor ?? {});
+      return { before: build, after };
+    }
+    // Each retry follows a real state change, and the states only move forward: a few rounds at most.
+    if (attempt >= 3) throw invalidTransition(await getBuild(q, id), change.state);
+  }
+}
+
+async function tryTransition(
+  q: Queryable,
+  build: DbBuild,
+  change: TransitionRequest,
+  context: Pick<BuildContext, 'creditsPerMinute' | 'externalLeaseS'>,
+): Promise<DbBuild | undefined> {
   // Deployed without a figure: priced from the time it spent building.
   const actualCredits =
     change.actualCredits ??
     (change.state === 'deployed' && build.started_at
       ? creditsForDuration(Date.now() - build.started_at.getTime(), context.creditsPerMinute)
       : undefined);
-  let after: DbBuild | undefined;
   try {
-    after = await transitionBuild(q, id, {
+    return await transitionBuild(q, build.id, {
       from: build.state,
       to: change.state,
       reason: change.reason ?? (change.state === 'cancelled' ? 'cancelled' : null),
       error: change.error,
       previewUrl: change.previewUrl,
       actualCredits,
+      // Started through the API (external runner): no heartbeats will come, so the lease is the build timeout;
+      // past it the reaper fails the build as worker_lost and releases its hold.
+      leaseSeconds: change.state === 'building' ? context.externalLeaseS : undefined,
       event: {
         message: change.reason ? `Build ${change.state}: ${change.reason}` : `Build ${change.state}`,
         data: { source: 'api', ...(change.reason ? { reason: change.reason } : {}) },
       },
     });
   } catch (error) {
-    if (sqlState(error) === 'KL001') throw invalidTransition(await getBuild(q, id), change.state);
+    if (sqlState(error) === 'KL001') return undefined;
     throw error;
   }
-  if (!after) throw invalidTransition(await getBuild(q, id), change.state);
-  await settleBuildCredits(q, after, context.actor ?? {});
-  return { before: build, after };
 }
 
 export interface BuildPage {

@@ -104,9 +104,15 @@ export async function streamBuildEvents(
     }
   };
 
+  // The client may have gone during any await above: then clean up at once instead of polling for nobody.
+  if (raw.destroyed) return end();
   unsubscribe = await signals.on('events', (buildId) => {
     if (buildId === build.id) void pump();
   });
+  if (ended || raw.destroyed) {
+    unsubscribe();
+    return end();
+  }
   timers.push(setInterval(() => void pump(), POLL_MS));
   timers.push(
     setInterval(() => {

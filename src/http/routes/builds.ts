@@ -90,6 +90,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     packages: config.creditPackages,
     reservationTtlS: config.reservationTtlS,
     creditsPerMinute: config.creditsPerBuildMinute,
+    externalLeaseS: config.buildTimeoutS,
     actor: { requestId: request.id, correlationId: request.correlationId },
   });
 

@@ -6,6 +6,7 @@ import type { ExecutionContext, ExecutionResult, Executor, StopReason } from './
 const STDERR_TAIL = 4_000;
 const MAX_LINE = 2_000;
 const KILL_GRACE_MS = 3_000;
+const STRAGGLER_GRACE_MS = 1_000;
 
 /** One JSON line from the command, turned into an event or the final result; anything else becomes a log line. */
 export function parseLine(line: string): { event?: NewEvent; result?: { previewUrl?: string; credits?: number } } {
@@ -78,6 +79,7 @@ export class CommandExecutor implements Executor {
         killTimer.unref();
       };
       signal.addEventListener('abort', onAbort, { once: true });
+      if (signal.aborted) onAbort(); // stopped before it could even start
       child.stdin.on('error', () => {}); // a command that never reads stdin must not fail the build
       child.stdin.end(`${JSON.stringify(build)}\n`);
       // Every stdout line must be turned into an event before the build ends: wait for the reader too.
@@ -97,6 +99,18 @@ export class CommandExecutor implements Executor {
         clearTimeout(killTimer);
         resolve(outcome);
       };
+      // Background children left by the command may hold its stdout open after it exits; give them a moment,
+      // then kill the group and stop reading, so the build ends when the command does.
+      child.on('exit', () => {
+        const reap = setTimeout(() => {
+          killGroup('SIGKILL');
+          lines.close();
+          child.stdout.destroy();
+          child.stderr.destroy();
+        }, STRAGGLER_GRACE_MS);
+        reap.unref();
+        child.once('close', () => clearTimeout(reap));
+      });
       child.on('error', (error) =>
         finish({
           outcome: 'failed',

@@ -1,0 +1,105 @@
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { failLapsedBuilds } from '../../src/db/build-queue';
+import { CommandExecutor } from '../../src/runner/executors/command';
+import { Runner } from '../../src/runner/runner';
+import { BuildSignals } from '../../src/runner/signals';
+import { startTestApp, type TestApp } from '../helpers/app';
+import { signedInject } from '../helpers/signed';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The runner driven directly against the run's database (the API runs with the external executor). */
+describe('runner edge cases', () => {
+  let t: TestApp;
+  let n = 0;
+  beforeAll(async () => {
+    t = await startTestApp({ BUILD_EXECUTOR: 'external', RESERVATION_TTL_S: '1', BUILD_TIMEOUT_S: '1' });
+    await signedInject(t.app, {
+      method: 'POST',
+      url: '/v1/credits/grant',
+      body: { userId: 'u_run', credits: 100_000, reason: 'test', source: 'test' },
+    });
+  });
+  afterAll(() => t.close());
+
+  const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
+    signedInject(t.app, { method, url, body });
+  const newBuild = async () => {
+    const projectId = `prj_edge_${++n}`;
+    await call('POST', '/v1/projects', { id: projectId, ownerId: 'u_run', name: 'edge' });
+    const res = await call('POST', '/v1/builds', { projectId, userId: 'u_run', estimatedCredits: 10 });
+    expect(res.statusCode).toBe(201);
+    return res.json() as { id: string; reservationId: string };
+  };
+  const runnerWith = (command: string) =>
+    new Runner({
+      db: t.database.db,
+      signals: new BuildSignals(t.database.db, t.store.store, t.database.schema, pino({ level: 'silent' })),
+      logger: pino({ level: 'silent' }),
+      owner: `test_runner_${n}`,
+      executor: new CommandExecutor(command),
+      concurrency: 1,
+      leaseSeconds: 30,
+      timeoutSeconds: 30,
+      dataDir: `${t.config.dataDir}/runner-test-${process.pid}`,
+      creditsPerMinute: 1,
+      reservationTtlS: 60,
+    });
+  const stateOf = async (id: string) =>
+    (await call('GET', `/v1/builds/${id}`)).json() as { state: string; reason: string | null };
+  const until = async (id: string, state: string) => {
+    for (let i = 0; i < 100; i++) {
+      const build = await stateOf(id);
+      if (build.state === state) return build;
+      await sleep(50);
+    }
+    throw new Error(`build ${id} never became ${state}: ${JSON.stringify(await stateOf(id))}`);
+  };
+
+  it('fails, without running it, a build whose hold lapsed while it waited', async () => {
+    const build = await newBuild();
+    await sleep(1_200); // RESERVATION_TTL_S=1 and no process renewed it
+    const runner = runnerWith(`echo ran >> /dev/null; echo '{"type":"result","credits":1}'`);
+    await runner.fill();
+    const failed = await until(build.id, 'failed');
+    expect(failed.reason).toBe('hold_expired');
+    await runner.stop(1_000);
+    expect((await call('GET', `/v1/credits/reservations/${build.reservationId}`)).json().state).toBe('expired');
+  });
+
+  it('ends a build when its command exits, even if a background child keeps stdout open', async () => {
+    const build = await newBuild();
+    const runner = runnerWith(`sleep 30 & echo '{"type":"result","credits":2}'`);
+    const started = Date.now();
+    await runner.fill();
+    await until(build.id, 'deployed');
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await runner.stop(1_000);
+  });
+
+  it('gives a build started through the API a lease, so an abandoned one is reaped and its hold released', async () => {
+    const build = await newBuild();
+    expect((await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' })).statusCode).toBe(200);
+    await sleep(1_100); // BUILD_TIMEOUT_S=1 is the lease of an API-started build
+    const reaped = await t.database.db.transaction((tx) => failLapsedBuilds(tx));
+    expect(reaped.map((b) => b.id)).toContain(build.id);
+    expect((await stateOf(build.id)).reason).toBe('worker_lost');
+  });
+
+  it('cancels a build a runner claims while the cancel is on its way (no false 409)', async () => {
+    const build = await newBuild();
+    // Claim it in a transaction held open, so the cancel reads "queued" and then waits for the row.
+    const claim = await t.database.db.begin();
+    const cancelled = (async () => {
+      if (t.database.db.kind === 'postgres') await sleep(0);
+      return call('POST', `/v1/builds/${build.id}/cancel`);
+    })();
+    await claim.query("update builds set state = 'building', started_at = now() where id = $1", [build.id]);
+    await sleep(100);
+    await claim.commit();
+    const res = await cancelled;
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ state: 'cancelled', previousState: 'building' });
+  });
+});
