@@ -1,9 +1,5 @@
-import { BUILD_COLUMNS, type DbBuild } from './builds';
+import { B_COLUMNS, type DbBuild } from './builds';
 import type { Queryable } from './database';
-
-const B_COLUMNS = BUILD_COLUMNS.split(',')
-  .map((c) => `b.${c.trim()}`)
-  .join(', ');
 
 /**
  * Claim up to `limit` of the oldest queued builds for `owner`: move them to building with a lease of

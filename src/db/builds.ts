@@ -64,7 +64,8 @@ interface DbBuildEvent {
 
 export const BUILD_COLUMNS = `id, project_id, user_id, state, previous_state, estimated_credits, actual_credits,
   reservation_id, preview_url, error, reason, metadata, created_at, started_at, finished_at, lease_owner`;
-const B_COLUMNS = BUILD_COLUMNS.split(',')
+/** The build columns qualified with `b.`, for statements that select from a CTE named b. */
+export const B_COLUMNS = BUILD_COLUMNS.split(',')
   .map((c) => `b.${c.trim()}`)
   .join(', ');
 

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import { sweepLapsedHolds } from '../db/credits';
 import type { Database } from '../db/database';
 import { internalActor } from './credits';
+import { startBatchedJob } from './periodic';
 
 const USERS_PER_BATCH = 100;
 
@@ -12,25 +13,12 @@ const USERS_PER_BATCH = 100;
  * Returns a function that stops it.
  */
 export function startCreditSweeper(db: Database, logger: Logger, intervalMs = 15_000): () => void {
-  let running = false;
-  const tick = async () => {
-    if (running) return;
-    running = true;
-    try {
-      const { requestId } = internalActor('sweep');
-      let expired = 0;
-      for (let batch = await sweepLapsedHolds(db, USERS_PER_BATCH, requestId); batch > 0; ) {
-        expired += batch;
-        batch = await sweepLapsedHolds(db, USERS_PER_BATCH, requestId);
-      }
-      if (expired > 0) logger.info({ expired, requestId }, 'expired lapsed credit holds');
-    } catch (error) {
-      logger.warn({ err: error }, 'credit hold sweep failed; will retry');
-    } finally {
-      running = false;
-    }
-  };
-  const timer = setInterval(() => void tick(), intervalMs);
-  timer.unref();
-  return () => clearInterval(timer);
+  return startBatchedJob({
+    everyMs: intervalMs,
+    logger,
+    startRun: () => ({ requestId: internalActor('sweep').requestId }),
+    batch: (run) => sweepLapsedHolds(db, USERS_PER_BATCH, run.requestId),
+    done: (expired) => [{ expired }, 'expired lapsed credit holds'],
+    failure: 'credit hold sweep failed; will retry',
+  });
 }
