@@ -73,6 +73,22 @@ export async function streamBuildEvents(
   streams?.add(end);
   raw.on('close', end);
 
+  /** Send every event after `last`; true once the final event went out. */
+  const drain = async (): Promise<boolean> => {
+    for (
+      let events = await listEvents(db, build.id, last, BATCH);
+      events.length > 0 && !ended;
+      events = await listEvents(db, build.id, last, BATCH)
+    ) {
+      for (const event of events) {
+        raw.write(frame(event));
+        last = event.seq;
+        if (TERMINAL_EVENTS.has(event.type)) return true;
+      }
+    }
+    return false;
+  };
+
   const pump = async (): Promise<void> => {
     if (ended) return;
     if (running) {
@@ -83,20 +99,15 @@ export async function streamBuildEvents(
     try {
       do {
         again = false;
-        for (
-          let events = await listEvents(db, build.id, last, BATCH);
-          events.length > 0 && !ended;
-          events = await listEvents(db, build.id, last, BATCH)
-        ) {
-          for (const event of events) {
-            raw.write(frame(event));
-            last = event.seq;
-            if (TERMINAL_EVENTS.has(event.type)) return end();
-          }
-        }
+        if (await drain()) return end();
       } while (again && !ended);
-      // Resumed after the final event: nothing more will come.
-      if (isTerminal((await getBuild(db, build.id)).state)) end();
+      // The build may have ended after the drain read nothing: its final event commits with its state, so one
+      // more drain sends it (and anything before it) before the stream closes. Resumed after the final event,
+      // this sends nothing and closes.
+      if (isTerminal((await getBuild(db, build.id)).state)) {
+        await drain();
+        end();
+      }
     } catch (error) {
       request.log.warn({ err: error, buildId: build.id }, 'event stream read failed; will retry on the next poll');
     } finally {
