@@ -150,7 +150,10 @@ describe('the runner (command executor)', () => {
     expect(all).toEqual(all.map((_, i) => i + 1));
     const listed = (await api(kiln)<{ events: { seq: number }[] }>('GET', `/v1/builds/${build.id}/events?limit=1000`))
       .body.events;
-    expect(listed.map((e) => e.seq), JSON.stringify(listed)).toEqual(all);
+    expect(
+      listed.map((e) => e.seq),
+      JSON.stringify(listed),
+    ).toEqual(all);
     // Resuming after the final event ends at once.
     const after = await readEventStream(kiln.url, `/v1/builds/${build.id}/events/stream`, { lastEventId: all.at(-1) });
     expect(after).toEqual({ events: [], ended: true });

@@ -8,6 +8,7 @@ import { TEST_SECRET } from '../helpers/app';
 import { REDIS_URL } from '../helpers/env';
 import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
 import { hasRedisServer, startPrivateRedis } from '../helpers/redis-server';
+import { awayFromWindowEdge } from '../helpers/window';
 
 const run = promisify(execFile);
 const ROOT = new URL('../..', import.meta.url).pathname;
@@ -57,6 +58,7 @@ describe.skipIf(!REDIS_URL && !hasRedisServer())('signing across two Kiln proces
   });
 
   it('shares one user quota between the processes', async () => {
+    await awayFromWindowEdge();
     const clients = [a, b].map((p) => createKilnClient({ baseUrl: p.url, secret: TEST_SECRET }));
     const userId = `quota_${Date.now()}`;
     const statuses = await Promise.all(

@@ -3,6 +3,7 @@ import { signRequest } from '../../src/client/sign';
 import { registry } from '../../src/metrics';
 import { startTestApp, TEST_SECRET, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
+import { awayFromWindowEdge } from '../helpers/window';
 
 const now = () => Math.floor(Date.now() / 1000);
 
@@ -228,6 +229,7 @@ describe('signature modes', () => {
 
 describe('rate limits', () => {
   it('limits per user and per IP with the figures and headers', async () => {
+    await awayFromWindowEdge();
     const t = await startTestApp({ RATE_LIMIT_USER_PER_MIN: '3', RATE_LIMIT_IP_PER_MIN: '8' });
     try {
       const ping = (userId: string) => signedInject(t.app, { method: 'POST', url: '/v1/ping', body: { userId } });
