@@ -20,7 +20,10 @@ describe('Kiln as a process', () => {
       expect(res.headers.get('x-processing-time-ms')).toMatch(/^\d+(\.\d+)?$/);
       const ready = await fetch(`${kiln.url}/readyz`);
       expect(ready.status).toBe(200);
-      expect(kiln.output()).toContain(res.headers.get('x-request-id'));
+      // Logs are written asynchronously: the request's line arrives shortly after its response.
+      const requestId = res.headers.get('x-request-id') ?? 'missing';
+      for (let i = 0; i < 50 && !kiln.output().includes(requestId); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(kiln.output()).toContain(requestId);
     } finally {
       expect(await kiln.stop('SIGTERM')).toBe(0);
     }

@@ -53,7 +53,8 @@ export function spawnKiln(env: Record<string, string>, timeoutMs = 40_000): Prom
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // 'close', not 'exit': the output is complete once stdout and stderr have closed.
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -107,7 +108,7 @@ export function runKilnExpectingFailure(env: Record<string, string>): Promise<{ 
       output += c.toString();
     });
     const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('exit', (code) => {
+    child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, output });
     });
