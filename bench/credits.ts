@@ -4,9 +4,17 @@
 // - p95 of reserve at a fixed 500 req/s.
 import pg from 'pg';
 import { signRequest } from '../src/client/sign';
-import { formatTable, load, machine, startProcess, writeSection } from './lib';
+import {
+  BENCH_SECRET,
+  formatTable,
+  load,
+  machine,
+  realServicesEnv,
+  startBaseline,
+  startKiln,
+  writeSection,
+} from './lib';
 
-const SECRET = 'bench-secret-0123456789abcdef';
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
@@ -20,7 +28,10 @@ function presigned(path: string, bodies: (i: number) => string, count: number): 
       method: 'POST',
       path,
       body,
-      headers: { ...signRequest({ secret: SECRET, method: 'POST', path, body }), 'content-type': 'application/json' },
+      headers: {
+        ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
+        'content-type': 'application/json',
+      },
     };
   });
 }
@@ -45,32 +56,12 @@ async function createHolds(client: pg.Client, prefix: string, userPrefix: string
 export async function benchCredits(): Promise<void> {
   const schema = `bench_credits_${Date.now().toString(36)}`;
   const durationS = Number(process.env.BENCH_DURATION_S ?? 8);
-  const kiln = await startProcess(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts'],
-    {
-      PORT: '0',
-      RUNNER_CONCURRENCY: '0',
-      HMAC_SECRET: SECRET,
-      DATABASE_URL,
-      DATABASE_SCHEMA: schema,
-      REDIS_URL,
-      REDIS_PREFIX: `${schema}:`,
-      RATE_LIMIT_IP_PER_MIN: '0',
-      RATE_LIMIT_USER_PER_MIN: '0',
-    },
-    /"url":"(http:\/\/[^"]+)"/,
-  );
+  const kiln = await startKiln(realServicesEnv(DATABASE_URL, REDIS_URL, schema));
   const admin = new pg.Client({ connectionString: DATABASE_URL, options: `-c search_path="${schema}"` });
   await admin.connect();
-  const baseline = await startProcess(
-    process.execPath,
-    ['--import', 'tsx', 'bench/baseline-credits.ts'],
-    { DATABASE_URL, DATABASE_SCHEMA: schema },
-    /listening (http:\/\/\S+)/,
-  );
-  const url = kiln.match[1];
-  const base = baseline.match[1];
+  const baseline = await startBaseline('bench/baseline-credits.ts', { DATABASE_URL, DATABASE_SCHEMA: schema });
+  const url = kiln.url;
+  const base = baseline.url;
   try {
     // Plenty of credits, and holds for every commit and release either side may send (a hold resolves once).
     const pool = Math.max(20_000, durationS * 5_000);

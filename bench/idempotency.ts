@@ -5,9 +5,17 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { signRequest } from '../src/client/sign';
-import { formatTable, load, machine, startProcess, writeSection } from './lib';
+import {
+  BENCH_SECRET,
+  formatTable,
+  load,
+  machine,
+  realServicesEnv,
+  startBaseline,
+  startKiln,
+  writeSection,
+} from './lib';
 
-const SECRET = 'bench-secret-0123456789abcdef';
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
@@ -22,7 +30,7 @@ function presigned(path: string, body: string, count: number, key: (i: number) =
       path,
       body,
       headers: {
-        ...signRequest({ secret: SECRET, method: 'POST', path, body }),
+        ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
         'content-type': 'application/json',
         ...(k ? { 'idempotency-key': k } : {}),
       },
@@ -46,29 +54,9 @@ export async function benchIdempotency(): Promise<void> {
   const schema = `bench_${Date.now().toString(36)}`;
   const admin = new pg.Client({ connectionString: DATABASE_URL });
   await admin.connect();
-  const kiln = await startProcess(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts'],
-    {
-      PORT: '0',
-      RUNNER_CONCURRENCY: '0',
-      HMAC_SECRET: SECRET,
-      DATABASE_URL,
-      DATABASE_SCHEMA: schema,
-      REDIS_URL,
-      REDIS_PREFIX: `${schema}:`,
-      RATE_LIMIT_IP_PER_MIN: '0',
-      RATE_LIMIT_USER_PER_MIN: '0',
-    },
-    /"url":"(http:\/\/[^"]+)"/,
-  );
-  const baseline = await startProcess(
-    process.execPath,
-    ['--import', 'tsx', 'bench/baseline-redis.ts'],
-    { REDIS_URL },
-    /listening (http:\/\/\S+)/,
-  );
-  const url = kiln.match[1];
+  const kiln = await startKiln(realServicesEnv(DATABASE_URL, REDIS_URL, schema));
+  const baseline = await startBaseline('bench/baseline-redis.ts', { REDIS_URL });
+  const url = kiln.url;
   const body = JSON.stringify({ ownerId: 'bench_owner', name: 'Bench project', settings: { region: 'eu' } });
   const durationS = Number(process.env.BENCH_DURATION_S ?? 8);
   try {
@@ -83,10 +71,10 @@ export async function benchIdempotency(): Promise<void> {
 
     // One cursor per pool across warm-up and measurement: a nonce is accepted once.
     const nextReplay = cycling(replays);
-    await load('warm-up', { url: `${baseline.match[1]}/redis-get`, method: 'POST', durationS: 2 });
+    await load('warm-up', { url: `${baseline.url}/redis-get`, method: 'POST', durationS: 2 });
     await load('warm-up', { url, durationS: 2, setupRequest: nextReplay });
     const base = await load('bare Fastify POST doing one Redis GET', {
-      url: `${baseline.match[1]}/redis-get`,
+      url: `${baseline.url}/redis-get`,
       method: 'POST',
     });
     const before = await databaseCommits(admin);

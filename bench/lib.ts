@@ -75,6 +75,47 @@ export async function load(name: string, options: LoadOptions): Promise<Measurem
   };
 }
 
+/** The HMAC secret every benchmark's Kiln runs with (requests are signed with it before the run). */
+export const BENCH_SECRET = 'bench-secret-0123456789abcdef';
+
+export interface Started {
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Kiln (src/main.ts) as a child process on a free port, running no builds, with the bench secret; `env` adds to
+ * or overrides that. `nodeArgs` go before the script (e.g. --cpu-prof).
+ */
+export async function startKiln(env: Record<string, string>, nodeArgs: string[] = []): Promise<Started> {
+  const started = await startProcess(
+    process.execPath,
+    [...nodeArgs, '--import', 'tsx', 'src/main.ts'],
+    { PORT: '0', RUNNER_CONCURRENCY: '0', HMAC_SECRET: BENCH_SECRET, ...env },
+    /"url":"(http:\/\/[^"]+)"/,
+  );
+  return { url: started.match[1], pid: started.child.pid ?? 0, stop: started.stop };
+}
+
+/** A baseline server (bench/baseline-*.ts) as a child process; ready when it prints `listening <url>`. */
+export async function startBaseline(file: string, env: Record<string, string> = {}): Promise<Started> {
+  const started = await startProcess(process.execPath, ['--import', 'tsx', file], env, /listening (http:\/\/\S+)/);
+  return { url: started.match[1], pid: started.child.pid ?? 0, stop: started.stop };
+}
+
+/** Kiln's environment on the real PostgreSQL and Redis, in a schema and key prefix of its own, quotas off. */
+export function realServicesEnv(databaseUrl: string, redisUrl: string, schema: string): Record<string, string> {
+  return {
+    DATABASE_URL: databaseUrl,
+    DATABASE_SCHEMA: schema,
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: `${schema}:`,
+    RATE_LIMIT_IP_PER_MIN: '0',
+    RATE_LIMIT_USER_PER_MIN: '0',
+  };
+}
+
 /** Start a process and resolve once a line of its output matches `ready`. */
 export function startProcess(command: string, args: string[], env: Record<string, string>, ready: RegExp) {
   const child: ChildProcess = spawn(command, args, {

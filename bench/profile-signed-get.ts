@@ -5,33 +5,19 @@ import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { signRequest } from '../src/client/sign';
-import { load, startProcess } from './lib';
+import { BENCH_SECRET, load, startKiln } from './lib';
+import { signedGetEnv } from './signed-get';
 
-const SECRET = 'bench-secret-0123456789abcdef';
 const profileDir = process.argv[2] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
 const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
 const redisUrl = process.env.REDIS_URL ?? '';
-const kiln = await startProcess(
-  process.execPath,
-  [
-    ...(process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]),
-    '--import',
-    'tsx',
-    'src/main.ts',
-  ],
-  {
-    PORT: '0',
-    DATA_DIR: dataDir,
-    RUNNER_CONCURRENCY: '0',
-    HMAC_SECRET: SECRET,
-    DATABASE_URL: '',
-    REDIS_URL: redisUrl,
-    REDIS_PREFIX: `bench_${Date.now()}:`,
-    RATE_LIMIT_IP_PER_MIN: '10000000',
-  },
-  /"url":"(http:\/\/[^"]+)"/,
+const kiln = await startKiln(
+  signedGetEnv(dataDir, redisUrl),
+  process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir],
 );
-const pool = Array.from({ length: 300_000 }, () => signRequest({ secret: SECRET, method: 'GET', path: '/v1/ping' }));
+const pool = Array.from({ length: 300_000 }, () =>
+  signRequest({ secret: BENCH_SECRET, method: 'GET', path: '/v1/ping' }),
+);
 let next = 0;
 const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
   ...request,
@@ -39,13 +25,13 @@ const signed = (request: { method: string; path: string; headers: Record<string,
 });
 // Kiln's CPU time (user + system, from /proc) over the measurement: the figure the noise of a shared machine moves least.
 const cpuMs = async () => {
-  const fields = (await readFile(`/proc/${kiln.child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  const fields = (await readFile(`/proc/${kiln.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 };
-await load('warm-up', { url: `${kiln.match[1]}/v1/ping`, durationS: 2, setupRequest: signed });
+await load('warm-up', { url: `${kiln.url}/v1/ping`, durationS: 2, setupRequest: signed });
 const cpuBefore = await cpuMs();
 const loadStart = performance.now();
-const result = await load('profiled', { url: `${kiln.match[1]}/v1/ping`, setupRequest: signed });
+const result = await load('profiled', { url: `${kiln.url}/v1/ping`, setupRequest: signed });
 const loadEnd = performance.now();
 const cpu = (await cpuMs()) - cpuBefore;
 const served = result.requestsPerSec * ((loadEnd - loadStart) / 1000);

@@ -4,48 +4,40 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { signRequest } from '../src/client/sign';
-import { formatTable, load, machine, startProcess, writeSection } from './lib';
+import { BENCH_SECRET, formatTable, load, machine, startBaseline, startKiln, writeSection } from './lib';
 
-const SECRET = 'bench-secret-0123456789abcdef';
+/** Kiln for the signed GET: embedded database, the in-process store or `redisUrl`, the IP quota lifted. */
+export function signedGetEnv(dataDir: string, redisUrl: string): Record<string, string> {
+  return {
+    DATA_DIR: dataDir,
+    DATABASE_URL: '',
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: `bench_${Date.now()}:`,
+    // The load comes from one address and one process: lift the quotas so the limiter counts without refusing.
+    RATE_LIMIT_IP_PER_MIN: '10000000',
+  };
+}
 
 export async function benchSignedGet(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
   const redisUrl = process.env.REDIS_URL ?? '';
-  const kiln = await startProcess(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts'],
-    {
-      PORT: '0',
-      DATA_DIR: dataDir,
-      RUNNER_CONCURRENCY: '0',
-      HMAC_SECRET: SECRET,
-      DATABASE_URL: '',
-      REDIS_URL: redisUrl,
-      REDIS_PREFIX: `bench_${Date.now()}:`,
-      // The load comes from one address and one process: lift the quotas so the limiter counts without refusing.
-      RATE_LIMIT_IP_PER_MIN: '10000000',
-    },
-    /"url":"(http:\/\/[^"]+)"/,
-  );
-  const baseline = await startProcess(
-    process.execPath,
-    ['--import', 'tsx', 'bench/baseline-server.ts'],
-    {},
-    /listening (http:\/\/\S+)/,
-  );
+  const kiln = await startKiln(signedGetEnv(dataDir, redisUrl));
+  const baseline = await startBaseline('bench/baseline-server.ts');
   // Signed ahead of time so the load generator spends no CPU on HMACs during the measurement.
-  const pool = Array.from({ length: 400_000 }, () => signRequest({ secret: SECRET, method: 'GET', path: '/v1/ping' }));
+  const pool = Array.from({ length: 400_000 }, () =>
+    signRequest({ secret: BENCH_SECRET, method: 'GET', path: '/v1/ping' }),
+  );
   let next = 0;
   const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
     ...request,
     headers: { ...request.headers, ...pool[next++ % pool.length] },
   });
   try {
-    await load('warm-up', { url: `${kiln.match[1]}/v1/ping`, durationS: 2, setupRequest: signed });
-    await load('warm-up', { url: `${baseline.match[1]}/constant`, durationS: 2 });
-    const base = await load('bare Fastify GET (constant)', { url: `${baseline.match[1]}/constant` });
+    await load('warm-up', { url: `${kiln.url}/v1/ping`, durationS: 2, setupRequest: signed });
+    await load('warm-up', { url: `${baseline.url}/constant`, durationS: 2 });
+    const base = await load('bare Fastify GET (constant)', { url: `${baseline.url}/constant` });
     const ours = await load(`Kiln signed GET /v1/ping (${redisUrl ? 'Redis' : 'in-process store'})`, {
-      url: `${kiln.match[1]}/v1/ping`,
+      url: `${kiln.url}/v1/ping`,
       setupRequest: signed,
     });
     const table = formatTable([base, ours], base);

@@ -19,9 +19,8 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { createKilnClient, signRequest } from '../src/client/sign';
-import { machine, startProcess, writeSection } from './lib';
+import { BENCH_SECRET, machine, startProcess, writeSection } from './lib';
 
-const SECRET = 'bench-secret-0123456789abcdef';
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -227,7 +226,7 @@ async function kilnRun(admin: pg.Client, load: Load, settings: KilnSettings): Pr
     REDIS_URL,
     REDIS_PREFIX: `${schema}:`,
     DATA_DIR: dataDir,
-    HMAC_SECRET: SECRET,
+    HMAC_SECRET: BENCH_SECRET,
     RATE_LIMIT_IP_PER_MIN: '0',
     RATE_LIMIT_USER_PER_MIN: '0',
     RUNNER_CONCURRENCY: String(CONCURRENCY),
@@ -236,7 +235,7 @@ async function kilnRun(admin: pg.Client, load: Load, settings: KilnSettings): Pr
     LOG_LEVEL: settings.logLevel,
   });
   try {
-    const call = createKilnClient({ baseUrl: kiln.url, secret: SECRET });
+    const call = createKilnClient({ baseUrl: kiln.url, secret: BENCH_SECRET });
     const project = await call<{ id: string }>('POST', '/v1/projects', {
       ownerId: 'bench_owner',
       name: 'Submit-to-start bench',
@@ -263,7 +262,7 @@ async function kilnRun(admin: pg.Client, load: Load, settings: KilnSettings): Pr
       const response = await fetch(`${kiln.url}${path}`, {
         method: 'POST',
         headers: {
-          ...signRequest({ secret: SECRET, method: 'POST', path, body }),
+          ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
           'content-type': 'application/json',
           'idempotency-key': `s2s-${randomBytes(8).toString('hex')}`,
         },
