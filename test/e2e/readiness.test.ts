@@ -1,26 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
-import { hasRedisServer, startPrivateRedis } from '../helpers/redis-server';
+import { hasRedisServer, kilnOnPrivateRedis } from '../helpers/redis-server';
 
 describe.skipIf(!hasRedisServer())('readiness with Redis stopped', () => {
-  let shared: Shared;
-  let redis: Awaited<ReturnType<typeof startPrivateRedis>>;
-  let kiln: KilnProcess;
+  let setup: Awaited<ReturnType<typeof kilnOnPrivateRedis>>;
   beforeAll(async () => {
-    shared = await sharedEnvironment();
-    redis = await startPrivateRedis();
-    kiln = await spawnKiln({ ...shared.env, REDIS_URL: redis.url, REDIS_PREFIX: 'readyz:' });
+    setup = await kilnOnPrivateRedis('readyz:');
   });
-  afterAll(async () => {
-    await kiln?.stop();
-    await redis?.stop();
-    await shared?.cleanup();
-  });
+  afterAll(() => setup?.cleanup());
 
   it('answers /readyz 503 naming Redis while /healthz stays 200', async () => {
-    expect((await fetch(`${kiln.url}/readyz`)).status).toBe(200);
-    await redis.stop();
-    const down = await fetch(`${kiln.url}/readyz`);
+    expect((await fetch(`${setup.kiln.url}/readyz`)).status).toBe(200);
+    await setup.redis.stop();
+    const down = await fetch(`${setup.kiln.url}/readyz`);
     expect(down.status).toBe(503);
     expect(down.headers.get('retry-after')).toBe('5');
     expect(down.headers.get('x-request-id')).toBeTruthy();
@@ -34,7 +25,7 @@ describe.skipIf(!hasRedisServer())('readiness with Redis stopped', () => {
     expect(body.data.dependency).toBe('store');
     expect(body.data.checks.database).toBe('ok');
     expect(body.data.checks.store).toMatch(/^down/);
-    const health = await fetch(`${kiln.url}/healthz`);
+    const health = await fetch(`${setup.kiln.url}/healthz`);
     expect(health.status).toBe(200);
   });
 });

@@ -7,7 +7,7 @@ import { createKilnClient, signRequest } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
 import { REDIS_URL } from '../helpers/env';
 import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
-import { hasRedisServer, startPrivateRedis } from '../helpers/redis-server';
+import { hasRedisServer, kilnOnPrivateRedis, startPrivateRedis } from '../helpers/redis-server';
 import { awayFromWindowEdge } from '../helpers/window';
 
 const run = promisify(execFile);
@@ -91,24 +91,16 @@ describe.skipIf(!REDIS_URL && !hasRedisServer())('signing across two Kiln proces
 });
 
 describe.skipIf(!hasRedisServer())('signed requests with Redis down', () => {
-  let shared: Shared;
-  let redis: Awaited<ReturnType<typeof startPrivateRedis>>;
-  let kiln: KilnProcess;
+  let setup: Awaited<ReturnType<typeof kilnOnPrivateRedis>>;
   beforeAll(async () => {
-    shared = await sharedEnvironment();
-    redis = await startPrivateRedis();
-    kiln = await spawnKiln({ ...shared.env, REDIS_URL: redis.url, REDIS_PREFIX: 'down:' });
+    setup = await kilnOnPrivateRedis('down:');
   });
-  afterAll(async () => {
-    await kiln?.stop();
-    await redis?.stop();
-    await shared?.cleanup();
-  });
+  afterAll(() => setup?.cleanup());
 
   it('refuses with 503 rather than skipping the nonce check', async () => {
-    const client = createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
+    const client = createKilnClient({ baseUrl: setup.kiln.url, secret: TEST_SECRET });
     expect((await client('GET', '/v1/ping')).status).toBe(200);
-    await redis.stop();
+    await setup.redis.stop();
     const res = await client<{ error: string; data: { dependency: string } }>('GET', '/v1/ping');
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBe('5');

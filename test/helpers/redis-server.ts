@@ -1,5 +1,6 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
+import { type KilnProcess, sharedEnvironment, spawnKiln } from './kiln-process';
 
 /** True when a redis-server binary is installed (tests that stop Redis run their own). */
 export function hasRedisServer(): boolean {
@@ -50,5 +51,28 @@ export async function startPrivateRedis(): Promise<{ url: string; stop(): Promis
         child.once('exit', () => resolve());
         child.kill('SIGKILL');
       }),
+  };
+}
+
+/**
+ * A Kiln process on a private redis-server the test may stop (own DATA_DIR or schema too). Call `cleanup` in
+ * afterAll: it stops Kiln, then Redis, then removes the shared environment.
+ */
+export async function kilnOnPrivateRedis(prefix: string): Promise<{
+  kiln: KilnProcess;
+  redis: Awaited<ReturnType<typeof startPrivateRedis>>;
+  cleanup(): Promise<void>;
+}> {
+  const shared = await sharedEnvironment();
+  const redis = await startPrivateRedis();
+  const kiln = await spawnKiln({ ...shared.env, REDIS_URL: redis.url, REDIS_PREFIX: prefix });
+  return {
+    kiln,
+    redis,
+    async cleanup() {
+      await kiln.stop();
+      await redis.stop();
+      await shared.cleanup();
+    },
   };
 }
