@@ -1,6 +1,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
-import { cpus, totalmem, type } from 'node:os';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { cpus, tmpdir, totalmem, type } from 'node:os';
+import { join } from 'node:path';
 import autocannon from 'autocannon';
 
 export interface Measurement {
@@ -86,22 +89,87 @@ export interface Started {
 
 /**
  * Kiln (src/main.ts) as a child process on a free port, running no builds, with the bench secret; `env` adds to
- * or overrides that. `nodeArgs` go before the script (e.g. --cpu-prof).
+ * or overrides that. `nodeArgs` go before the script (e.g. --cpu-prof). Ready once /readyz answers 200, so it
+ * works at any LOG_LEVEL.
  */
 export async function startKiln(env: Record<string, string>, nodeArgs: string[] = []): Promise<Started> {
-  const started = await startProcess(
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  return startServer(
     process.execPath,
     [...nodeArgs, '--import', 'tsx', 'src/main.ts'],
-    { PORT: '0', RUNNER_CONCURRENCY: '0', HMAC_SECRET: BENCH_SECRET, ...env },
-    /"url":"(http:\/\/[^"]+)"/,
+    { RUNNER_CONCURRENCY: '0', HMAC_SECRET: BENCH_SECRET, ...env, PORT: String(port), HOST: '127.0.0.1' },
+    async () =>
+      (await fetch(`${url}/readyz`).then(
+        (r) => r.ok,
+        () => false,
+      ))
+        ? url
+        : undefined,
   );
-  return { url: started.match[1], pid: started.child.pid ?? 0, stop: started.stop };
 }
 
 /** A baseline server (bench/baseline-*.ts) as a child process; ready when it prints `listening <url>`. */
 export async function startBaseline(file: string, env: Record<string, string> = {}): Promise<Started> {
-  const started = await startProcess(process.execPath, ['--import', 'tsx', file], env, /listening (http:\/\/\S+)/);
-  return { url: started.match[1], pid: started.child.pid ?? 0, stop: started.stop };
+  return startServer(
+    process.execPath,
+    ['--import', 'tsx', file],
+    env,
+    async (output) => /listening (http:\/\/\S+)/.exec(await output())?.[1],
+  );
+}
+
+/** A free TCP port on 127.0.0.1 (closed again, for a child to listen on). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  if (!address || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
+/**
+ * A server as a child process whose output goes straight to a file, as under a supervisor that writes logs to
+ * disk: the load generator, in this process, spends no CPU draining a server's log lines (it did when they came
+ * through a pipe, and only for the servers that log). `ready` polls until it gives the server's URL.
+ */
+async function startServer(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  ready: (output: () => Promise<string>) => Promise<string | undefined>,
+): Promise<Started> {
+  const logDir = await mkdtemp(join(tmpdir(), 'kiln-bench-log-'));
+  const logFile = join(logDir, 'output.log');
+  const fd = openSync(logFile, 'w');
+  const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  const output = () => readFile(logFile, 'utf8');
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await exited;
+    }
+    await rm(logDir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      const text = await output();
+      await stop();
+      throw new Error(`${args.at(-1)} exited with ${child.exitCode ?? child.signalCode}:\n${text.slice(-4000)}`);
+    }
+    const url = await ready(output);
+    if (url) return { url, pid: child.pid ?? 0, stop };
+    if (Date.now() > deadline) {
+      const text = await output();
+      await stop();
+      throw new Error(`${args.at(-1)} did not start within 60 s:\n${text.slice(-4000)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 /** Kiln's environment on the real PostgreSQL and Redis, in a schema and key prefix of its own, quotas off. */

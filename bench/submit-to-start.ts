@@ -7,10 +7,8 @@
 // transaction's now() (Kiln: builds.started_at − builds.created_at; graphile-worker: locked_at − created_at;
 // pg-boss: started_on − created_on). Two client-side views on the host clock are printed next to it.
 // This file is also the worker child: with BENCH_S2S_ROLE set it runs a graphile-worker or pg-boss worker instead.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,11 +17,10 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { createKilnClient, signRequest } from '../src/client/sign';
-import { BENCH_SECRET, machine, startProcess, writeSection } from './lib';
+import { BENCH_SECRET, machine, startKiln, startProcess, writeSection } from './lib';
 
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const THIS_FILE = fileURLToPath(import.meta.url);
 
 const JOBS = Number(process.env.BENCH_S2S_JOBS ?? 1000);
@@ -166,55 +163,11 @@ async function until(what: string, timeoutMs: number, check: () => Promise<boole
   }
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  if (!address || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Kiln
 
 interface KilnSettings {
   logLevel: 'info' | 'warn';
-}
-
-/** Kiln as a child process on a port chosen here; ready once /readyz answers 200 (works at any LOG_LEVEL). */
-async function startKiln(env: Record<string, string>): Promise<{ url: string; stop(): Promise<void> }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: ROOT,
-    env: { ...process.env, ...env, PORT: String(port), HOST: '127.0.0.1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stdout?.resume(); // logs go to a pipe that is drained, as under a supervisor
-  child.stderr?.on('data', (chunk: Buffer) => {
-    stderr = (stderr + chunk.toString()).slice(-8000);
-  });
-  const stop = () =>
-    new Promise<void>((done) => {
-      if (child.exitCode !== null || child.signalCode !== null) return done();
-      child.once('exit', () => done());
-      child.kill('SIGTERM');
-    });
-  const url = `http://127.0.0.1:${port}`;
-  try {
-    await until('Kiln to be ready', 60_000, async () => {
-      if (child.exitCode !== null) throw new Error(`Kiln exited with ${child.exitCode}: ${stderr}`);
-      return fetch(`${url}/readyz`).then(
-        (r) => r.ok,
-        () => false,
-      );
-    });
-  } catch (error) {
-    await stop();
-    throw error;
-  }
-  return { url, stop };
 }
 
 async function kilnRun(admin: pg.Client, load: Load, settings: KilnSettings): Promise<Row> {
@@ -572,7 +525,7 @@ How it is measured:
 - ${JOBS} measured submissions per row after ${WARMUP} warm-up ones; "fixed rate" is an open loop (each submission sent at its slot whatever the others do), "in flight" a closed loop of ${IN_FLIGHT} concurrent submitters (each system then sees the rate it can absorb, so rows differ in offered load).
 
 Settings:
-- Kiln: \`node --import tsx src/main.ts\` child, fresh \`DATABASE_SCHEMA\`, Redis with a fresh \`REDIS_PREFIX\` (wake-ups by Redis pub/sub), \`RUNNER_CONCURRENCY=${CONCURRENCY}\`, \`BUILD_COMMAND=${BUILD_COMMAND}\`, rate limits off, logs to a drained pipe at the stated \`LOG_LEVEL\` (info: one line per request plus two per build). One project with \`allowConcurrentBuilds: true\`; builds spread over ${USERS} users granted 1,000,000 credits each up front, \`estimatedCredits: 1\`; every \`POST /v1/builds\` signed (v1+v2) with a fresh nonce and a fresh \`Idempotency-Key\`, over keep-alive \`fetch\`.
+- Kiln: \`node --import tsx src/main.ts\` child, fresh \`DATABASE_SCHEMA\`, Redis with a fresh \`REDIS_PREFIX\` (wake-ups by Redis pub/sub), \`RUNNER_CONCURRENCY=${CONCURRENCY}\`, \`BUILD_COMMAND=${BUILD_COMMAND}\`, rate limits off, logs written to a file at the stated \`LOG_LEVEL\` (info: one line per request plus two per build). One project with \`allowConcurrentBuilds: true\`; builds spread over ${USERS} users granted 1,000,000 credits each up front, \`estimatedCredits: 1\`; every \`POST /v1/builds\` signed (v1+v2) with a fresh nonce and a fresh \`Idempotency-Key\`, over keep-alive \`fetch\`.
 - graphile-worker 0.17 (\`run()\` in a child process): fresh schema, \`concurrency: ${CONCURRENCY}\`, \`pollInterval\` default (2 s; new jobs arrive by LISTEN/NOTIFY), default logger (one line per job); jobs added with \`makeWorkerUtils().addJob\` from the bench process.
 - pg-boss 10 (child process): fresh schema, ${CONCURRENCY} \`work()\` workers (v10 has no \`teamSize\`) each with \`batchSize: ${PGBOSS_BATCH}\`, \`pollingIntervalSeconds\` at its minimum ${PGBOSS_MIN_POLL_S} (pg-boss refuses less) and at its default ${PGBOSS_DEFAULT_POLL_S} s; pg-boss has no LISTEN/NOTIFY, so a new job waits for the next poll; a pg-boss worker also waits out the rest of its interval after each batch, so its capacity is at most ${CONCURRENCY} × ${PGBOSS_BATCH} jobs per interval. Jobs sent with \`boss.send\` from the bench process.
 - Handlers record their call time and return at once; Kiln's runner spawns the build command per build (\`sh -c\`), which the queues' handlers do not.

@@ -5,7 +5,7 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The body bytes exactly as received (signatures are computed over these), empty when there is none. */
     rawBody: Buffer;
-    /** A body that could not be parsed; thrown after the signature check (see registerBodyErrors). */
+    /** A body that could not be parsed; thrown after the signature check (see throwBodyError). */
     bodyError?: ApiError;
   }
 }
@@ -66,9 +66,11 @@ export function registerJsonBody(app: App): void {
   });
 }
 
-/** Throw the kept body error; registered after the /v1 guard so signatures are checked first. */
-export function registerBodyErrors(app: App): void {
-  app.addHook('preValidation', async (request) => {
-    if (request.bodyError) throw request.bodyError;
-  });
+/** preValidation: answer the kept body error; runs after the /v1 guard so signatures are checked first. */
+export function throwBodyError(
+  request: { bodyError?: ApiError },
+  _reply: unknown,
+  done: (error?: ApiError) => void,
+): void {
+  done(request.bodyError);
 }

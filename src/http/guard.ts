@@ -1,9 +1,10 @@
 import type { FastifyRequest } from 'fastify';
 import { rateLimited, signatureVerifications } from '../metrics';
-import { StoreUnavailableError, type WindowCount } from '../store/store';
+import { type ClaimResult, StoreUnavailableError } from '../store/store';
 import { ApiError } from './errors';
+import { storedResponseKey } from './idempotency';
 import { enforceLimit, userIdOf, WINDOW_MS } from './rate-limit';
-import type { App, AppDeps } from './server';
+import type { AppDeps } from './server';
 import { verifySignature } from './signature';
 
 declare module 'fastify' {
@@ -14,20 +15,19 @@ declare module 'fastify' {
 }
 
 /** True for the routes SPEC section 3 signs: everything under /v1. */
-export function isSignedRoute(request: FastifyRequest): boolean {
-  return request.routeOptions.url?.startsWith('/v1/') === true;
+export function isSignedPath(routeUrl: string): boolean {
+  return routeUrl.startsWith('/v1/');
 }
 
 /**
- * Every /v1 request: signature (no store access until it verifies), then in one store operation the nonce's
- * check-and-store and the user and IP counters. Runs before body errors and validation, so an unsigned
- * request is answered 401 whatever its body.
+ * The preValidation hook of every /v1 route: signature (no store access until it verifies), then in one store
+ * operation the nonce's check-and-store, the user and IP counters and, for a mutation with a key, the read of its
+ * stored response. Runs before body errors and validation, so an unsigned request is answered 401 whatever its body.
  */
-export function registerV1Guard(app: App, deps: AppDeps): void {
+export function signatureGuard(deps: AppDeps): (request: FastifyRequest) => Promise<void> {
   const { config, store } = deps;
   const nonceTtlMs = config.nonceTtlS * 1000;
-  app.addHook('preValidation', async (request) => {
-    if (!isSignedRoute(request)) return;
+  return async (request) => {
     const verified = verifySignature(request, config, Date.now());
     request.signatureVersion = verified.version;
     const userId = userIdOf(request);
@@ -36,14 +36,16 @@ export function registerV1Guard(app: App, deps: AppDeps): void {
     const countUser = config.rateLimitUserPerMin > 0 && userId !== undefined;
     if (countIp) counters.push({ key: `rl:ip:${request.ip}`, windowMs: WINDOW_MS });
     if (countUser) counters.push({ key: `rl:user:${userId}`, windowMs: WINDOW_MS });
-    let fresh: boolean;
-    let counts: WindowCount[];
+    const responseKey = storedResponseKey(request);
+    let claim: ClaimResult;
     try {
-      // One store operation (one Redis script, one round trip): the nonce's check-and-store and both counters.
-      ({ fresh, counts } = await store.claimNonceAndHit(
+      // One store operation (one Redis script, one round trip): the nonce's check-and-store, both counters, and
+      // for a mutation with an Idempotency-Key the read of its stored response (a replay needs nothing more).
+      claim = await store.claimNonceAndHit(
         { key: `nonce:${verified.nonce}`, value: request.id, ttlMs: nonceTtlMs },
         counters,
-      ));
+        responseKey,
+      );
     } catch (error) {
       if (error instanceof StoreUnavailableError) {
         // Replay protection must never silently disappear: refuse rather than skip the nonce check.
@@ -56,6 +58,8 @@ export function registerV1Guard(app: App, deps: AppDeps): void {
       }
       throw error;
     }
+    const { fresh, counts } = claim;
+    if (responseKey !== undefined) request.storedResponse = claim.read ?? null;
     const ipCount = countIp ? counts[0] : undefined;
     const userCount = countUser ? counts[countIp ? 1 : 0] : undefined;
     if (!fresh) {
@@ -74,5 +78,5 @@ export function registerV1Guard(app: App, deps: AppDeps): void {
       rateLimited.inc({ scope: (error as ApiError).data?.scope as string });
       throw error;
     }
-  });
+  };
 }

@@ -10,7 +10,7 @@ import {
 } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { ApiError } from './errors';
-import type { App, AppDeps } from './server';
+import type { AppDeps } from './server';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -24,6 +24,11 @@ declare module 'fastify' {
     afterCommit?: (() => void)[];
     /** For a single-statement route called without a key: the database itself, no transaction around it. */
     autocommit?: Queryable;
+    /**
+     * The store's copy of this request's idempotent response as the signature guard read it in its round trip
+     * (null: no copy); undefined when the guard did not look.
+     */
+    storedResponse?: string | null;
   }
   interface FastifyContextConfig {
     /**
@@ -66,8 +71,23 @@ export function transactionOf(request: FastifyRequest): Queryable {
   return q;
 }
 
-function isMutation(request: FastifyRequest): boolean {
-  return MUTATING.has(request.method) && request.routeOptions.url?.startsWith('/v1/') === true;
+/** True for a method whose requests are idempotent through this layer (on a /v1 route). */
+export function isMutatingMethod(method: string): boolean {
+  return MUTATING.has(method);
+}
+
+/**
+ * The store key of the copy of this request's response, for a mutation (on a /v1 route) whose key is valid;
+ * undefined otherwise (an invalid key is refused later by the idempotency hook, with its reason).
+ */
+export function storedResponseKey(request: FastifyRequest): string | undefined {
+  if (!MUTATING.has(request.method)) return undefined;
+  try {
+    const key = keyOf(request, false);
+    return key === undefined ? undefined : CACHE_PREFIX + key;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The request's key, from the Idempotency-Key header or the body's idempotencyKey (which must agree). */
@@ -147,29 +167,40 @@ function replay(request: FastifyRequest, reply: FastifyReply, record: CachedReco
     .send(record.responseBody);
 }
 
+export interface IdempotencyHooks {
+  preValidation(singleStatement: boolean): (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
+  onSend(request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown>;
+  onResponse(request: FastifyRequest): Promise<void>;
+}
+
 /**
- * Idempotency for every POST, PUT and PATCH under /v1 (SPEC section 4), as hooks so no route can forget it:
+ * Idempotency for every POST, PUT and PATCH under /v1 (SPEC section 4), as hooks the server attaches to every
+ * such route, so no route can forget it:
  * - preValidation: read and check the key; replay from the store's copy without touching the database; else open
  *   the request's transaction, take the key's advisory lock (busy → 409 IN_USE), replay a committed record, or
  *   set a savepoint so an error can undo the effect but keep its record;
  * - onSend: record the serialized response in that same transaction and commit, before the response leaves.
  */
-export function registerIdempotency(app: App, deps: AppDeps): void {
+export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
   const { db, store, config } = deps;
   const ttlMs = config.idempotencyTtlS * 1000;
 
-  app.addHook('preValidation', async (request, reply) => {
-    if (!isMutation(request)) return;
+  const preValidation = (singleStatement: boolean) => async (request: FastifyRequest, reply: FastifyReply) => {
+    if (!MUTATING.has(request.method)) return;
     const key = keyOf(request, config.idempotencyRequired);
     if (key !== undefined) {
       request.idempotency = { key, fingerprint: fingerprintOf(request) };
-      const cached = await store.get(CACHE_PREFIX + key).catch((error: unknown) => {
-        request.log.warn({ err: error }, 'idempotency cache unavailable; using the database');
-        return null;
-      });
+      // Normally read by the signature guard in its one store round trip; read here only if it did not.
+      const cached =
+        request.storedResponse !== undefined
+          ? request.storedResponse
+          : await store.get(CACHE_PREFIX + key).catch((error: unknown) => {
+              request.log.warn({ err: error }, 'idempotency cache unavailable; using the database');
+              return null;
+            });
       if (cached) return replay(request, reply, JSON.parse(cached) as CachedRecord, 'store');
     }
-    if (key === undefined && request.routeOptions.config.singleStatement) {
+    if (key === undefined && singleStatement) {
       request.autocommit = db;
       return;
     }
@@ -196,9 +227,9 @@ export function registerIdempotency(app: App, deps: AppDeps): void {
       throw error;
     }
     request.tx = tx;
-  });
+  };
 
-  app.addHook('onSend', async (request, reply, payload) => {
+  const onSend = async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
     const tx = request.tx;
     if (!tx) return payload;
     request.tx = undefined;
@@ -247,14 +278,15 @@ export function registerIdempotency(app: App, deps: AppDeps): void {
       await tx.rollback();
       throw error;
     }
-  });
+  };
 
   // Safety net: a request that ends without passing onSend (client gone mid-way) must not keep its transaction.
   // A handler still running on it gets "transaction already ended" on its next query, so nothing half-done commits.
-  app.addHook('onResponse', async (request) => {
+  const onResponse = async (request: FastifyRequest) => {
     const tx = request.tx;
     if (!tx) return;
     request.tx = undefined;
     await tx.rollback();
-  });
+  };
+  return { preValidation, onSend, onResponse };
 }

@@ -2,17 +2,17 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController, type RouteOptions } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config';
 import type { Database } from '../db/database';
 import type { BuildSignals } from '../runner/signals';
 import type { EphemeralStore } from '../store/store';
-import { registerBodyErrors, registerJsonBody } from './body';
+import { registerJsonBody, throwBodyError } from './body';
 import { registerContext, requestIdFrom } from './context';
 import { registerErrorHandling } from './errors';
-import { registerV1Guard } from './guard';
-import { registerIdempotency } from './idempotency';
+import { isSignedPath, signatureGuard } from './guard';
+import { idempotencyHooks, isMutatingMethod } from './idempotency';
 import { registerBuildRoutes } from './routes/builds';
 import { registerCreditRoutes } from './routes/credits';
 import { registerEstimateRoutes } from './routes/estimate';
@@ -53,11 +53,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerContext(app, deps.version);
   registerErrorHandling(app, deps.config.bodyLimitBytes);
   registerJsonBody(app);
-  // Order matters: preValidation hooks run as registered, and the signature must be judged before the body.
-  registerV1Guard(app, deps);
-  registerBodyErrors(app);
-  registerIdempotency(app, deps);
-  app.addHook('onResponse', async (request, reply) => {
+  attachRouteHooks(app, deps);
+  app.addHook('onResponse', (request, reply, done) => {
     request.log.info(
       {
         method: request.method,
@@ -67,6 +64,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       },
       'request completed',
     );
+    done();
   });
 
   await app.register(swagger, {
@@ -89,4 +87,33 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerCreditRoutes(app, deps);
   registerEstimateRoutes(app, deps);
   return app;
+}
+
+type Hook = NonNullable<RouteOptions['preValidation']>;
+const asList = (hooks: Hook | undefined) => (hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]);
+
+/**
+ * Every route gets, as its own hooks, only the layers it needs, decided once when it is registered rather than
+ * checked on every request: the signature guard on /v1 routes, then the kept body error (so an unsigned request is
+ * answered 401 whatever its body), then idempotency and its transaction on /v1 POST, PUT and PATCH routes. They run
+ * in that order, before any hook the route declares itself.
+ */
+function attachRouteHooks(app: App, deps: AppDeps): void {
+  const guard = signatureGuard(deps);
+  const idempotency = idempotencyHooks(deps);
+  app.addHook('onRoute', (route) => {
+    const signed = isSignedPath(route.url);
+    const methods = Array.isArray(route.method) ? route.method : [route.method];
+    const mutating = signed && methods.some(isMutatingMethod);
+    route.preValidation = [
+      ...(signed ? [guard] : []),
+      throwBodyError,
+      ...(mutating ? [idempotency.preValidation(route.config?.singleStatement === true)] : []),
+      ...asList(route.preValidation),
+    ] as Hook;
+    if (mutating) {
+      route.onSend = [idempotency.onSend, ...asList(route.onSend as Hook)] as RouteOptions['onSend'];
+      route.onResponse = [idempotency.onResponse, ...asList(route.onResponse as Hook)] as RouteOptions['onResponse'];
+    }
+  });
 }

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { EphemeralStore, WindowCount } from './store';
+import type { ClaimResult, EphemeralStore, WindowCount } from './store';
 
 interface Entry {
   value: string;
@@ -57,9 +57,11 @@ export function openMemoryStore(prefix = ''): EphemeralStore {
     async hit(key, windowMs) {
       return hit(key, windowMs);
     },
-    async claimNonceAndHit(nonce, counters) {
+    async claimNonceAndHit(nonce, counters, read) {
       const fresh = setIfAbsent(nonce.key, nonce.value, nonce.ttlMs);
-      return { fresh, counts: counters.map((c) => hit(c.key, c.windowMs)) };
+      const result: ClaimResult = { fresh, counts: counters.map((c) => hit(c.key, c.windowMs)) };
+      if (read !== undefined) result.read = live(read)?.value ?? null;
+      return result;
     },
     async publish(channel, message) {
       bus.emit(prefix + channel, message);

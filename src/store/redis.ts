@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { type EphemeralStore, StoreUnavailableError, type WindowCount } from './store';
+import { type ClaimResult, type EphemeralStore, StoreUnavailableError, type WindowCount } from './store';
 
 // One round trip: count the hit in the current fixed window and give the time left in it.
 const HIT_SCRIPT = `
@@ -8,25 +8,30 @@ if count == 1 then redis.call('pexpire', KEYS[1], ARGV[1]) end
 local ttl = redis.call('pttl', KEYS[1])
 return {count, ttl}`;
 
-// The signed-request guard's check-and-count for a batch of requests in one command. Per claim, in order: KEYS holds
-// the nonce then its window counters; ARGV holds the counter count n, the nonce's value and TTL (ms), then the ms
-// left in each counter's window. The nonce is SET NX PX; each counter is counted as HIT_SCRIPT does. Returns, per
-// claim, 1|0 (nonce stored or not) followed by count, ttl for each counter.
+// The signed-request guard's check-and-count for a batch of requests in one command. KEYS: one nonce per claim, then
+// each distinct counter key of the batch, then the keys to read. ARGV: the number of claims, of counters and of
+// reads; per claim the nonce's value and TTL (ms); per counter the hits to add and the ms left in its window. Each
+// nonce is SET NX PX; each counter is counted once for all its hits in the batch (INCRBY, with the window's expiry
+// when the batch created it), which is what that many INCRs in a row would leave. Returns per claim 1|0 (nonce
+// stored or not), per counter its new count and PTTL, per read its value (nil when absent).
 const CLAIM_SCRIPT = `
+local claims, counters, reads = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
-local k, a = 1, 1
-while a <= #ARGV do
-  local n = tonumber(ARGV[a])
-  out[#out + 1] = redis.call('set', KEYS[k], ARGV[a + 1], 'PX', ARGV[a + 2], 'NX') and 1 or 0
-  for i = 1, n do
-    local key = KEYS[k + i]
-    local count = redis.call('incr', key)
-    if count == 1 then redis.call('pexpire', key, ARGV[a + 2 + i]) end
-    out[#out + 1] = count
-    out[#out + 1] = redis.call('pttl', key)
-  end
-  k = k + 1 + n
-  a = a + 3 + n
+for i = 1, claims do
+  out[i] = redis.call('set', KEYS[i], ARGV[2 + 2 * i], 'PX', ARGV[3 + 2 * i], 'NX') and 1 or 0
+end
+local a = 4 + 2 * claims
+for i = 1, counters do
+  local key = KEYS[claims + i]
+  local hits = tonumber(ARGV[a])
+  local count = redis.call('incrby', key, hits)
+  if count == hits then redis.call('pexpire', key, ARGV[a + 1]) end
+  out[#out + 1] = count
+  out[#out + 1] = redis.call('pttl', key)
+  a = a + 2
+end
+for i = 1, reads do
+  out[#out + 1] = redis.call('get', KEYS[claims + counters + i])
 end
 return out`;
 
@@ -34,16 +39,19 @@ return out`;
 const CLAIM_BATCH = 64;
 
 interface PendingClaim {
-  keys: string[];
-  args: (string | number)[];
-  counters: number;
-  resolve(result: { fresh: boolean; counts: WindowCount[] }): void;
+  nonceKey: string;
+  nonceValue: string;
+  nonceTtlMs: number;
+  /** Window keys (counter key and window start) with the ms left in each window. */
+  counters: { key: string; ttlMs: number }[];
+  read?: string;
+  resolve(result: ClaimResult): void;
   reject(error: unknown): void;
 }
 
 type ScriptRunner = {
   kilnHit(key: string, ttlMs: number): Promise<[number, number]>;
-  kilnClaim(numberOfKeys: number, ...keysThenArgs: (string | number)[]): Promise<number[]>;
+  kilnClaim(numberOfKeys: number, ...keysThenArgs: (string | number)[]): Promise<(number | string | null)[]>;
 };
 
 export interface RedisStoreOptions {
@@ -97,13 +105,25 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
     pending = [];
     for (let from = 0; from < claims.length; from += CLAIM_BATCH) {
       const batch = claims.slice(from, from + CLAIM_BATCH);
-      const keys = batch.flatMap((c) => c.keys);
-      const args = batch.flatMap((c) => c.args);
       const failed = (error: unknown) => {
         const unavailable = new StoreUnavailableError(error);
         for (const claim of batch) claim.reject(unavailable);
       };
-      let sent: Promise<number[]>;
+      // Hits per distinct counter key: under load most of a batch shares one key (the client address).
+      const hits = new Map<string, { hits: number; ttlMs: number }>();
+      for (const claim of batch) {
+        for (const counter of claim.counters) {
+          const seen = hits.get(counter.key);
+          if (seen) seen.hits++;
+          else hits.set(counter.key, { hits: 1, ttlMs: counter.ttlMs });
+        }
+      }
+      const reads = batch.filter((c) => c.read !== undefined).map((c) => c.read as string);
+      const keys = [...batch.map((c) => c.nonceKey), ...hits.keys(), ...reads];
+      const args: (string | number)[] = [batch.length, hits.size, reads.length];
+      for (const claim of batch) args.push(claim.nonceValue, claim.nonceTtlMs);
+      for (const { hits: n, ttlMs } of hits.values()) args.push(n, ttlMs);
+      let sent: Promise<(number | string | null)[]>;
       try {
         sent = scripts.kilnClaim(keys.length, ...keys, ...args);
       } catch (error) {
@@ -111,15 +131,23 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
         continue;
       }
       sent.then((reply) => {
-        let at = 0;
-        for (const claim of batch) {
-          const fresh = reply[at++] === 1;
-          const counts: WindowCount[] = [];
-          for (let i = 0; i < claim.counters; i++, at += 2) {
-            counts.push({ count: reply[at], resetMs: Math.max(0, reply[at + 1]) });
-          }
-          claim.resolve({ fresh, counts });
+        // Each counter's hits, in batch order, take the counts its INCRBY covered.
+        const next = new Map<string, { count: number; resetMs: number }>();
+        let at = batch.length;
+        for (const [key, { hits: n }] of hits) {
+          next.set(key, { count: (reply[at] as number) - n, resetMs: Math.max(0, reply[at + 1] as number) });
+          at += 2;
         }
+        batch.forEach((claim, i) => {
+          const counts: WindowCount[] = claim.counters.map(({ key }) => {
+            const counter = next.get(key) as { count: number; resetMs: number };
+            counter.count++;
+            return { count: counter.count, resetMs: counter.resetMs };
+          });
+          const result: ClaimResult = { fresh: reply[i] === 1, counts };
+          if (claim.read !== undefined) result.read = (reply[at++] as string | null) ?? null;
+          claim.resolve(result);
+        });
       }, failed);
     }
   };
@@ -142,18 +170,23 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
       const [count, ttl] = await wrap(scripts.kilnHit(`${key}:${windowStart}`, windowStart + windowMs - now));
       return { count, resetMs: Math.max(0, ttl) };
     },
-    claimNonceAndHit(nonce, counters) {
+    claimNonceAndHit(nonce, counters, read) {
       const now = Date.now();
-      const keys: string[] = [nonce.key];
-      const args: (string | number)[] = [counters.length, nonce.value, nonce.ttlMs];
-      for (const { key, windowMs } of counters) {
+      const windows = counters.map(({ key, windowMs }) => {
         const windowStart = now - (now % windowMs);
-        keys.push(`${key}:${windowStart}`);
-        args.push(windowStart + windowMs - now);
-      }
+        return { key: `${key}:${windowStart}`, ttlMs: windowStart + windowMs - now };
+      });
       return new Promise((resolve, reject) => {
         if (pending.length === 0) setImmediate(sendClaims);
-        pending.push({ keys, args, counters: counters.length, resolve, reject });
+        pending.push({
+          nonceKey: nonce.key,
+          nonceValue: nonce.value,
+          nonceTtlMs: nonce.ttlMs,
+          counters: windows,
+          read,
+          resolve,
+          reject,
+        });
       });
     },
     async publish(channel, message) {

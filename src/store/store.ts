@@ -20,17 +20,27 @@ export interface EphemeralStore {
    * key exists (exactly `setIfAbsent`), and count one hit in each of `counters` (exactly `hit`, counted whether or
    * not the nonce was fresh). On Redis it is one script, so one command and one round trip whatever the counters;
    * the claims made in the same event-loop turn share that one command. `counts` are in the order of `counters`.
+   * With `read`, the same operation also reads that key (exactly `get`) and answers its value as `read`: a replay
+   * of an idempotent request finds its stored response in the guard's round trip.
    */
   claimNonceAndHit(
     nonce: { key: string; value: string; ttlMs: number },
     counters: readonly { key: string; windowMs: number }[],
-  ): Promise<{ fresh: boolean; counts: WindowCount[] }>;
+    read?: string,
+  ): Promise<ClaimResult>;
   publish(channel: string, message: string): Promise<void>;
   /** Resolves once the subscription is active; the returned function ends it. */
   subscribe(channel: string, onMessage: (message: string) => void): Promise<() => Promise<void>>;
   /** Rejects when the store does not answer. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface ClaimResult {
+  fresh: boolean;
+  counts: WindowCount[];
+  /** The value of the `read` key (null when absent); only when a key was given. */
+  read?: string | null;
 }
 
 export interface WindowCount {

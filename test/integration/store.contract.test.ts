@@ -129,6 +129,38 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
       if (b[1] !== 1) expect(b).toEqual([1, 2]);
     });
 
+    it('reads a key in the same claim, alone or among claims that read nothing', async () => {
+      await t.store.set('stored:present', 'the response', 5_000);
+      const window = 3_600_000;
+      const windowBefore = Math.floor(Date.now() / window);
+      const [plain, present, absent, shared] = await Promise.all([
+        t.store.claimNonceAndHit({ key: 'nonce:read-0', value: 'a', ttlMs: 5_000 }, [
+          { key: 'read-ip', windowMs: window },
+        ]),
+        t.store.claimNonceAndHit(
+          { key: 'nonce:read-1', value: 'b', ttlMs: 5_000 },
+          [{ key: 'read-ip', windowMs: window }],
+          'stored:present',
+        ),
+        t.store.claimNonceAndHit({ key: 'nonce:read-2', value: 'c', ttlMs: 5_000 }, [], 'stored:absent'),
+        t.store.claimNonceAndHit(
+          { key: 'nonce:read-1', value: 'd', ttlMs: 5_000 },
+          [{ key: 'read-ip', windowMs: window }],
+          'stored:present',
+        ),
+      ]);
+      expect(plain).toEqual({ fresh: true, counts: [expect.objectContaining({})] });
+      expect(plain.read).toBeUndefined();
+      expect(present.read).toBe('the response');
+      expect(absent).toEqual({ fresh: true, counts: [], read: null });
+      // The replayed nonce is refused but its read still answers.
+      expect(shared.fresh).toBe(false);
+      expect(shared.read).toBe('the response');
+      // Three hits on one counter in one batch: each claim got its own count (unless the hour turned meanwhile).
+      const seen = [plain, present, shared].map((r) => r.counts[0].count).sort((a, b) => a - b);
+      if (Math.floor(Date.now() / window) === windowBefore) expect(seen).toEqual([1, 2, 3]);
+    });
+
     it('forgets a claimed nonce after its TTL and resets its counters after their window', async () => {
       const claim = () =>
         t.store.claimNonceAndHit({ key: 'nonce:short', value: 'x', ttlMs: 80 }, [
