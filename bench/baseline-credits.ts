@@ -24,19 +24,20 @@ app.post('/reserve', async () => {
   );
   return rows[0];
 });
-app.post('/commit', async () => {
+// A hold that is not there (the prepared ones ran out) answers 404, so the bench's non-2xx column shows it.
+app.post('/commit', async (_request, reply) => {
   const { rows } = await pool.query(
     `select * from credit_resolve($1::text, 'commit', 5::bigint, null::text, 'bench', 'req', 'corr')`,
     [`base_c_${commitN++}`],
   );
-  return rows[0];
+  return rows[0].outcome === 'ok' ? rows[0] : reply.code(404).send(rows[0]);
 });
-app.post('/release', async () => {
+app.post('/release', async (_request, reply) => {
   const { rows } = await pool.query(
     `select * from credit_resolve($1::text, 'release', null::bigint, null::text, 'bench', 'req', 'corr')`,
     [`base_r_${releaseN++}`],
   );
-  return rows[0];
+  return rows[0].outcome === 'ok' ? rows[0] : reply.code(404).send(rows[0]);
 });
 const address = await app.listen({ port: 0, host: '127.0.0.1' });
 process.stdout.write(`baseline listening ${address}\n`);

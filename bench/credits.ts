@@ -6,9 +6,11 @@ import pg from 'pg';
 import { signRequest } from '../src/client/sign';
 import {
   BENCH_SECRET,
+  compare,
   formatTable,
   load,
   machine,
+  paced,
   realServicesEnv,
   startBaseline,
   startKiln,
@@ -63,8 +65,9 @@ export async function benchCredits(): Promise<void> {
   const url = kiln.url;
   const base = baseline.url;
   try {
-    // Plenty of credits, and holds for every commit and release either side may send (a hold resolves once).
-    const pool = Math.max(20_000, durationS * 5_000);
+    // Plenty of credits, and holds for every commit and release either side may send (a hold resolves once; the
+    // baseline answers 404 once its holds run out, which the non-2xx column would show).
+    const pool = Math.max(40_000, durationS * 12_000);
     await admin.query(
       `select credit_grant(u || (g % $1::int), 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
          from generate_series(0, $1::int - 1) g, unnest(array['bench_user_', 'bench_base_']) u`,
@@ -88,14 +91,29 @@ export async function benchCredits(): Promise<void> {
     await load('warm-up', { url, durationS: 2, setupRequest: reserves });
 
     const rows = [];
-    const baseReserve = await load('bare Fastify: credit_reserve()', { url: `${base}/reserve`, method: 'POST' });
-    const kilnReserve = await load('Kiln POST /v1/credits/reserve (signed)', { url, setupRequest: reserves });
-    const baseCommit = await load('bare Fastify: credit_resolve(commit)', { url: `${base}/commit`, method: 'POST' });
-    const kilnCommit = await load('Kiln POST /v1/credits/commit (signed)', { url, setupRequest: commits });
-    const baseRelease = await load('bare Fastify: credit_resolve(release)', { url: `${base}/release`, method: 'POST' });
-    const kilnRelease = await load('Kiln POST /v1/credits/release (signed)', { url, setupRequest: releases });
-    const fixed = await load('Kiln reserve at a fixed 500 req/s', { url, rate: 500, setupRequest: reserves });
-    rows.push(baseReserve, kilnReserve, baseCommit, kilnCommit, baseRelease, kilnRelease, fixed);
+    const [baseReserve, kilnReserve] = await compare(
+      { name: 'bare Fastify: credit_reserve()', url: `${base}/reserve`, method: 'POST' },
+      { name: 'Kiln POST /v1/credits/reserve (signed)', url, setupRequest: reserves },
+    );
+    const [baseCommit, kilnCommit] = await compare(
+      { name: 'bare Fastify: credit_resolve(commit)', url: `${base}/commit`, method: 'POST' },
+      { name: 'Kiln POST /v1/credits/commit (signed)', url, setupRequest: commits },
+    );
+    const [baseRelease, kilnRelease] = await compare(
+      { name: 'bare Fastify: credit_resolve(release)', url: `${base}/release`, method: 'POST' },
+      { name: 'Kiln POST /v1/credits/release (signed)', url, setupRequest: releases },
+    );
+    const baseFixed = await paced('bare Fastify: credit_reserve() at 500 req/s, evenly spaced', {
+      url: `${base}/reserve`,
+      rate: 500,
+      next: () => ({ method: 'POST', path: '/reserve', headers: {} }),
+    });
+    const fixed = await paced('Kiln reserve at 500 req/s, evenly spaced', {
+      url,
+      rate: 500,
+      next: reserves,
+    });
+    rows.push(baseReserve, kilnReserve, baseCommit, kilnCommit, baseRelease, kilnRelease, baseFixed, fixed);
     const table = formatTable(rows, baseReserve);
     const ratio = (a: { requestsPerSec: number }, b: { requestsPerSec: number }) =>
       `${((a.requestsPerSec / b.requestsPerSec) * 100).toFixed(0)} %`;
@@ -103,11 +121,11 @@ export async function benchCredits(): Promise<void> {
       `select count(*) as n from credit_accounts a
         where a.balance <> (select coalesce(sum(amount), 0) from credit_ledger l where l.user_id = a.user_id)`,
     );
-    const summary = `Kiln / bare: reserve ${ratio(kilnReserve, baseReserve)}, commit ${ratio(kilnCommit, baseCommit)}, release ${ratio(kilnRelease, baseRelease)}; p95 at 500 req/s: ${fixed.p95} ms; accounts whose balance differs from the ledger afterwards: ${auditRows[0].n}`;
+    const summary = `Kiln / bare: reserve ${ratio(kilnReserve, baseReserve)}, commit ${ratio(kilnCommit, baseCommit)}, release ${ratio(kilnRelease, baseRelease)}; reserve p95 at 500 req/s: Kiln ${fixed.p95} ms, bare ${baseFixed.p95} ms; accounts whose balance differs from the ledger afterwards: ${auditRows[0].n}`;
     process.stdout.write(`\n${table}\n\n${summary}\n`);
     await writeSection(
       'credits',
-      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each, load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts). Each Kiln mutation also runs in the idempotency layer's transaction (BEGIN, the function, COMMIT); commits and releases resolve distinct holds created before the run.\n\n${table}\n\n- ${summary}.\n`,
+      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each (each pair in halves: bare, Kiln, Kiln, bare), load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts), unprepared. Without a key Kiln runs each credit function in autocommit (one statement, atomic by itself) as a prepared statement; commits and releases resolve distinct holds created before the run. The 500 req/s rows are an open loop with requests evenly spaced (2 ms apart), latency counted from each request's slot.\n\n${table}\n\n- ${summary}.\n`,
     );
   } finally {
     await kiln.stop();

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { signRequest } from '../src/client/sign';
 import {
   BENCH_SECRET,
+  compare,
   formatTable,
   load,
   machine,
@@ -73,12 +74,12 @@ export async function benchIdempotency(): Promise<void> {
     const nextReplay = cycling(replays);
     await load('warm-up', { url: `${baseline.url}/redis-get`, method: 'POST', durationS: 2 });
     await load('warm-up', { url, durationS: 2, setupRequest: nextReplay });
-    const base = await load('bare Fastify POST doing one Redis GET', {
-      url: `${baseline.url}/redis-get`,
-      method: 'POST',
-    });
+    // The transaction count is read around the whole comparison: the bare route never touches the database.
     const before = await databaseCommits(admin);
-    const replay = await load('Kiln replayed POST /v1/projects (signed)', { url, setupRequest: nextReplay });
+    const [base, replay] = await compare(
+      { name: 'bare Fastify POST doing one Redis GET', url: `${baseline.url}/redis-get`, method: 'POST' },
+      { name: 'Kiln replayed POST /v1/projects (signed)', url, setupRequest: nextReplay },
+    );
     const replayCommits = (await databaseCommits(admin)) - before;
     const noKey = await load('Kiln POST /v1/projects, no key', { url, setupRequest: cycling(withoutKey) });
     const keyed = await load('Kiln POST /v1/projects, fresh key', { url, setupRequest: cycling(withKey) });
@@ -89,7 +90,7 @@ export async function benchIdempotency(): Promise<void> {
     );
     await writeSection(
       'idempotency',
-      `## Idempotency: replays and the cost of a key\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each, every request signed before the run with a fresh nonce. Target: a replay ≥ 80 % of a bare route doing one Redis GET, with no database query.\n\n${table}\n\n- Database transactions (all sessions, this database) counted during the ${replay.requestsPerSec.toFixed(0)} req/s replay run: **${replayCommits}** (the process's own 15 s heartbeat and pool checks included).\n- Cost of an Idempotency-Key on \`POST /v1/projects\`: ${keyCost} of throughput (no key ${noKey.requestsPerSec.toFixed(0)} req/s, fresh key ${keyed.requestsPerSec.toFixed(0)} req/s; p95 ${noKey.p95} → ${keyed.p95} ms).\n`,
+      `## Idempotency: replays and the cost of a key\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each (the replay and its baseline in halves: bare, Kiln, Kiln, bare), every request signed before the run with a fresh nonce. Target: a replay ≥ 80 % of a bare route doing one Redis GET, with no database query.\n\n${table}\n\n- Database transactions (all sessions, this database) counted during the replay runs (${replay.requestsPerSec.toFixed(0)} req/s): **${replayCommits}** (the process's own 15 s heartbeat and pool checks included).\n- Cost of an Idempotency-Key on \`POST /v1/projects\`: ${keyCost} of throughput (no key ${noKey.requestsPerSec.toFixed(0)} req/s, fresh key ${keyed.requestsPerSec.toFixed(0)} req/s; p95 ${noKey.p95} → ${keyed.p95} ms).\n`,
     );
   } finally {
     await kiln.stop();

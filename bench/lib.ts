@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { Agent, request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
 import { cpus, tmpdir, totalmem, type } from 'node:os';
 import { join } from 'node:path';
@@ -21,8 +22,6 @@ export interface LoadOptions {
   method?: 'GET' | 'POST' | 'PUT' | 'PATCH';
   connections?: number;
   durationS?: number;
-  /** Fixed request rate (requests/s over all connections); unset = as fast as possible. */
-  rate?: number;
   /** Builds each request's headers/body (signed requests need a fresh nonce each time). */
   setupRequest?: (request: { method: string; path: string; headers: Record<string, string>; body?: string }) => {
     method: string;
@@ -39,8 +38,20 @@ function percentile(sorted: number[], p: number): number {
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
+const DEFAULT_DURATION_S = Number(process.env.BENCH_DURATION_S ?? 8);
+
+interface Sampled {
+  measurement: Measurement;
+  /** Every response's latency (ms), sorted. */
+  latencies: number[];
+}
+
 /** Drive load with autocannon; percentiles (ms) come from every response's own latency, not a coarse histogram. */
 export async function load(name: string, options: LoadOptions): Promise<Measurement> {
+  return (await sample(name, options)).measurement;
+}
+
+async function sample(name: string, options: LoadOptions): Promise<Sampled> {
   const latencies: number[] = [];
   let done!: (result: autocannon.Result) => void;
   const finished = new Promise<autocannon.Result>((resolve) => {
@@ -51,8 +62,7 @@ export async function load(name: string, options: LoadOptions): Promise<Measurem
       url: options.url,
       method: options.method ?? 'GET',
       connections: options.connections ?? 20,
-      duration: options.durationS ?? Number(process.env.BENCH_DURATION_S ?? 8),
-      ...(options.rate ? { overallRate: options.rate } : {}),
+      duration: options.durationS ?? DEFAULT_DURATION_S,
       ...(options.setupRequest
         ? { requests: [{ setupRequest: options.setupRequest as unknown as autocannon.Request['setupRequest'] }] }
         : {}),
@@ -68,13 +78,132 @@ export async function load(name: string, options: LoadOptions): Promise<Measurem
   const result = await finished;
   latencies.sort((a, b) => a - b);
   return {
-    name,
-    requestsPerSec: result.requests.average,
+    latencies,
+    measurement: {
+      name,
+      requestsPerSec: result.requests.average,
+      p50: round(percentile(latencies, 50)),
+      p95: round(percentile(latencies, 95)),
+      p99: round(percentile(latencies, 99)),
+      errors: result.errors + result.timeouts,
+      non2xx: result.non2xx,
+    },
+  };
+}
+
+/** One measurement from several equal-length runs: mean throughput, percentiles over all their responses. */
+function merge(parts: Sampled[]): Measurement {
+  const latencies = parts.flatMap((p) => p.latencies).sort((a, b) => a - b);
+  const sum = (pick: (m: Measurement) => number) => parts.reduce((total, p) => total + pick(p.measurement), 0);
+  return {
+    name: parts[0].measurement.name,
+    requestsPerSec: sum((m) => m.requestsPerSec) / parts.length,
     p50: round(percentile(latencies, 50)),
     p95: round(percentile(latencies, 95)),
     p99: round(percentile(latencies, 99)),
-    errors: result.errors + result.timeouts,
-    non2xx: result.non2xx,
+    errors: sum((m) => m.errors),
+    non2xx: sum((m) => m.non2xx),
+  };
+}
+
+/**
+ * The baseline and Kiln measured in the order baseline, Kiln, Kiln, baseline, each for half the duration, and
+ * merged: drift on a shared machine (another tenant, a vacuum, a slower minute) then weighs on both sides alike,
+ * where one run each in a row let it fall on one side only.
+ */
+export async function compare(
+  base: { name: string } & LoadOptions,
+  ours: { name: string } & LoadOptions,
+): Promise<[Measurement, Measurement]> {
+  const half = (o: LoadOptions) => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / 2 });
+  const b1 = await sample(base.name, half(base));
+  const o1 = await sample(ours.name, half(ours));
+  const o2 = await sample(ours.name, half(ours));
+  const b2 = await sample(base.name, half(base));
+  return [merge([b1, b2]), merge([o1, o2])];
+}
+
+export interface PacedOptions {
+  url: string;
+  /** Requests per second, evenly spaced: request i leaves at start + i / rate. */
+  rate: number;
+  durationS?: number;
+  /** As for `load`: builds each request (path, headers, body). */
+  next: () => { method: string; path: string; headers: Record<string, string>; body?: string };
+}
+
+/**
+ * An open loop at a fixed rate: each request is sent at its own slot, evenly spaced, whether or not earlier ones
+ * have answered (keep-alive connections are opened as needed). autocannon's fixed rate sends each second's quota
+ * in a burst at the start of the second, which measures queueing behind the burst rather than the latency at that
+ * rate. Latency is measured from the slot, so a late send (a stalled load generator) counts against the result too.
+ */
+export async function paced(name: string, options: PacedOptions): Promise<Measurement> {
+  const durationMs = (options.durationS ?? DEFAULT_DURATION_S) * 1000;
+  const total = Math.floor((durationMs / 1000) * options.rate);
+  const target = new URL(options.url);
+  const agent = new Agent({ keepAlive: true, maxSockets: 256 });
+  const latencies: number[] = [];
+  let errors = 0;
+  let non2xx = 0;
+  let sent = 0;
+  const start = performance.now();
+  const inFlight = new Set<Promise<void>>();
+  const send = (slot: number) => {
+    const request = options.next();
+    const done = new Promise<void>((resolve) => {
+      const req = httpRequest(
+        {
+          host: target.hostname,
+          port: target.port,
+          method: request.method,
+          path: request.path,
+          headers:
+            request.body === undefined
+              ? request.headers
+              : { ...request.headers, 'content-length': Buffer.byteLength(request.body) },
+          agent,
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => {
+            latencies.push(performance.now() - slot);
+            if ((res.statusCode ?? 0) >= 300) non2xx++;
+            resolve();
+          });
+        },
+      );
+      req.on('error', () => {
+        errors++;
+        resolve();
+      });
+      req.end(request.body);
+    });
+    inFlight.add(done);
+    void done.then(() => inFlight.delete(done));
+  };
+  while (sent < total) {
+    const now = performance.now();
+    // Every slot that has come (several when the timer fired late) leaves now; latency still counts from its slot.
+    while (sent < total && start + (sent * 1000) / options.rate <= now) {
+      send(start + (sent * 1000) / options.rate);
+      sent++;
+    }
+    const wait = start + (sent * 1000) / options.rate - performance.now();
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, wait)));
+  }
+  await Promise.all(inFlight);
+  const elapsedS = (performance.now() - start) / 1000;
+  agent.destroy();
+  latencies.sort((a, b) => a - b);
+  return {
+    name,
+    requestsPerSec: latencies.length / elapsedS,
+    p50: round(percentile(latencies, 50)),
+    p95: round(percentile(latencies, 95)),
+    p99: round(percentile(latencies, 99)),
+    errors,
+    non2xx,
   };
 }
 

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { signRequest } from '../src/client/sign';
-import { BENCH_SECRET, formatTable, load, machine, startBaseline, startKiln, writeSection } from './lib';
+import { BENCH_SECRET, compare, formatTable, load, machine, startBaseline, startKiln, writeSection } from './lib';
 
 /** Kiln for the signed GET: embedded database, the in-process store or `redisUrl`, the IP quota lifted. */
 export function signedGetEnv(dataDir: string, redisUrl: string): Record<string, string> {
@@ -35,16 +35,19 @@ export async function benchSignedGet(): Promise<void> {
   try {
     await load('warm-up', { url: `${kiln.url}/v1/ping`, durationS: 2, setupRequest: signed });
     await load('warm-up', { url: `${baseline.url}/constant`, durationS: 2 });
-    const base = await load('bare Fastify GET (constant)', { url: `${baseline.url}/constant` });
-    const ours = await load(`Kiln signed GET /v1/ping (${redisUrl ? 'Redis' : 'in-process store'})`, {
-      url: `${kiln.url}/v1/ping`,
-      setupRequest: signed,
-    });
+    const [base, ours] = await compare(
+      { name: 'bare Fastify GET (constant)', url: `${baseline.url}/constant` },
+      {
+        name: `Kiln signed GET /v1/ping (${redisUrl ? 'Redis' : 'in-process store'})`,
+        url: `${kiln.url}/v1/ping`,
+        setupRequest: signed,
+      },
+    );
     const table = formatTable([base, ours], base);
     process.stdout.write(`\n${table}\n`);
     await writeSection(
       `signed-get-${redisUrl ? 'redis' : 'memory'}`,
-      `## Signed GET vs bare Fastify (${redisUrl ? 'Redis store' : 'in-process store'})\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each; every request carries v1+v2 signatures and a fresh nonce (signed before the run), so Kiln checks the HMACs, stores the nonce and counts the IP quota. Target ≥ 40 %.\n\n${table}\n`,
+      `## Signed GET vs bare Fastify (${redisUrl ? 'Redis store' : 'in-process store'})\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare); every request carries v1+v2 signatures and a fresh nonce (signed before the run), so Kiln checks the HMACs, stores the nonce and counts the IP quota. Target ≥ 40 %.\n\n${table}\n`,
     );
   } finally {
     await kiln.stop();

@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
+import { randomToken } from '../services/ids';
 import type { App } from './server';
 
 declare module 'fastify' {
@@ -11,20 +11,9 @@ declare module 'fastify' {
 
 const SANE_ID = /^[\w.:@/+=-]{1,128}$/;
 
-// Request ids are 10 random bytes in hex. They are cut from a block of random bytes drawn 1,024 ids at a time: one
-// call into the CSPRNG per request cost as much as the whole signature check.
-const ID_BYTES = 10;
-let idPool = Buffer.alloc(0);
-let idOffset = 0;
-
+/** Request ids: 10 random bytes in hex. */
 export function newRequestId(): string {
-  if (idOffset + ID_BYTES > idPool.length) {
-    idPool = randomBytes(ID_BYTES * 1024);
-    idOffset = 0;
-  }
-  const id = idPool.toString('hex', idOffset, idOffset + ID_BYTES);
-  idOffset += ID_BYTES;
-  return `req_${id}`;
+  return `req_${randomToken(10, 'hex')}`;
 }
 
 /** Fastify's genReqId: keep the caller's x-request-id when it is a sane token, else make one. */

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { CreditPackage } from '../config';
 import {
   type Build,
@@ -20,6 +19,7 @@ import { type BuildState, canTransition, etaSeconds, validNextStates } from '../
 import { ApiError } from '../domain/errors';
 import { type Actor, commitReservation, newReservationId, releaseReservation, reserveCredits } from './credits';
 import { estimate } from './estimate';
+import { randomToken } from './ids';
 
 /** Without history, a build is expected to take this long (seconds) for ETAs. */
 export const DEFAULT_BUILD_SECONDS = 120;
@@ -33,7 +33,7 @@ export interface CreateBuildInput {
 }
 
 export function newBuildId(): string {
-  return `bld_${randomBytes(9).toString('base64url')}`;
+  return `bld_${randomToken(9, 'base64url')}`;
 }
 
 function buildNotFound(id: string): ApiError {

@@ -2,7 +2,7 @@
  * Credit use cases (SPEC section 6) over a Queryable, so builds can call them inside their own transaction.
  * Each operation is one round trip (a plpgsql function); refusals become ApiErrors here.
  */
-import { randomBytes } from 'node:crypto';
+
 import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from '../config';
 import { type AuditReport, auditCredits } from '../db/credit-audit';
 import {
@@ -22,6 +22,7 @@ import {
 import type { Queryable } from '../db/database';
 import { ApiError } from '../domain/errors';
 import { insufficientCredits } from '../domain/recommendation';
+import { randomToken } from './ids';
 
 export type { Actor, AuditReport, CreditAccount, LedgerEntry, Reservation };
 
@@ -30,12 +31,12 @@ const DEFAULT_TTL_S = 1800;
 const DEFAULT_REASON = { reserve: 'hold for a build', commit: 'build finished' };
 
 export function newReservationId(): string {
-  return `res_${randomBytes(12).toString('base64url')}`;
+  return `res_${randomToken(12, 'base64url')}`;
 }
 
 /** Ids of a call made by Kiln itself (no HTTP request): a fresh request id, correlated to itself. */
 export function internalActor(kind: string): Actor {
-  const id = `${kind}_${randomBytes(8).toString('hex')}`;
+  const id = `${kind}_${randomToken(8, 'hex')}`;
   return { requestId: id, correlationId: id };
 }
 

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { Queryable } from '../db/database';
 import {
   findProject,
@@ -10,6 +9,7 @@ import {
 } from '../db/projects';
 import { ApiError } from '../domain/errors';
 import { mergePatch } from '../domain/merge-patch';
+import { randomToken } from './ids';
 
 /** Input of create and replace: every writable field, optional ones defaulted. */
 export interface ProjectInput {
@@ -22,7 +22,7 @@ export interface ProjectInput {
 }
 
 export function newProjectId(): string {
-  return `prj_${randomBytes(9).toString('base64url')}`;
+  return `prj_${randomToken(9, 'base64url')}`;
 }
 
 function fieldsOf(input: Omit<ProjectInput, 'id'>): ProjectFields {

@@ -1,37 +1,70 @@
-// Profiling aid (not part of `npm run bench`): starts Kiln with --cpu-prof under the signed-get benchmark's
-// environment, loads it for BENCH_DURATION_S seconds with pre-signed requests, stops it and prints where the CPU
-// time went (self time by function and by package). `npx tsx bench/profile-signed-get.ts [profile dir]`.
+// Profiling aid (not part of `npm run bench`): starts Kiln with --cpu-prof, loads it for BENCH_DURATION_S seconds
+// with pre-signed requests, stops it and prints where the CPU time went (self time by function and by package).
+// `npx tsx bench/profile.ts [signed-get|reserve] [profile dir]`: signed-get is the signed-get benchmark's GET
+// /v1/ping (embedded database, REDIS_URL if set); reserve is POST /v1/credits/reserve on the real PostgreSQL and
+// Redis (DATABASE_URL / REDIS_URL, else the local ones), spread over 100 users. PROFILE=0 measures without profiling.
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 import { signRequest } from '../src/client/sign';
-import { BENCH_SECRET, load, startKiln } from './lib';
+import { BENCH_SECRET, load, realServicesEnv, startKiln } from './lib';
 import { signedGetEnv } from './signed-get';
 
-const profileDir = process.argv[2] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
+const scenario = process.argv[2] ?? 'signed-get';
+if (scenario !== 'signed-get' && scenario !== 'reserve') throw new Error(`unknown scenario ${scenario}`);
+const profileDir = process.argv[3] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
 const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
 const redisUrl = process.env.REDIS_URL ?? '';
-const kiln = await startKiln(
-  signedGetEnv(dataDir, redisUrl),
-  process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir],
-);
-const pool = Array.from({ length: 300_000 }, () =>
-  signRequest({ secret: BENCH_SECRET, method: 'GET', path: '/v1/ping' }),
-);
-let next = 0;
-const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
-  ...request,
-  headers: { ...request.headers, ...pool[next++ % pool.length] },
+const databaseUrl = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+const schema = `bench_profile_${Date.now().toString(36)}`;
+const env =
+  scenario === 'signed-get'
+    ? signedGetEnv(dataDir, redisUrl)
+    : { ...realServicesEnv(databaseUrl, redisUrl || 'redis://127.0.0.1:6379', schema), DATA_DIR: dataDir };
+const kiln = await startKiln(env, process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]);
+const path = scenario === 'signed-get' ? '/v1/ping' : '/v1/credits/reserve';
+const USERS = 100;
+const pool = Array.from({ length: 300_000 }, (_, i) => {
+  if (scenario === 'signed-get') return { headers: signRequest({ secret: BENCH_SECRET, method: 'GET', path }) };
+  const body = JSON.stringify({ userId: `profile_user_${i % USERS}`, estimatedCredits: 10 });
+  return {
+    body,
+    headers: {
+      ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
+      'content-type': 'application/json',
+    },
+  };
 });
+let admin: pg.Client | undefined;
+if (scenario === 'reserve') {
+  admin = new pg.Client({ connectionString: databaseUrl, options: `-c search_path="${schema}"` });
+  await admin.connect();
+  await admin.query(
+    `select credit_grant('profile_user_' || g, 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
+       from generate_series(0, $1::int - 1) g`,
+    [USERS],
+  );
+}
+let next = 0;
+const signed = (request: { method: string; path: string; headers: Record<string, string> }) => {
+  const item = pool[next++ % pool.length];
+  return {
+    ...request,
+    method: item.body ? 'POST' : 'GET',
+    body: item.body,
+    headers: { ...request.headers, ...item.headers },
+  };
+};
 // Kiln's CPU time (user + system, from /proc) over the measurement: the figure the noise of a shared machine moves least.
 const cpuMs = async () => {
   const fields = (await readFile(`/proc/${kiln.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 };
-await load('warm-up', { url: `${kiln.url}/v1/ping`, durationS: 2, setupRequest: signed });
+await load('warm-up', { url: `${kiln.url}${path}`, durationS: 2, setupRequest: signed });
 const cpuBefore = await cpuMs();
 const loadStart = performance.now();
-const result = await load('profiled', { url: `${kiln.url}/v1/ping`, setupRequest: signed });
+const result = await load('profiled', { url: `${kiln.url}${path}`, setupRequest: signed });
 const loadEnd = performance.now();
 const cpu = (await cpuMs()) - cpuBefore;
 const served = result.requestsPerSec * ((loadEnd - loadStart) / 1000);
@@ -41,6 +74,10 @@ process.stdout.write(
 await kiln.stop();
 const stopped = performance.now();
 await rm(dataDir, { recursive: true, force: true });
+if (admin) {
+  await admin.query(`drop schema if exists "${schema}" cascade`);
+  await admin.end();
+}
 if (process.env.PROFILE === '0') process.exit(0);
 
 interface Node {
