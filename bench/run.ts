@@ -5,11 +5,13 @@ import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
 import { benchIdempotency } from './idempotency';
 import { benchSignedGet } from './signed-get';
+import { benchSignedGetBuild } from './signed-get-build';
 import { benchSubmitToStart } from './submit-to-start';
 
 const benches: Record<string, () => Promise<void>> = {
   healthz: benchHealthz,
   'signed-get': benchSignedGet,
+  'signed-get-build': benchSignedGetBuild,
   idempotency: benchIdempotency,
   credits: benchCredits,
   'submit-to-start': benchSubmitToStart,

@@ -1,0 +1,80 @@
+// The SPEC section 8 row for reads: signed GET /v1/builds/:id through every layer (signature, nonce, IP quota, the
+// build read from PostgreSQL, serialization, log line) vs a bare Fastify GET returning a constant, same run. Kiln on
+// the real PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else the local ones). Target: at least 40 %.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { createKilnClient, signRequest } from '../src/client/sign';
+import {
+  BENCH_SECRET,
+  compare,
+  formatTable,
+  load,
+  machine,
+  realServicesEnv,
+  startBaseline,
+  startKiln,
+  writeSection,
+} from './lib';
+
+const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+
+export async function benchSignedGetBuild(): Promise<void> {
+  const schema = `bench_getbuild_${Date.now().toString(36)}`;
+  const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
+  const kiln = await startKiln({
+    ...realServicesEnv(DATABASE_URL, REDIS_URL, schema),
+    DATA_DIR: dataDir,
+    // Counted as in production, with a quota the single load generator cannot reach.
+    RATE_LIMIT_IP_PER_MIN: '10000000',
+  });
+  const baseline = await startBaseline('bench/baseline-server.ts');
+  const admin = new pg.Client({ connectionString: DATABASE_URL });
+  await admin.connect();
+  try {
+    // A queued build (this Kiln runs no builds), created through the signed API.
+    const call = createKilnClient({ baseUrl: kiln.url, secret: BENCH_SECRET });
+    const granted = await call('POST', '/v1/credits/grant', {
+      userId: 'bench_user',
+      credits: 1000,
+      reason: 'bench',
+      source: 'bench',
+    });
+    const project = await call<{ id: string }>('POST', '/v1/projects', { ownerId: 'bench_user', name: 'Bench' });
+    const build = await call<{ id: string }>('POST', '/v1/builds', {
+      projectId: project.body.id,
+      userId: 'bench_user',
+      estimatedCredits: 10,
+    });
+    if (granted.status !== 200 || project.status !== 201 || build.status !== 201) {
+      throw new Error(`setup failed: ${granted.status} ${project.status} ${build.status} ${build.text}`);
+    }
+    const path = `/v1/builds/${build.body.id}`;
+    const pool = Array.from({ length: 300_000 }, () => signRequest({ secret: BENCH_SECRET, method: 'GET', path }));
+    let next = 0;
+    const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
+      ...request,
+      headers: { ...request.headers, ...pool[next++ % pool.length] },
+    });
+    await load('warm-up', { url: `${kiln.url}${path}`, durationS: 2, setupRequest: signed });
+    await load('warm-up', { url: `${baseline.url}/constant`, durationS: 2 });
+    const [base, ours] = await compare(
+      { name: 'bare Fastify GET (constant)', url: `${baseline.url}/constant` },
+      { name: 'Kiln signed GET /v1/builds/:id (PostgreSQL, Redis)', url: `${kiln.url}${path}`, setupRequest: signed },
+    );
+    const table = formatTable([base, ours], base);
+    process.stdout.write(`\n${table}\n`);
+    await writeSection(
+      'signed-get-build',
+      `## Signed GET /v1/builds/:id vs bare Fastify (PostgreSQL and Redis)\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare); every request carries v1+v2 signatures and a fresh nonce (signed before the run): Kiln checks the HMACs, stores the nonce, counts the IP quota and reads the build (one query on a prepared statement). Target (SPEC section 8) ≥ 40 %.\n\n${table}\n`,
+    );
+  } finally {
+    await kiln.stop();
+    await baseline.stop();
+    await admin.query(`drop schema if exists "${schema}" cascade`);
+    await admin.end();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
