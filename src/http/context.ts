@@ -6,6 +6,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The x-correlation-id given by the caller, else the request id. */
     correlationId: string;
+    /** What a layer has to say about this request, added to its one "request completed" log line. */
+    logFields?: Record<string, unknown>;
   }
 }
 

@@ -157,10 +157,13 @@ function replay(request: FastifyRequest, reply: FastifyReply, record: CachedReco
       { key: record.key, differs, originalMethod: record.method, originalPath: record.path },
     );
   }
-  request.log.info(
-    { idempotencyKey: record.key, originalRequestId: record.requestId, statusCode: record.statusCode, from },
-    'idempotent replay',
-  );
+  // Said on the request's one log line (see logFields): a replay is then one line, not two.
+  request.logFields = {
+    idempotentReplay: true,
+    idempotencyKey: record.key,
+    originalRequestId: record.requestId,
+    replayedFrom: from,
+  };
   return reply
     .code(record.statusCode)
     .headers({ ...record.responseHeaders, 'idempotent-replayed': 'true' })

@@ -61,6 +61,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         url: request.url,
         statusCode: reply.statusCode,
         ms: Number(reply.elapsedTime.toFixed(2)),
+        ...request.logFields,
       },
       'request completed',
     );

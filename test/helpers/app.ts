@@ -22,11 +22,15 @@ export interface TestApp {
 export async function startTestApp(
   env: Record<string, string> = {},
   prepare?: (app: App, parts: { database: TestDatabase; store: TestStore }) => void,
+  /** When given, every info-or-above log line is parsed and pushed here. */
+  logLines?: Record<string, unknown>[],
 ): Promise<TestApp> {
   const config = loadConfig({ HMAC_SECRET: TEST_SECRET, LOG_LEVEL: 'silent', ...env });
   const database = await openTestDatabase();
   const store = await openTestStore();
-  const logger = pino({ level: 'silent' });
+  const logger = logLines
+    ? pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line)) })
+    : pino({ level: 'silent' });
   const signals = new BuildSignals(database.db, store.store, database.schema, logger);
   const app = await buildApp({ config, db: database.db, store: store.store, logger, version: '0.0.0-test', signals });
   prepare?.(app, { database, store });

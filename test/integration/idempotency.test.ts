@@ -34,19 +34,24 @@ describe('isRecordable', () => {
 describe('idempotency', () => {
   let t: TestApp;
   let flaky = 0;
+  const logLines: Record<string, unknown>[] = [];
   beforeAll(async () => {
-    t = await startTestApp({ IDEMPOTENCY_TTL_S: '2' }, (app) => {
-      // A probe route that fails with a 500 the first time, after writing inside the request's transaction.
-      app.post('/v1/probe/flaky', { schema: { body: Type.Object({ n: Type.Integer() }) } }, async (request) => {
-        await transactionOf(request).query(
-          "insert into service_instances (id, hostname, pid, version) values ($1, 'probe', 0, 'x')",
-          [`flaky_${request.body.n}_${flaky}`],
-        );
-        flaky += 1;
-        if (flaky === 1) throw new Error('first attempt fails');
-        return { attempt: flaky };
-      });
-    });
+    t = await startTestApp(
+      { IDEMPOTENCY_TTL_S: '2' },
+      (app) => {
+        // A probe route that fails with a 500 the first time, after writing inside the request's transaction.
+        app.post('/v1/probe/flaky', { schema: { body: Type.Object({ n: Type.Integer() }) } }, async (request) => {
+          await transactionOf(request).query(
+            "insert into service_instances (id, hostname, pid, version) values ($1, 'probe', 0, 'x')",
+            [`flaky_${request.body.n}_${flaky}`],
+          );
+          flaky += 1;
+          if (flaky === 1) throw new Error('first attempt fails');
+          return { attempt: flaky };
+        });
+      },
+      logLines,
+    );
   });
   afterAll(() => t.close());
 
@@ -102,6 +107,23 @@ describe('idempotency', () => {
     expect(otherRoute.statusCode).toBe(422);
     expect(otherRoute.json().data.differs).toEqual(['method', 'path', 'body']);
     expect(await countProjects('owner_reuse')).toBe(1);
+  });
+
+  it("logs each replay on the request's line with the original request id and where it came from", async () => {
+    const body = { ownerId: 'owner_replay_log', name: 'Logged' };
+    const first = await post('/v1/projects', body, 'key-replay-log');
+    const second = await post('/v1/projects', body, 'key-replay-log');
+    expect(second.headers['idempotent-replayed']).toBe('true');
+    const lineOf = (requestId: unknown) =>
+      logLines.find((l) => l.requestId === requestId && l.msg === 'request completed');
+    expect(lineOf(first.headers['x-request-id'])).not.toHaveProperty('idempotentReplay');
+    expect(lineOf(second.headers['x-request-id'])).toMatchObject({
+      statusCode: 201,
+      idempotentReplay: true,
+      idempotencyKey: 'key-replay-log',
+      originalRequestId: first.headers['x-request-id'],
+      replayedFrom: expect.stringMatching(/^(store|database)$/),
+    });
   });
 
   it('still replays from PostgreSQL when the store copy is gone', async () => {
