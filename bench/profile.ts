@@ -1,8 +1,9 @@
 // Profiling aid (not part of `npm run bench`): starts Kiln with --cpu-prof, loads it for BENCH_DURATION_S seconds
 // with pre-signed requests, stops it and prints where the CPU time went (self time by function and by package).
-// `npx tsx bench/profile.ts [signed-get|reserve] [profile dir]`: signed-get is the signed-get benchmark's GET
+// `npx tsx bench/profile.ts [signed-get|reserve|replay] [profile dir]`: signed-get is the signed-get benchmark's GET
 // /v1/ping (embedded database, REDIS_URL if set); reserve is POST /v1/credits/reserve on the real PostgreSQL and
-// Redis (DATABASE_URL / REDIS_URL, else the local ones), spread over 100 users. PROFILE=0 measures without profiling.
+// Redis (DATABASE_URL / REDIS_URL, else the local ones), spread over 100 users; replay is a replayed POST
+// /v1/projects there. PROFILE=0 measures without profiling.
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import { BENCH_SECRET, load, realServicesEnv, startKiln } from './lib';
 import { signedGetEnv } from './signed-get';
 
 const scenario = process.argv[2] ?? 'signed-get';
-if (scenario !== 'signed-get' && scenario !== 'reserve') throw new Error(`unknown scenario ${scenario}`);
+if (!['signed-get', 'reserve', 'replay'].includes(scenario)) throw new Error(`unknown scenario ${scenario}`);
 const profileDir = process.argv[3] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
 const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
 const redisUrl = process.env.REDIS_URL ?? '';
@@ -23,23 +24,36 @@ const env =
     ? signedGetEnv(dataDir, redisUrl)
     : { ...realServicesEnv(databaseUrl, redisUrl || 'redis://127.0.0.1:6379', schema), DATA_DIR: dataDir };
 const kiln = await startKiln(env, process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]);
-const path = scenario === 'signed-get' ? '/v1/ping' : '/v1/credits/reserve';
+const path = { 'signed-get': '/v1/ping', reserve: '/v1/credits/reserve', replay: '/v1/projects' }[scenario] as string;
 const USERS = 100;
+const REPLAYED_BODY = JSON.stringify({ ownerId: 'profile_owner', name: 'Profiled', settings: { region: 'eu' } });
 const pool = Array.from({ length: 300_000 }, (_, i) => {
   if (scenario === 'signed-get') return { headers: signRequest({ secret: BENCH_SECRET, method: 'GET', path }) };
-  const body = JSON.stringify({ userId: `profile_user_${i % USERS}`, estimatedCredits: 10 });
+  const body =
+    scenario === 'replay'
+      ? REPLAYED_BODY
+      : JSON.stringify({ userId: `profile_user_${i % USERS}`, estimatedCredits: 10 });
   return {
     body,
     headers: {
       ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
       'content-type': 'application/json',
+      ...(scenario === 'replay' ? { 'idempotency-key': 'profile-replayed-key' } : {}),
     },
   };
 });
 let admin: pg.Client | undefined;
-if (scenario === 'reserve') {
+if (scenario === 'replay') {
+  // The one request every later one replays.
+  const created = await fetch(`${kiln.url}${path}`, { method: 'POST', headers: pool[0].headers, body: REPLAYED_BODY });
+  if (created.status !== 201) throw new Error(`setup failed: ${created.status} ${await created.text()}`);
+  pool.shift();
+}
+if (scenario !== 'signed-get') {
   admin = new pg.Client({ connectionString: databaseUrl, options: `-c search_path="${schema}"` });
   await admin.connect();
+}
+if (admin && scenario === 'reserve') {
   await admin.query(
     `select credit_grant('profile_user_' || g, 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
        from generate_series(0, $1::int - 1) g`,
