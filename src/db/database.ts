@@ -36,10 +36,20 @@ export interface Database extends Queryable {
   begin(): Promise<OpenTransaction>;
   /** Run several statements at once (migrations). No parameters. */
   exec(sql: string): Promise<void>;
-  /** Subscribe to a LISTEN/NOTIFY channel; resolves to an unsubscribe function. */
-  listen(channel: string, onNotify: (payload: string) => void): Promise<() => Promise<void>>;
+  /**
+   * Subscribe to a LISTEN/NOTIFY channel; resolves to an unsubscribe function. On PostgreSQL a lost listening
+   * connection is replaced until unsubscribed (`onConnection` hears of both), and `onNotify('')` is called when
+   * listening again, since notifications sent in between are lost.
+   */
+  listen(
+    channel: string,
+    onNotify: (payload: string) => void,
+    onConnection?: (event: ListenConnectionEvent) => void,
+  ): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
+
+export type ListenConnectionEvent = { state: 'lost'; error: string } | { state: 'restored'; attempt: number };
 
 /** The database could not be reached (refused, restarting, pool exhausted): the request may be retried. */
 export class DatabaseUnavailableError extends Error {

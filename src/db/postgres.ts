@@ -123,24 +123,96 @@ export function openPostgres(options: PostgresOptions): Database {
     async exec(sql) {
       await run(pool, sql);
     },
-    async listen(channel, onNotify) {
-      const client = await pool.connect().catch((error) => {
-        throw translateError(error);
-      });
+    async listen(channel, onNotify, onConnection) {
+      // One dedicated connection. When it is lost (PostgreSQL restarted, the backend terminated) it is replaced,
+      // with backoff, until unsubscribed; a notification sent meanwhile is lost, so `onNotify('')` is called once
+      // the new connection listens, and the caller catches up as after any wake-up.
+      let stopped = false;
+      let client: pg.PoolClient | undefined;
+      let retry: NodeJS.Timeout | undefined;
       const handler = (message: pg.Notification) => {
         if (message.channel === channel) onNotify(message.payload ?? '');
       };
-      client.on('notification', handler);
-      // A lost connection must not crash the process; callers keep a slow poll as their safety net.
-      client.on('error', () => {});
-      await client.query(`listen ${quoteIdent(channel)}`);
-      return async () => {
-        client.off('notification', handler);
+      const onLost = new Map<pg.PoolClient, (error?: Error) => void>();
+      // `broken`: the client is being destroyed; a late socket error on it must still find a listener.
+      const detach = (c: pg.PoolClient, broken = false) => {
+        if (broken) c.on('error', () => {});
+        c.off('notification', handler);
+        const listener = onLost.get(c);
+        if (listener) {
+          c.off('error', listener);
+          c.off('end', listener);
+          onLost.delete(c);
+        }
+      };
+      const connect = async () => {
+        const next = await pool.connect().catch((error) => {
+          throw translateError(error);
+        });
+        const listener = (error?: Error) => lost(next, error);
+        onLost.set(next, listener);
+        next.on('notification', handler);
+        next.on('error', listener);
+        next.on('end', listener);
         try {
-          await client.query(`unlisten ${quoteIdent(channel)}`);
-          client.release();
+          await next.query(`listen ${quoteIdent(channel)}`);
+        } catch (error) {
+          detach(next, true);
+          next.release(true);
+          throw translateError(error);
+        }
+        client = next;
+      };
+      const reconnect = (attempt: number) => {
+        retry = setTimeout(
+          async () => {
+            if (stopped) return;
+            try {
+              await connect();
+              if (stopped) {
+                // Unsubscribed while this connection was being made: give it back instead of listening forever.
+                const made = client;
+                client = undefined;
+                if (made) {
+                  detach(made, true);
+                  made.release(true);
+                }
+                return;
+              }
+              onConnection?.({ state: 'restored', attempt });
+              onNotify('');
+            } catch {
+              reconnect(attempt + 1);
+            }
+          },
+          Math.min(100 * 2 ** attempt, 5_000),
+        );
+        retry.unref();
+      };
+      const lost = (lostClient: pg.PoolClient, error?: Error) => {
+        if (client !== lostClient) return;
+        client = undefined;
+        detach(lostClient, true);
+        lostClient.release(true);
+        if (stopped) return;
+        onConnection?.({ state: 'lost', error: error?.message ?? 'connection ended' });
+        reconnect(0);
+      };
+      await connect();
+      return async () => {
+        stopped = true;
+        clearTimeout(retry);
+        const current = client;
+        client = undefined;
+        if (!current) return;
+        // Detached only after the last query: a checked-out client with no 'error' listener would crash the process.
+        try {
+          await current.query(`unlisten ${quoteIdent(channel)}`);
+          detach(current);
+          current.release();
         } catch {
-          client.release(true);
+          detach(current, true);
+          current.release(true);
         }
       };
     },

@@ -47,7 +47,16 @@ export class BuildSignals {
     if (!this.subscribed.has(topic)) {
       const channel = this.channelPrefix + topic;
       const emit = (payload: string) => this.local.emit(topic, payload);
-      const subscription = this.viaPostgres ? this.db.listen(channel, emit) : this.store.subscribe(channel, emit);
+      const subscription = this.viaPostgres
+        ? this.db.listen(channel, emit, (event) => {
+            if (event.state === 'lost') {
+              this.logger.warn(
+                { topic, error: event.error },
+                'LISTEN connection lost; reconnecting (wake-ups wait for the slow poll meanwhile)',
+              );
+            } else this.logger.info({ topic, attempt: event.attempt }, 'LISTEN connection restored');
+          })
+        : this.store.subscribe(channel, emit);
       this.subscribed.set(topic, subscription);
       subscription.catch(() => this.subscribed.delete(topic));
     }

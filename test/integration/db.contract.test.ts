@@ -111,6 +111,46 @@ function contract(name: string, open: () => Promise<TestDatabase>) {
 contract('PGlite', openTestPglite);
 if (DATABASE_URL) contract('PostgreSQL', () => openTestPostgres());
 
+describe.skipIf(!DATABASE_URL)('PostgreSQL LISTEN after its connection is lost', () => {
+  let t: TestDatabase;
+  beforeAll(async () => {
+    t = await openTestPostgres();
+  });
+  afterAll(() => t.cleanup());
+
+  it('reconnects, says so, wakes the listener once, and delivers later notifications', async () => {
+    const channel = `contract_relisten_${process.pid}_${Date.now()}`;
+    const received: string[] = [];
+    const events: string[] = [];
+    const stop = await t.db.listen(
+      channel,
+      (payload) => received.push(payload),
+      (event) => events.push(event.state),
+    );
+    const waitFor = async (check: () => boolean) => {
+      for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(check()).toBe(true);
+    };
+    await t.db.query('select pg_notify($1::text, $2::text)', [channel, 'before']);
+    await waitFor(() => received.includes('before'));
+    // What a PostgreSQL restart does to the listening session: its backend goes away.
+    const admin = openPostgres({ url: DATABASE_URL as string, schema: 'public' });
+    const { rows } = await admin.query<{ n: number }>(
+      `select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where query = $1::text`,
+      [`listen "${channel}"`],
+    );
+    await admin.close();
+    expect(rows[0].n).toBe(1);
+    await waitFor(() => events.includes('restored'));
+    expect(events).toEqual(['lost', 'restored']);
+    // The catch-up wake-up for what may have been missed meanwhile.
+    expect(received).toEqual(['before', '']);
+    await t.db.query('select pg_notify($1::text, $2::text)', [channel, 'after']);
+    await waitFor(() => received.includes('after'));
+    await stop();
+  });
+});
+
 describe.skipIf(!DATABASE_URL)('PostgreSQL unavailable', () => {
   it('turns a refused connection into DatabaseUnavailableError', async () => {
     const db = openPostgres({ url: 'postgres://postgres@127.0.0.1:1/test', schema: 'public' });
