@@ -7,18 +7,17 @@ import { signRequest } from '../src/client/sign';
 import {
   BENCH_SECRET,
   compare,
+  DATABASE_URL,
   formatTable,
   load,
   machine,
   paced,
+  REDIS_URL,
   realServicesEnv,
   startBaseline,
   startKiln,
   writeSection,
 } from './lib';
-
-const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 type Req = { method: string; path: string; headers: Record<string, string>; body?: string };
 

@@ -207,6 +207,10 @@ export async function paced(name: string, options: PacedOptions): Promise<Measur
   };
 }
 
+/** The PostgreSQL and Redis the benchmarks that need them use: DATABASE_URL / REDIS_URL, else the local ones. */
+export const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+export const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+
 /** The HMAC secret every benchmark's Kiln runs with (requests are signed with it before the run). */
 export const BENCH_SECRET = 'bench-secret-0123456789abcdef';
 

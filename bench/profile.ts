@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { signRequest } from '../src/client/sign';
-import { BENCH_SECRET, load, realServicesEnv, startKiln } from './lib';
+import { BENCH_SECRET, DATABASE_URL, load, REDIS_URL, realServicesEnv, startKiln } from './lib';
 import { signedGetEnv } from './signed-get';
 
 const scenario = process.argv[2] ?? 'signed-get';
@@ -17,12 +17,11 @@ if (!['signed-get', 'reserve', 'replay'].includes(scenario)) throw new Error(`un
 const profileDir = process.argv[3] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
 const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
 const redisUrl = process.env.REDIS_URL ?? '';
-const databaseUrl = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const schema = `bench_profile_${Date.now().toString(36)}`;
 const env =
   scenario === 'signed-get'
     ? signedGetEnv(dataDir, redisUrl)
-    : { ...realServicesEnv(databaseUrl, redisUrl || 'redis://127.0.0.1:6379', schema), DATA_DIR: dataDir };
+    : { ...realServicesEnv(DATABASE_URL, redisUrl || REDIS_URL, schema), DATA_DIR: dataDir };
 const kiln = await startKiln(env, process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]);
 const path = { 'signed-get': '/v1/ping', reserve: '/v1/credits/reserve', replay: '/v1/projects' }[scenario] as string;
 const USERS = 100;
@@ -50,7 +49,7 @@ if (scenario === 'replay') {
   pool.shift();
 }
 if (scenario !== 'signed-get') {
-  admin = new pg.Client({ connectionString: databaseUrl, options: `-c search_path="${schema}"` });
+  admin = new pg.Client({ connectionString: DATABASE_URL, options: `-c search_path="${schema}"` });
   await admin.connect();
 }
 if (admin && scenario === 'reserve') {

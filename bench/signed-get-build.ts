@@ -9,17 +9,16 @@ import { createKilnClient, signRequest } from '../src/client/sign';
 import {
   BENCH_SECRET,
   compare,
+  DATABASE_URL,
   formatTable,
   load,
   machine,
+  REDIS_URL,
   realServicesEnv,
   startBaseline,
   startKiln,
   writeSection,
 } from './lib';
-
-const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 export async function benchSignedGetBuild(): Promise<void> {
   const schema = `bench_getbuild_${Date.now().toString(36)}`;

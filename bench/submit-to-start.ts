@@ -17,10 +17,8 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { createKilnClient, signRequest } from '../src/client/sign';
-import { BENCH_SECRET, machine, startKiln, startProcess, writeSection } from './lib';
+import { BENCH_SECRET, DATABASE_URL, machine, REDIS_URL, startKiln, startProcess, writeSection } from './lib';
 
-const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const THIS_FILE = fileURLToPath(import.meta.url);
 
 const JOBS = Number(process.env.BENCH_S2S_JOBS ?? 1000);
