@@ -145,6 +145,47 @@ export async function findBuild(q: Queryable, id: string): Promise<DbBuild | und
   return rows[0];
 }
 
+/** Ids read in one statement at most by a BuildReader. */
+const READ_BATCH = 100;
+
+/** Reads builds by id outside any transaction, as `findBuild` does; see createBuildReader. */
+export type BuildReader = (id: string) => Promise<DbBuild | undefined>;
+
+/**
+ * A reader of builds by id for requests that run outside a transaction: the reads asked for while the event loop
+ * handles one turn of I/O go to PostgreSQL together, as one statement on one connection, once that turn is over.
+ * Each read is still sent after its request arrived, so it sees everything committed before that (no shared
+ * in-flight result). Polling clients read builds far more than they change them; a statement per read woke a
+ * PostgreSQL backend per read.
+ */
+export function createBuildReader(db: Queryable): BuildReader {
+  let pending = new Map<string, { resolve(row: DbBuild | undefined): void; reject(error: unknown): void }[]>();
+  const flush = () => {
+    const batch = pending;
+    pending = new Map();
+    const ids = [...batch.keys()];
+    for (let from = 0; from < ids.length; from += READ_BATCH) {
+      const slice = ids.slice(from, from + READ_BATCH);
+      db.query<DbBuild>(`select ${BUILD_COLUMNS} from builds where id = any($1::text[])`, [slice]).then(
+        ({ rows }) => {
+          const byId = new Map(rows.map((row) => [row.id, row]));
+          for (const id of slice) for (const waiter of batch.get(id) ?? []) waiter.resolve(byId.get(id));
+        },
+        (error: unknown) => {
+          for (const id of slice) for (const waiter of batch.get(id) ?? []) waiter.reject(error);
+        },
+      );
+    }
+  };
+  return (id) =>
+    new Promise((resolve, reject) => {
+      if (pending.size === 0) setImmediate(flush);
+      const waiters = pending.get(id);
+      if (waiters) waiters.push({ resolve, reject });
+      else pending.set(id, [{ resolve, reject }]);
+    });
+}
+
 /** The active exclusive build of a project, if any. */
 export async function findActiveBuild(q: Queryable, projectId: string): Promise<DbBuild | undefined> {
   const { rows } = await q.query<DbBuild>(

@@ -2,6 +2,7 @@ import type { CreditPackage } from '../config';
 import {
   type Build,
   type BuildEvent,
+  type BuildReader,
   type DbBuild,
   findActiveBuild,
   findBuild,
@@ -200,6 +201,13 @@ export async function settleBuildCredits(
 
 export async function getBuild(q: Queryable, id: string): Promise<DbBuild> {
   const build = await findBuild(q, id);
+  if (!build) throw buildNotFound(id);
+  return build;
+}
+
+/** As getBuild, through a BuildReader (reads outside a transaction, batched per event-loop turn). */
+export async function readBuild(read: BuildReader, id: string): Promise<DbBuild> {
+  const build = await read(id);
   if (!build) throw buildNotFound(id);
   return build;
 }

@@ -1,13 +1,13 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
-import { toBuild } from '../../db/builds';
+import { createBuildReader, toBuild } from '../../db/builds';
 import { BUILD_STATES } from '../../domain/build-states';
 import {
   type BuildContext,
   createBuild,
-  getBuild,
   getBuildEvents,
   listBuildPage,
+  readBuild,
   requestTransition,
 } from '../../services/builds';
 import { afterCommit, transactionOf } from '../idempotency';
@@ -84,6 +84,8 @@ const errors = ERROR_RESPONSES;
 /** Builds (SPEC section 5): create, read, list, transition, cancel, events, live events. */
 export function registerBuildRoutes(app: App, deps: AppDeps): void {
   const { db, signals, config } = deps;
+  // GET /v1/builds/:id: the reads of one event-loop turn share one statement.
+  const readBuildById = createBuildReader(db);
   registerStreamShutdown(app);
   const buildContext = (request: FastifyRequest): BuildContext => ({
     defaultEstimateCredits: config.defaultEstimateCredits,
@@ -123,7 +125,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
         response: { 200: BuildSchema, ...errors },
       },
     },
-    async (request) => toBuild(await getBuild(db, request.params.id)),
+    async (request) => toBuild(await readBuild(readBuildById, request.params.id)),
   );
 
   app.get(
