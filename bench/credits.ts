@@ -3,44 +3,21 @@
 //   function once (bench/baseline-credits.ts);
 // - p95 of reserve at a fixed 500 req/s.
 import pg from 'pg';
-import { signRequest } from '../src/client/sign';
 import {
-  BENCH_SECRET,
   compare,
+  cycling,
   DATABASE_URL,
   formatTable,
   load,
   machine,
   paced,
+  presignedPosts,
   REDIS_URL,
   realServicesEnv,
   startBaseline,
   startKiln,
   writeSection,
 } from './lib';
-
-type Req = { method: string; path: string; headers: Record<string, string>; body?: string };
-
-/** Pre-signed POSTs (fresh nonce each), so the load generator spends its CPU on sending, not on HMACs. */
-function presigned(path: string, bodies: (i: number) => string, count: number): Req[] {
-  return Array.from({ length: count }, (_, i) => {
-    const body = bodies(i);
-    return {
-      method: 'POST',
-      path,
-      body,
-      headers: {
-        ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
-        'content-type': 'application/json',
-      },
-    };
-  });
-}
-
-function cycling(requests: Req[]) {
-  let next = 0;
-  return () => requests[next++ % requests.length];
-}
 
 /** Users the load is spread over (each operation locks its user's account row). */
 export const BENCH_USERS = 100;
@@ -79,12 +56,16 @@ export async function benchCredits(): Promise<void> {
 
     const reserveBody = (i: number) =>
       JSON.stringify({ userId: `bench_user_${i % BENCH_USERS}`, estimatedCredits: 10 });
-    const reserves = cycling(presigned('/v1/credits/reserve', reserveBody, durationS * 8_000));
+    const reserves = cycling(presignedPosts('/v1/credits/reserve', durationS * 8_000, reserveBody));
     const commits = cycling(
-      presigned('/v1/credits/commit', (i) => JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }), pool),
+      presignedPosts('/v1/credits/commit', pool, (i) =>
+        JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }),
+      ),
     );
     const releases = cycling(
-      presigned('/v1/credits/release', (i) => JSON.stringify({ reservationId: `kiln_r_${i}`, reason: 'bench' }), pool),
+      presignedPosts('/v1/credits/release', pool, (i) =>
+        JSON.stringify({ reservationId: `kiln_r_${i}`, reason: 'bench' }),
+      ),
     );
     await load('warm-up', { url: `${base}/reserve`, method: 'POST', durationS: 2 });
     await load('warm-up', { url, durationS: 2, setupRequest: reserves });

@@ -4,44 +4,20 @@
 // - POST /v1/projects with a fresh Idempotency-Key per request vs without one.
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { signRequest } from '../src/client/sign';
 import {
-  BENCH_SECRET,
   compare,
+  cycling,
   DATABASE_URL,
   formatTable,
   load,
   machine,
+  presignedPosts,
   REDIS_URL,
   realServicesEnv,
   startBaseline,
   startKiln,
   writeSection,
 } from './lib';
-
-type Req = { method: string; path: string; headers: Record<string, string>; body?: string };
-
-/** Pre-signed requests (fresh nonce each), so the load generator spends its CPU on sending, not on HMACs. */
-function presigned(path: string, body: string, count: number, key: (i: number) => string | undefined): Req[] {
-  return Array.from({ length: count }, (_, i) => {
-    const k = key(i);
-    return {
-      method: 'POST',
-      path,
-      body,
-      headers: {
-        ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body }),
-        'content-type': 'application/json',
-        ...(k ? { 'idempotency-key': k } : {}),
-      },
-    };
-  });
-}
-
-function cycling(requests: Req[]) {
-  let next = 0;
-  return () => requests[next++ % requests.length];
-}
 
 async function databaseCommits(client: pg.Client): Promise<number> {
   const { rows } = await client.query<{ n: string }>(
@@ -61,13 +37,28 @@ export async function benchIdempotency(): Promise<void> {
   const durationS = Number(process.env.BENCH_DURATION_S ?? 8);
   try {
     // The one request every replay repeats.
-    const [original] = presigned('/v1/projects', body, 1, () => 'bench-replayed-key');
+    const [original] = presignedPosts(
+      '/v1/projects',
+      1,
+      () => body,
+      () => 'bench-replayed-key',
+    );
     const created = await fetch(`${url}/v1/projects`, { method: 'POST', headers: original.headers, body });
     if (created.status !== 201) throw new Error(`setup failed: ${created.status} ${await created.text()}`);
 
-    const replays = presigned('/v1/projects', body, 250_000, () => 'bench-replayed-key');
-    const withKey = presigned('/v1/projects', body, 120_000, () => `bench-${randomBytes(8).toString('hex')}`);
-    const withoutKey = presigned('/v1/projects', body, 120_000, () => undefined);
+    const replays = presignedPosts(
+      '/v1/projects',
+      250_000,
+      () => body,
+      () => 'bench-replayed-key',
+    );
+    const withKey = presignedPosts(
+      '/v1/projects',
+      120_000,
+      () => body,
+      () => `bench-${randomBytes(8).toString('hex')}`,
+    );
+    const withoutKey = presignedPosts('/v1/projects', 120_000, () => body);
 
     // One cursor per pool across warm-up and measurement: a nonce is accepted once.
     const nextReplay = cycling(replays);

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { cpus, tmpdir, totalmem, type } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
+import { signRequest } from '../src/client/sign';
 
 export interface Measurement {
   name: string;
@@ -213,6 +214,40 @@ export const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 /** The HMAC secret every benchmark's Kiln runs with (requests are signed with it before the run). */
 export const BENCH_SECRET = 'bench-secret-0123456789abcdef';
+
+export type BenchRequest = { method: string; path: string; headers: Record<string, string>; body?: string };
+
+/**
+ * `count` signed JSON POSTs to `path`, each with a fresh nonce, made before the run so the load generator spends its
+ * CPU on sending, not on HMACs. `body(i)` is request i's body; `key(i)`, when it gives one, its Idempotency-Key.
+ */
+export function presignedPosts(
+  path: string,
+  count: number,
+  body: (i: number) => string,
+  key: (i: number) => string | undefined = () => undefined,
+): BenchRequest[] {
+  return Array.from({ length: count }, (_, i) => {
+    const text = body(i);
+    const k = key(i);
+    return {
+      method: 'POST',
+      path,
+      body: text,
+      headers: {
+        ...signRequest({ secret: BENCH_SECRET, method: 'POST', path, body: text }),
+        'content-type': 'application/json',
+        ...(k ? { 'idempotency-key': k } : {}),
+      },
+    };
+  });
+}
+
+/** The requests in turn, forever (one cursor: a nonce is accepted once, so warm-up and run must not repeat one). */
+export function cycling(requests: BenchRequest[]): () => BenchRequest {
+  let next = 0;
+  return () => requests[next++ % requests.length];
+}
 
 export interface Started {
   url: string;

@@ -90,19 +90,19 @@ export function storedResponseKey(request: FastifyRequest): string | undefined {
   }
 }
 
+function invalid(rule: string): ApiError {
+  return new ApiError(
+    'INVALID_IDEMPOTENCY_KEY',
+    `Idempotency-Key is invalid: ${rule}. Send 1-255 printable ASCII characters.`,
+    { rule },
+  );
+}
+
 /** The request's key, from the Idempotency-Key header or the body's idempotencyKey (which must agree). */
 function keyOf(request: FastifyRequest, required: boolean): string | undefined {
   const header = request.headers['idempotency-key'];
   const body = request.body as Record<string, unknown> | undefined;
   const bodyKey = body && typeof body === 'object' && !Array.isArray(body) ? body.idempotencyKey : undefined;
-  const invalid = (rule: string) =>
-    new ApiError(
-      'INVALID_IDEMPOTENCY_KEY',
-      `Idempotency-Key is invalid: ${rule}. Send 1-255 printable ASCII characters.`,
-      {
-        rule,
-      },
-    );
   let key: string | undefined;
   if (header !== undefined) {
     if (typeof header !== 'string') throw invalid('send the header once');

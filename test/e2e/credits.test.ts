@@ -1,10 +1,9 @@
-import { mkdir } from 'node:fs/promises';
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createKilnClient } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
-import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
+import { type KilnProcess, sharedKilns } from '../helpers/kiln-process';
 
 const TTL_S = 2;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -29,28 +28,13 @@ const command: fc.Arbitrary<Command> = fc.oneof(
  * owns DATA_DIR (PGlite is one process per directory), so the concurrency is 20 clients against that one.
  */
 describe('credits end to end', () => {
-  let shared: Shared;
-  const running: KilnProcess[] = [];
-  const start = async () => {
-    const kiln = await spawnKiln({
-      ...shared.env,
-      RESERVATION_TTL_S: String(TTL_S),
-      RATE_LIMIT_USER_PER_MIN: '0',
-      RATE_LIMIT_IP_PER_MIN: '0',
-    });
-    running.push(kiln);
-    return kiln;
-  };
+  const shared = sharedKilns({
+    RESERVATION_TTL_S: String(TTL_S),
+    RATE_LIMIT_USER_PER_MIN: '0',
+    RATE_LIMIT_IP_PER_MIN: '0',
+  });
+  const start = () => shared.start();
   const client = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
-
-  beforeAll(async () => {
-    shared = await sharedEnvironment();
-    await mkdir(shared.env.DATA_DIR, { recursive: true });
-  });
-  afterAll(async () => {
-    await Promise.all(running.map((k) => k.stop('SIGKILL')));
-    await shared.cleanup();
-  });
 
   it(`random grant/reserve/commit/release/expire sequences, 20 at a time over ${DATABASE_URL ? 'two processes' : 'one process'}: audit ok, balances match the model`, async () => {
     const processes = DATABASE_URL ? await Promise.all([start(), start()]) : [await start()];

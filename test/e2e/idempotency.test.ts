@@ -1,12 +1,11 @@
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createKilnClient } from '../../src/client/sign';
 import { openPglite } from '../../src/db/pglite';
 import { openPostgres } from '../../src/db/postgres';
 import { TEST_SECRET } from '../helpers/app';
 import { DATABASE_URL, REDIS_URL } from '../helpers/env';
-import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
+import { type KilnProcess, sharedKilns } from '../helpers/kiln-process';
 import { deleteKeys } from '../helpers/store';
 
 /**
@@ -14,13 +13,8 @@ import { deleteKeys } from '../helpers/store';
  * process at a time owns DATA_DIR, so "another process" is the same directory restarted.
  */
 describe('idempotency across processes and crashes', () => {
-  let shared: Shared;
-  const running: KilnProcess[] = [];
-  const start = async () => {
-    const kiln = await spawnKiln(shared.env);
-    running.push(kiln);
-    return kiln;
-  };
+  const shared = sharedKilns();
+  const start = () => shared.start();
   const client = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
 
   /** How many projects an owner has, read straight from the database (the process must be stopped in embedded mode). */
@@ -38,15 +32,6 @@ describe('idempotency across processes and crashes', () => {
       await db.close();
     }
   }
-
-  beforeAll(async () => {
-    shared = await sharedEnvironment();
-    await mkdir(shared.env.DATA_DIR, { recursive: true });
-  });
-  afterAll(async () => {
-    await Promise.all(running.map((k) => k.stop('SIGKILL')));
-    await shared.cleanup();
-  });
 
   it(`200 concurrent identical creates with one key over ${DATABASE_URL ? 'three processes' : 'one process'} make one project`, async () => {
     const processes = DATABASE_URL ? await Promise.all([start(), start(), start()]) : [await start()];

@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { TEST_SECRET } from './app';
 import { dropSchema } from './db';
 import { DATABASE_URL, REDIS_URL, uniqueName } from './env';
@@ -41,6 +42,41 @@ export async function sharedEnvironment(): Promise<Shared> {
       if (DATABASE_URL) await dropSchema(DATABASE_URL, schema);
       if (REDIS_URL) await deleteKeys(REDIS_URL, prefix);
       await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * For one describe block: a shared environment made before its tests and cleaned after them, and `start()`, which
+ * spawns a Kiln process on it with `env` added (every process started is killed with SIGKILL at the end).
+ */
+export function sharedKilns(env: Record<string, string> = {}): {
+  /** The shared environment (available once the block's tests run). */
+  readonly env: Record<string, string>;
+  start(): Promise<KilnProcess>;
+} {
+  let shared: Shared | undefined;
+  const running: KilnProcess[] = [];
+  beforeAll(async () => {
+    shared = await sharedEnvironment();
+    await mkdir(shared.env.DATA_DIR, { recursive: true });
+  });
+  afterAll(async () => {
+    await Promise.all(running.map((k) => k.stop('SIGKILL')));
+    await shared?.cleanup();
+  });
+  const current = () => {
+    if (!shared) throw new Error('sharedKilns: used outside the tests of its describe block');
+    return shared;
+  };
+  return {
+    get env() {
+      return current().env;
+    },
+    async start() {
+      const kiln = await spawnKiln({ ...current().env, ...env });
+      running.push(kiln);
+      return kiln;
     },
   };
 }
