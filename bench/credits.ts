@@ -5,12 +5,12 @@
 import pg from 'pg';
 import {
   compare,
+  comparePaced,
   cycling,
   DATABASE_URL,
   formatTable,
   load,
   machine,
-  paced,
   presignedPosts,
   REDIS_URL,
   realServicesEnv,
@@ -83,16 +83,15 @@ export async function benchCredits(): Promise<void> {
       { name: 'bare Fastify: credit_resolve(release)', url: `${base}/release`, method: 'POST' },
       { name: 'Kiln POST /v1/credits/release (signed)', url, setupRequest: releases },
     );
-    const baseFixed = await paced('bare Fastify: credit_reserve() at 500 req/s, evenly spaced', {
-      url: `${base}/reserve`,
-      rate: 500,
-      next: () => ({ method: 'POST', path: '/reserve', headers: {} }),
-    });
-    const fixed = await paced('Kiln reserve at 500 req/s, evenly spaced', {
-      url,
-      rate: 500,
-      next: reserves,
-    });
+    const [baseFixed, fixed] = await comparePaced(
+      {
+        name: 'bare Fastify: credit_reserve() at 500 req/s, evenly spaced',
+        url: `${base}/reserve`,
+        rate: 500,
+        next: () => ({ method: 'POST', path: '/reserve', headers: {} }),
+      },
+      { name: 'Kiln reserve at 500 req/s, evenly spaced', url, rate: 500, next: reserves },
+    );
     rows.push(baseReserve, kilnReserve, baseCommit, kilnCommit, baseRelease, kilnRelease, baseFixed, fixed);
     const table = formatTable(rows, baseReserve);
     const ratio = (a: { requestsPerSec: number }, b: { requestsPerSec: number }) =>
@@ -105,7 +104,7 @@ export async function benchCredits(): Promise<void> {
     process.stdout.write(`\n${table}\n\n${summary}\n`);
     await writeSection(
       'credits',
-      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each (each pair in halves: bare, Kiln, Kiln, bare), load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts), unprepared. Without a key Kiln runs each credit function in autocommit (one statement, atomic by itself) as a prepared statement; commits and releases resolve distinct holds created before the run. The 500 req/s rows are an open loop with requests evenly spaced (2 ms apart), latency counted from each request's slot.\n\n${table}\n\n- ${summary}.\n`,
+      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis, 20 connections, ${durationS} s each (each pair in halves: bare, Kiln, Kiln, bare), load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts), unprepared. Without a key Kiln runs each credit function in autocommit (one statement, atomic by itself) as a prepared statement; commits and releases resolve distinct holds created before the run. The 500 req/s rows are an open loop with requests evenly spaced (2 ms apart), latency counted from each request's slot, also in halves.\n\n${table}\n\n- ${summary}.\n`,
     );
   } finally {
     await kiln.stop();

@@ -140,6 +140,23 @@ export interface PacedOptions {
  * rate. Latency is measured from the slot, so a late send (a stalled load generator) counts against the result too.
  */
 export async function paced(name: string, options: PacedOptions): Promise<Measurement> {
+  return (await pacedSample(name, options)).measurement;
+}
+
+/** As `compare`, for two open loops at a fixed rate: bare, Kiln, Kiln, bare, each for half the duration. */
+export async function comparePaced(
+  base: { name: string } & PacedOptions,
+  ours: { name: string } & PacedOptions,
+): Promise<[Measurement, Measurement]> {
+  const half = (o: PacedOptions) => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / 2 });
+  const b1 = await pacedSample(base.name, half(base));
+  const o1 = await pacedSample(ours.name, half(ours));
+  const o2 = await pacedSample(ours.name, half(ours));
+  const b2 = await pacedSample(base.name, half(base));
+  return [merge([b1, b2]), merge([o1, o2])];
+}
+
+async function pacedSample(name: string, options: PacedOptions): Promise<Sampled> {
   const durationMs = (options.durationS ?? DEFAULT_DURATION_S) * 1000;
   const total = Math.floor((durationMs / 1000) * options.rate);
   const target = new URL(options.url);
@@ -198,13 +215,16 @@ export async function paced(name: string, options: PacedOptions): Promise<Measur
   agent.destroy();
   latencies.sort((a, b) => a - b);
   return {
-    name,
-    requestsPerSec: latencies.length / elapsedS,
-    p50: round(percentile(latencies, 50)),
-    p95: round(percentile(latencies, 95)),
-    p99: round(percentile(latencies, 99)),
-    errors,
-    non2xx,
+    latencies,
+    measurement: {
+      name,
+      requestsPerSec: latencies.length / elapsedS,
+      p50: round(percentile(latencies, 50)),
+      p95: round(percentile(latencies, 95)),
+      p99: round(percentile(latencies, 99)),
+      errors,
+      non2xx,
+    },
   };
 }
 
