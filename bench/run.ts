@@ -4,6 +4,7 @@
 import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
 import { benchIdempotency } from './idempotency';
+import { benchMemory } from './memory';
 import { benchSignedGet } from './signed-get';
 import { benchSignedGetBuild } from './signed-get-build';
 import { benchSubmitToStart } from './submit-to-start';
@@ -15,6 +16,7 @@ const benches: Record<string, () => Promise<void>> = {
   idempotency: benchIdempotency,
   credits: benchCredits,
   'submit-to-start': benchSubmitToStart,
+  memory: benchMemory,
 };
 const only = process.argv[2];
 if (only && !benches[only]) {
