@@ -128,91 +128,88 @@ export function openPostgres(options: PostgresOptions): Database {
       // with backoff, until unsubscribed; a notification sent meanwhile is lost, so `onNotify('')` is called once
       // the new connection listens, and the caller catches up as after any wake-up.
       let stopped = false;
-      let client: pg.PoolClient | undefined;
+      let current: Listening | undefined;
       let retry: NodeJS.Timeout | undefined;
+      interface Listening {
+        client: pg.PoolClient;
+        /** Take our listeners off; `broken`: the client is being destroyed, and a late socket error on it must
+         * still find a listener. */
+        detach(broken: boolean): void;
+      }
       const handler = (message: pg.Notification) => {
         if (message.channel === channel) onNotify(message.payload ?? '');
       };
-      const onLost = new Map<pg.PoolClient, (error?: Error) => void>();
-      // `broken`: the client is being destroyed; a late socket error on it must still find a listener.
-      const detach = (c: pg.PoolClient, broken = false) => {
-        if (broken) c.on('error', () => {});
-        c.off('notification', handler);
-        const listener = onLost.get(c);
-        if (listener) {
-          c.off('error', listener);
-          c.off('end', listener);
-          onLost.delete(c);
-        }
+      const giveBack = (listening: Listening, broken: boolean) => {
+        listening.detach(broken);
+        listening.client.release(broken);
       };
-      const connect = async () => {
-        const next = await pool.connect().catch((error) => {
+      const connect = async (): Promise<Listening> => {
+        const client = await pool.connect().catch((error) => {
           throw translateError(error);
         });
-        const listener = (error?: Error) => lost(next, error);
-        onLost.set(next, listener);
-        next.on('notification', handler);
-        next.on('error', listener);
-        next.on('end', listener);
+        const onLost = (error?: Error) => lost(listening, error);
+        const listening: Listening = {
+          client,
+          detach(broken) {
+            if (broken) client.on('error', () => {});
+            client.off('notification', handler);
+            client.off('error', onLost);
+            client.off('end', onLost);
+          },
+        };
+        client.on('notification', handler);
+        client.on('error', onLost);
+        client.on('end', onLost);
         try {
-          await next.query(`listen ${quoteIdent(channel)}`);
+          await client.query(`listen ${quoteIdent(channel)}`);
         } catch (error) {
-          detach(next, true);
-          next.release(true);
+          giveBack(listening, true);
           throw translateError(error);
         }
-        client = next;
+        return listening;
       };
       const reconnect = (attempt: number) => {
         retry = setTimeout(
           async () => {
             if (stopped) return;
+            let listening: Listening;
             try {
-              await connect();
-              if (stopped) {
-                // Unsubscribed while this connection was being made: give it back instead of listening forever.
-                const made = client;
-                client = undefined;
-                if (made) {
-                  detach(made, true);
-                  made.release(true);
-                }
-                return;
-              }
-              onConnection?.({ state: 'restored', attempt });
-              onNotify('');
+              listening = await connect();
             } catch {
               reconnect(attempt + 1);
+              return;
             }
+            // Unsubscribed while this connection was being made: give it back instead of listening forever.
+            if (stopped) return giveBack(listening, true);
+            current = listening;
+            onConnection?.({ state: 'restored', attempt });
+            onNotify('');
           },
           Math.min(100 * 2 ** attempt, 5_000),
         );
         retry.unref();
       };
-      const lost = (lostClient: pg.PoolClient, error?: Error) => {
-        if (client !== lostClient) return;
-        client = undefined;
-        detach(lostClient, true);
-        lostClient.release(true);
+      const lost = (listening: Listening, error?: Error) => {
+        if (current !== listening) return;
+        current = undefined;
+        giveBack(listening, true);
         if (stopped) return;
         onConnection?.({ state: 'lost', error: error?.message ?? 'connection ended' });
         reconnect(0);
       };
-      await connect();
+      current = await connect();
       return async () => {
         stopped = true;
         clearTimeout(retry);
-        const current = client;
-        client = undefined;
-        if (!current) return;
+        const listening = current;
+        current = undefined;
+        if (!listening) return;
         // Detached only after the last query: a checked-out client with no 'error' listener would crash the process.
         try {
-          await current.query(`unlisten ${quoteIdent(channel)}`);
-          detach(current);
-          current.release();
+          await listening.client.query(`unlisten ${quoteIdent(channel)}`);
+          giveBack(listening, false);
         } catch {
-          detach(current, true);
-          current.release(true);
+          giveBack(listening, true);
         }
       };
     },

@@ -2,7 +2,6 @@
  * Credit use cases (SPEC section 6) over a Queryable, so builds can call them inside their own transaction.
  * Each operation is one round trip (a plpgsql function); refusals become ApiErrors here.
  */
-
 import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from '../config';
 import { type AuditReport, auditCredits } from '../db/credit-audit';
 import {

@@ -109,13 +109,14 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
         const unavailable = new StoreUnavailableError(error);
         for (const claim of batch) claim.reject(unavailable);
       };
-      // Hits per distinct counter key: under load most of a batch shares one key (the client address).
-      const hits = new Map<string, { hits: number; ttlMs: number }>();
+      // Hits per distinct counter key: under load most of a batch shares one key (the client address). `count` and
+      // `resetMs` are filled from the reply.
+      const hits = new Map<string, { hits: number; ttlMs: number; count: number; resetMs: number }>();
       for (const claim of batch) {
         for (const counter of claim.counters) {
           const seen = hits.get(counter.key);
           if (seen) seen.hits++;
-          else hits.set(counter.key, { hits: 1, ttlMs: counter.ttlMs });
+          else hits.set(counter.key, { hits: 1, ttlMs: counter.ttlMs, count: 0, resetMs: 0 });
         }
       }
       const reads = batch.filter((c) => c.read !== undefined).map((c) => c.read as string);
@@ -132,15 +133,15 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
       }
       sent.then((reply) => {
         // Each counter's hits, in batch order, take the counts its INCRBY covered.
-        const next = new Map<string, { count: number; resetMs: number }>();
         let at = batch.length;
-        for (const [key, { hits: n }] of hits) {
-          next.set(key, { count: (reply[at] as number) - n, resetMs: Math.max(0, reply[at + 1] as number) });
+        for (const counter of hits.values()) {
+          counter.count = (reply[at] as number) - counter.hits;
+          counter.resetMs = Math.max(0, reply[at + 1] as number);
           at += 2;
         }
         batch.forEach((claim, i) => {
           const counts: WindowCount[] = claim.counters.map(({ key }) => {
-            const counter = next.get(key) as { count: number; resetMs: number };
+            const counter = hits.get(key) as { count: number; resetMs: number };
             counter.count++;
             return { count: counter.count, resetMs: counter.resetMs };
           });
