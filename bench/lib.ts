@@ -263,6 +263,15 @@ export function presignedPosts(
   });
 }
 
+/** `count` signed GETs of `path`, each with a fresh nonce, made before the run (as presignedPosts). */
+export function presignedGets(path: string, count: number): BenchRequest[] {
+  return Array.from({ length: count }, () => ({
+    method: 'GET',
+    path,
+    headers: signRequest({ secret: BENCH_SECRET, method: 'GET', path }),
+  }));
+}
+
 /** The requests in turn, forever (one cursor: a nonce is accepted once, so warm-up and run must not repeat one). */
 export function cycling(requests: BenchRequest[]): () => BenchRequest {
   let next = 0;

@@ -5,14 +5,16 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { createKilnClient, signRequest } from '../src/client/sign';
+import { createKilnClient } from '../src/client/sign';
 import {
   BENCH_SECRET,
   compare,
+  cycling,
   DATABASE_URL,
   formatTable,
   load,
   machine,
+  presignedGets,
   REDIS_URL,
   realServicesEnv,
   startBaseline,
@@ -51,12 +53,7 @@ export async function benchSignedGetBuild(): Promise<void> {
       throw new Error(`setup failed: ${granted.status} ${project.status} ${build.status} ${build.text}`);
     }
     const path = `/v1/builds/${build.body.id}`;
-    const pool = Array.from({ length: 300_000 }, () => signRequest({ secret: BENCH_SECRET, method: 'GET', path }));
-    let next = 0;
-    const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
-      ...request,
-      headers: { ...request.headers, ...pool[next++ % pool.length] },
-    });
+    const signed = cycling(presignedGets(path, 300_000));
     await load('warm-up', { url: `${kiln.url}${path}`, durationS: 2, setupRequest: signed });
     await load('warm-up', { url: `${baseline.url}/constant`, durationS: 2 });
     const [base, ours] = await compare(

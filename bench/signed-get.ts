@@ -3,8 +3,17 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { signRequest } from '../src/client/sign';
-import { BENCH_SECRET, compare, formatTable, load, machine, startBaseline, startKiln, writeSection } from './lib';
+import {
+  compare,
+  cycling,
+  formatTable,
+  load,
+  machine,
+  presignedGets,
+  startBaseline,
+  startKiln,
+  writeSection,
+} from './lib';
 
 /** Kiln for the signed GET: embedded database, the in-process store or `redisUrl`, the IP quota lifted. */
 export function signedGetEnv(dataDir: string, redisUrl: string): Record<string, string> {
@@ -24,14 +33,7 @@ export async function benchSignedGet(): Promise<void> {
   const kiln = await startKiln(signedGetEnv(dataDir, redisUrl));
   const baseline = await startBaseline('bench/baseline-server.ts');
   // Signed ahead of time so the load generator spends no CPU on HMACs during the measurement.
-  const pool = Array.from({ length: 400_000 }, () =>
-    signRequest({ secret: BENCH_SECRET, method: 'GET', path: '/v1/ping' }),
-  );
-  let next = 0;
-  const signed = (request: { method: string; path: string; headers: Record<string, string> }) => ({
-    ...request,
-    headers: { ...request.headers, ...pool[next++ % pool.length] },
-  });
+  const signed = cycling(presignedGets('/v1/ping', 400_000));
   try {
     await load('warm-up', { url: `${kiln.url}/v1/ping`, durationS: 2, setupRequest: signed });
     await load('warm-up', { url: `${baseline.url}/constant`, durationS: 2 });
