@@ -56,31 +56,40 @@ export async function benchCredits(): Promise<void> {
 
     const reserveBody = (i: number) =>
       JSON.stringify({ userId: `bench_user_${i % BENCH_USERS}`, estimatedCredits: 10 });
-    const reserves = cycling(presignedPosts('/v1/credits/reserve', durationS * 8_000, reserveBody));
-    const commits = cycling(
-      presignedPosts('/v1/credits/commit', pool, (i) =>
-        JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }),
-      ),
+    const reservePool = presignedPosts('/v1/credits/reserve', durationS * 8_000, reserveBody);
+    const commitPool = presignedPosts('/v1/credits/commit', pool, (i) =>
+      JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }),
     );
-    const releases = cycling(
-      presignedPosts('/v1/credits/release', pool, (i) =>
-        JSON.stringify({ reservationId: `kiln_r_${i}`, reason: 'bench' }),
-      ),
+    const releasePool = presignedPosts('/v1/credits/release', pool, (i) =>
+      JSON.stringify({ reservationId: `kiln_r_${i}`, reason: 'bench' }),
     );
-    await load('warm-up', { url: `${base}/reserve`, method: 'POST', durationS: 2 });
+    const reserves = cycling(reservePool);
+    const commits = cycling(commitPool);
+    const releases = cycling(releasePool);
+    // The baseline gets the same request bytes (it ignores headers and body): the generator's cost is equal.
+    const baseReserves = cycling(reservePool, '/reserve');
+    await load('warm-up', { url: `${base}/reserve`, durationS: 2, setupRequest: baseReserves });
     await load('warm-up', { url, durationS: 2, setupRequest: reserves });
 
     const rows = [];
     const [baseReserve, kilnReserve] = await compare(
-      { name: 'bare Fastify: credit_reserve()', url: `${base}/reserve`, method: 'POST' },
+      { name: 'bare Fastify: credit_reserve()', url: `${base}/reserve`, setupRequest: baseReserves },
       { name: 'Kiln POST /v1/credits/reserve (signed)', url, setupRequest: reserves },
     );
     const [baseCommit, kilnCommit] = await compare(
-      { name: 'bare Fastify: credit_resolve(commit)', url: `${base}/commit`, method: 'POST' },
+      {
+        name: 'bare Fastify: credit_resolve(commit)',
+        url: `${base}/commit`,
+        setupRequest: cycling(commitPool, '/commit'),
+      },
       { name: 'Kiln POST /v1/credits/commit (signed)', url, setupRequest: commits },
     );
     const [baseRelease, kilnRelease] = await compare(
-      { name: 'bare Fastify: credit_resolve(release)', url: `${base}/release`, method: 'POST' },
+      {
+        name: 'bare Fastify: credit_resolve(release)',
+        url: `${base}/release`,
+        setupRequest: cycling(releasePool, '/release'),
+      },
       { name: 'Kiln POST /v1/credits/release (signed)', url, setupRequest: releases },
     );
     const [baseFixed, fixed] = await comparePaced(
@@ -88,7 +97,7 @@ export async function benchCredits(): Promise<void> {
         name: 'bare Fastify: credit_reserve() at 500 req/s, evenly spaced',
         url: `${base}/reserve`,
         rate: 500,
-        next: () => ({ method: 'POST', path: '/reserve', headers: {} }),
+        next: baseReserves,
       },
       { name: 'Kiln reserve at 500 req/s, evenly spaced', url, rate: 500, next: reserves },
     );
@@ -104,7 +113,7 @@ export async function benchCredits(): Promise<void> {
     process.stdout.write(`\n${table}\n\n${summary}\n`);
     await writeSection(
       'credits',
-      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis with rate limits off (\`RATE_LIMIT_*=0\`: the load comes from one address), 20 connections, ${durationS} s each (each pair in halves: bare, Kiln, Kiln, bare), load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts), unprepared. Without a key Kiln runs each credit function in autocommit (one statement, atomic by itself) as a prepared statement; commits and releases resolve distinct holds created before the run. The 500 req/s rows are an open loop with requests evenly spaced (2 ms apart), latency counted from each request's slot, also in halves.\n\n${table}\n\n- ${summary}.\n`,
+      `## Credits: reserve, commit, release\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis with rate limits off (\`RATE_LIMIT_*=0\`: the load comes from one address), 20 connections, ${durationS} s each (each pair in halves: bare, Kiln, Kiln, bare), load spread over ${BENCH_USERS} users (each operation locks its user's account), every request signed before the run with a fresh nonce and no Idempotency-Key; the baseline is sent the same requests and ignores them. Baseline: a bare Fastify route calling the same plpgsql function once on a pg pool (bench/baseline-credits.ts), unprepared. Without a key Kiln runs each credit function in autocommit (one statement, atomic by itself) as a prepared statement; commits and releases resolve distinct holds created before the run. The 500 req/s rows are an open loop with requests evenly spaced (2 ms apart), latency counted from each request's slot, also in halves.\n\n${table}\n\n- ${summary}.\n`,
     );
   } finally {
     await kiln.stop();

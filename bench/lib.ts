@@ -272,10 +272,16 @@ export function presignedGets(path: string, count: number): BenchRequest[] {
   }));
 }
 
-/** The requests in turn, forever (one cursor: a nonce is accepted once, so warm-up and run must not repeat one). */
-export function cycling(requests: BenchRequest[]): () => BenchRequest {
+/**
+ * The requests in turn, forever (one cursor: a nonce is accepted once, so warm-up and run must not repeat one).
+ * With `path`, the same requests sent to that path instead: a baseline gets the very bytes Kiln gets (headers,
+ * body) and ignores them, so the load generator spends the same on both sides of a comparison.
+ */
+export function cycling(requests: BenchRequest[], path?: string): () => BenchRequest {
   let next = 0;
-  return () => requests[next++ % requests.length];
+  if (path === undefined) return () => requests[next++ % requests.length];
+  const moved = requests.map((r) => ({ ...r, path }));
+  return () => moved[next++ % moved.length];
 }
 
 export interface Started {
