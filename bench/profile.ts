@@ -1,9 +1,10 @@
 // Profiling aid (not part of `npm run bench`): starts Kiln with --cpu-prof, loads it for BENCH_DURATION_S seconds
 // with pre-signed requests, stops it and prints where the CPU time went (self time by function and by package).
-// `npx tsx bench/profile.ts [signed-get|reserve|replay] [profile dir]`: signed-get is the signed-get benchmark's GET
-// /v1/ping (embedded database, REDIS_URL if set); reserve is POST /v1/credits/reserve on the real PostgreSQL and
-// Redis (DATABASE_URL / REDIS_URL, else the local ones), spread over 100 users; replay is a replayed POST
-// /v1/projects there. PROFILE=0 measures without profiling.
+// `npx tsx bench/profile.ts [signed-get|reserve|replay|read-build] [profile dir]`: signed-get is the signed-get
+// benchmark's GET /v1/ping (embedded database, REDIS_URL if set); reserve is POST /v1/credits/reserve on the real
+// PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else the local ones), spread over 100 users; replay is a replayed
+// POST /v1/projects there; read-build is GET /v1/builds/:id of a queued build there. PROFILE=0 measures without
+// profiling.
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,9 +20,11 @@ import {
   startKiln,
 } from './lib';
 import { signedGetEnv } from './signed-get';
+import { queuedBuildPath } from './signed-get-build';
 
 const scenario = process.argv[2] ?? 'signed-get';
-if (!['signed-get', 'reserve', 'replay'].includes(scenario)) throw new Error(`unknown scenario ${scenario}`);
+if (!['signed-get', 'reserve', 'replay', 'read-build'].includes(scenario))
+  throw new Error(`unknown scenario ${scenario}`);
 const profileDir = process.argv[3] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
 const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
 const redisUrl = process.env.REDIS_URL ?? '';
@@ -31,11 +34,14 @@ const env =
     ? signedGetEnv(dataDir, redisUrl)
     : { ...realServicesEnv(DATABASE_URL, redisUrl || REDIS_URL, schema), DATA_DIR: dataDir };
 const kiln = await startKiln(env, process.env.PROFILE === '0' ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]);
-const path = { 'signed-get': '/v1/ping', reserve: '/v1/credits/reserve', replay: '/v1/projects' }[scenario] as string;
+const path =
+  scenario === 'read-build'
+    ? await queuedBuildPath(kiln.url)
+    : ({ 'signed-get': '/v1/ping', reserve: '/v1/credits/reserve', replay: '/v1/projects' }[scenario] as string);
 const USERS = 100;
 const REPLAYED_BODY = JSON.stringify({ ownerId: 'profile_owner', name: 'Profiled', settings: { region: 'eu' } });
 const pool =
-  scenario === 'signed-get'
+  scenario === 'signed-get' || scenario === 'read-build'
     ? presignedGets(path, 300_000)
     : scenario === 'replay'
       ? presignedPosts(

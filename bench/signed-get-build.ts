@@ -22,6 +22,27 @@ import {
   writeSection,
 } from './lib';
 
+/** The path of a queued build (a Kiln running no builds leaves it queued), created through the signed API. */
+export async function queuedBuildPath(url: string): Promise<string> {
+  const call = createKilnClient({ baseUrl: url, secret: BENCH_SECRET });
+  const granted = await call('POST', '/v1/credits/grant', {
+    userId: 'bench_user',
+    credits: 1000,
+    reason: 'bench',
+    source: 'bench',
+  });
+  const project = await call<{ id: string }>('POST', '/v1/projects', { ownerId: 'bench_user', name: 'Bench' });
+  const build = await call<{ id: string }>('POST', '/v1/builds', {
+    projectId: project.body.id,
+    userId: 'bench_user',
+    estimatedCredits: 10,
+  });
+  if (granted.status !== 200 || project.status !== 201 || build.status !== 201) {
+    throw new Error(`setup failed: ${granted.status} ${project.status} ${build.status} ${build.text}`);
+  }
+  return `/v1/builds/${build.body.id}`;
+}
+
 export async function benchSignedGetBuild(): Promise<void> {
   const schema = `bench_getbuild_${Date.now().toString(36)}`;
   const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
@@ -35,24 +56,7 @@ export async function benchSignedGetBuild(): Promise<void> {
   const admin = new pg.Client({ connectionString: DATABASE_URL });
   await admin.connect();
   try {
-    // A queued build (this Kiln runs no builds), created through the signed API.
-    const call = createKilnClient({ baseUrl: kiln.url, secret: BENCH_SECRET });
-    const granted = await call('POST', '/v1/credits/grant', {
-      userId: 'bench_user',
-      credits: 1000,
-      reason: 'bench',
-      source: 'bench',
-    });
-    const project = await call<{ id: string }>('POST', '/v1/projects', { ownerId: 'bench_user', name: 'Bench' });
-    const build = await call<{ id: string }>('POST', '/v1/builds', {
-      projectId: project.body.id,
-      userId: 'bench_user',
-      estimatedCredits: 10,
-    });
-    if (granted.status !== 200 || project.status !== 201 || build.status !== 201) {
-      throw new Error(`setup failed: ${granted.status} ${project.status} ${build.status} ${build.text}`);
-    }
-    const path = `/v1/builds/${build.body.id}`;
+    const path = await queuedBuildPath(kiln.url);
     const pool = presignedGets(path, 300_000);
     const signed = cycling(pool);
     // The baseline gets the same request bytes (it ignores the headers): the generator's cost is equal on both sides.

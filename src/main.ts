@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import pino from 'pino';
 import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { buildApp } from './http/server';
+import { createLogger } from './log';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
 import { BuildSignals } from './runner/signals';
@@ -29,12 +29,7 @@ async function main(): Promise<void> {
     }
     throw error;
   }
-  // Asynchronous stdout: one write per batch of lines instead of a system call per line (measured ~15 % less CPU
-  // per request); flushed before every exit below.
-  const logger = pino(
-    { level: config.logLevel, base: { pid: process.pid } },
-    pino.destination({ dest: 1, sync: false }),
-  );
+  const logger = createLogger(config.logLevel);
   const exit = (code: number) => logger.flush(() => process.exit(code));
   const { secrets, file } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
   if (file) logger.info({ file }, 'using the HMAC secret saved in DATA_DIR (set HMAC_SECRET to choose one)');
