@@ -75,14 +75,19 @@ export async function benchIdempotency(): Promise<void> {
     const replayCommits = (await databaseCommits(admin)) - before;
     const noKey = await load('Kiln POST /v1/projects, no key', { url, setupRequest: cycling(withoutKey) });
     const keyed = await load('Kiln POST /v1/projects, fresh key', { url, setupRequest: cycling(withKey) });
-    const table = formatTable([base, replay, noKey, keyed], base);
+    // For reference: the same baseline sent one static request (the generator's cheapest case).
+    const staticBase = await load('bare Fastify POST doing one Redis GET, one static request, for reference', {
+      url: `${baseline.url}/redis-get`,
+      method: 'POST',
+    });
+    const table = formatTable([base, replay, staticBase, noKey, keyed], base);
     const keyCost = `${((1 - keyed.requestsPerSec / noKey.requestsPerSec) * 100).toFixed(1)} %`;
     process.stdout.write(
       `\n${table}\n\ndatabase transactions during the replay run: ${replayCommits}; throughput cost of a key on create: ${keyCost}\n`,
     );
     await writeSection(
       'idempotency',
-      `## Idempotency: replays and the cost of a key\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis with rate limits off (\`RATE_LIMIT_*=0\`: the load comes from one address), 20 connections, ${durationS} s each (the replay and its baseline in halves: bare, Kiln, Kiln, bare), every request signed before the run with a fresh nonce; the baseline is sent the same requests and ignores them. Target: a replay ≥ 80 % of a bare route doing one Redis GET, with no database query.\n\n${table}\n\n- Database transactions (all sessions, this database) counted during the replay runs (${replay.requestsPerSec.toFixed(0)} req/s): **${replayCommits}** (the process's own 15 s heartbeat and pool checks included).\n- Cost of an Idempotency-Key on \`POST /v1/projects\`: ${keyCost} of throughput (no key ${noKey.requestsPerSec.toFixed(0)} req/s, fresh key ${keyed.requestsPerSec.toFixed(0)} req/s; p95 ${noKey.p95} → ${keyed.p95} ms).\n`,
+      `## Idempotency: replays and the cost of a key\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis with rate limits off (\`RATE_LIMIT_*=0\`: the load comes from one address), 20 connections, ${durationS} s each (the replay and its baseline in halves: bare, Kiln, Kiln, bare), every request signed before the run with a fresh nonce; the baseline is sent the same requests and ignores them (the reference row: the baseline sent one static request, as in runs before 2026-11-29 07:00). Target: a replay ≥ 80 % of a bare route doing one Redis GET, with no database query.\n\n${table}\n\n- Database transactions (all sessions, this database) counted during the replay runs (${replay.requestsPerSec.toFixed(0)} req/s): **${replayCommits}** (the process's own 15 s heartbeat and pool checks included).\n- Cost of an Idempotency-Key on \`POST /v1/projects\`: ${keyCost} of throughput (no key ${noKey.requestsPerSec.toFixed(0)} req/s, fresh key ${keyed.requestsPerSec.toFixed(0)} req/s; p95 ${noKey.p95} → ${keyed.p95} ms).\n`,
     );
   } finally {
     await kiln.stop();

@@ -67,11 +67,15 @@ export async function benchSignedGetBuild(): Promise<void> {
       { name: 'bare Fastify GET (constant)', url: `${baseline.url}/constant`, setupRequest: same },
       { name: 'Kiln signed GET /v1/builds/:id (PostgreSQL, Redis)', url: `${kiln.url}${path}`, setupRequest: signed },
     );
-    const table = formatTable([base, ours], base);
+    // For reference: the same baseline sent one static request (the generator's cheapest case).
+    const staticBase = await load('bare Fastify GET (constant), one static request, for reference', {
+      url: `${baseline.url}/constant`,
+    });
+    const table = formatTable([base, ours, staticBase], base);
     process.stdout.write(`\n${table}\n`);
     await writeSection(
       'signed-get-build',
-      `## Signed GET /v1/builds/:id vs bare Fastify (PostgreSQL and Redis)\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare); every request carries v1+v2 signatures and a fresh nonce (signed before the run): Kiln checks the HMACs, stores the nonce, counts the IP quota and reads the build (one query on a prepared statement); the baseline is sent the same requests and ignores their headers. Target (SPEC section 8) ≥ 40 %.\n\n${table}\n`,
+      `## Signed GET /v1/builds/:id vs bare Fastify (PostgreSQL and Redis)\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare); every request carries v1+v2 signatures and a fresh nonce (signed before the run): Kiln checks the HMACs, stores the nonce, counts the IP quota and reads the build (one query on a prepared statement); the baseline is sent the same requests and ignores their headers (the last row: the baseline sent one static request, as in runs before 2026-11-29 07:00). Target (SPEC section 8) ≥ 40 %.\n\n${table}\n`,
     );
   } finally {
     await kiln.stop();
