@@ -20,7 +20,7 @@ export async function benchHealthz(): Promise<void> {
     process.stdout.write(`\n${table}\n`);
     await writeSection(
       'healthz',
-      `## GET /healthz vs bare Fastify\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare), embedded mode, LOG_LEVEL=info (one log line per request).\n\n${table}\n`,
+      `## GET /healthz vs bare Fastify\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in quarters: bare, Kiln, Kiln, bare, twice), embedded mode, LOG_LEVEL=info (one log line per request).\n\n${table}\n`,
     );
   } finally {
     await kiln.stop();

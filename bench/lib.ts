@@ -107,21 +107,38 @@ function merge(parts: Sampled[]): Measurement {
   };
 }
 
+/** Slices each side of a comparison is measured in (see `alternate`). */
+const SLICES = 4;
+
 /**
- * The baseline and Kiln measured in the order baseline, Kiln, Kiln, baseline, each for half the duration, and
- * merged: drift on a shared machine (another tenant, a vacuum, a slower minute) then weighs on both sides alike,
- * where one run each in a row let it fall on one side only.
+ * The baseline and Kiln measured in alternating slices, each a quarter of the duration, in the order baseline,
+ * Kiln, Kiln, baseline, baseline, Kiln, Kiln, baseline, and merged: drift on a shared machine (another tenant, a
+ * vacuum, a slower minute) then weighs on both sides alike, where one run each in a row let it fall on one side
+ * only (and two halves each still let a slow half swing a ratio by 20 points here).
  */
-export async function compare(
+async function alternate<O extends { durationS?: number }>(
+  run: (name: string, options: O) => Promise<Sampled>,
+  base: { name: string } & O,
+  ours: { name: string } & O,
+): Promise<[Measurement, Measurement]> {
+  const slice = <T extends O>(o: T): T => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / SLICES });
+  const b: Sampled[] = [];
+  const o: Sampled[] = [];
+  for (let i = 0; i < SLICES / 2; i++) {
+    b.push(await run(base.name, slice(base)));
+    o.push(await run(ours.name, slice(ours)));
+    o.push(await run(ours.name, slice(ours)));
+    b.push(await run(base.name, slice(base)));
+  }
+  return [merge(b), merge(o)];
+}
+
+/** Throughput and latency of Kiln against its baseline, under closed-loop load, in alternating slices. */
+export function compare(
   base: { name: string } & LoadOptions,
   ours: { name: string } & LoadOptions,
 ): Promise<[Measurement, Measurement]> {
-  const half = (o: LoadOptions) => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / 2 });
-  const b1 = await sample(base.name, half(base));
-  const o1 = await sample(ours.name, half(ours));
-  const o2 = await sample(ours.name, half(ours));
-  const b2 = await sample(base.name, half(base));
-  return [merge([b1, b2]), merge([o1, o2])];
+  return alternate(sample, base, ours);
 }
 
 export interface PacedOptions {
@@ -143,17 +160,12 @@ export async function paced(name: string, options: PacedOptions): Promise<Measur
   return (await pacedSample(name, options)).measurement;
 }
 
-/** As `compare`, for two open loops at a fixed rate: bare, Kiln, Kiln, bare, each for half the duration. */
-export async function comparePaced(
+/** As `compare`, for two open loops at a fixed rate, in the same alternating slices. */
+export function comparePaced(
   base: { name: string } & PacedOptions,
   ours: { name: string } & PacedOptions,
 ): Promise<[Measurement, Measurement]> {
-  const half = (o: PacedOptions) => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / 2 });
-  const b1 = await pacedSample(base.name, half(base));
-  const o1 = await pacedSample(ours.name, half(ours));
-  const o2 = await pacedSample(ours.name, half(ours));
-  const b2 = await pacedSample(base.name, half(base));
-  return [merge([b1, b2]), merge([o1, o2])];
+  return alternate(pacedSample, base, ours);
 }
 
 async function pacedSample(name: string, options: PacedOptions): Promise<Sampled> {

@@ -22,19 +22,22 @@ import {
   writeSection,
 } from './lib';
 
-/** The path of a queued build (a Kiln running no builds leaves it queued), created through the signed API. */
-export async function queuedBuildPath(url: string): Promise<string> {
+/**
+ * The path of a queued build (a Kiln running no builds leaves it queued), created through the signed API for `userId`,
+ * who is granted `credits` first.
+ */
+export async function queuedBuildPath(url: string, userId = 'bench_user', credits = 1000): Promise<string> {
   const call = createKilnClient({ baseUrl: url, secret: BENCH_SECRET });
   const granted = await call('POST', '/v1/credits/grant', {
-    userId: 'bench_user',
-    credits: 1000,
+    userId,
+    credits,
     reason: 'bench',
     source: 'bench',
   });
-  const project = await call<{ id: string }>('POST', '/v1/projects', { ownerId: 'bench_user', name: 'Bench' });
+  const project = await call<{ id: string }>('POST', '/v1/projects', { ownerId: userId, name: 'Bench' });
   const build = await call<{ id: string }>('POST', '/v1/builds', {
     projectId: project.body.id,
-    userId: 'bench_user',
+    userId,
     estimatedCredits: 10,
   });
   if (granted.status !== 200 || project.status !== 201 || build.status !== 201) {
@@ -75,7 +78,7 @@ export async function benchSignedGetBuild(): Promise<void> {
     process.stdout.write(`\n${table}\n`);
     await writeSection(
       'signed-get-build',
-      `## Signed GET /v1/builds/:id vs bare Fastify (PostgreSQL and Redis)\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare); every request carries v1+v2 signatures and a fresh nonce (signed before the run): Kiln checks the HMACs, stores the nonce, counts the IP quota and reads the build (one query on a prepared statement); the baseline is sent the same requests and ignores their headers (the last row: the baseline sent one static request, as in runs before 2026-11-29 07:00). Target (SPEC section 8) ≥ 40 %.\n\n${table}\n`,
+      `## Signed GET /v1/builds/:id vs bare Fastify (PostgreSQL and Redis)\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in quarters: bare, Kiln, Kiln, bare, twice); every request carries v1+v2 signatures and a fresh nonce (signed before the run): Kiln checks the HMACs, stores the nonce, counts the IP quota and reads the build (one query on a prepared statement); the baseline is sent the same requests and ignores their headers (the last row: the baseline sent one static request, as in runs before 2026-11-29 07:00). Target (SPEC section 8) ≥ 40 %.\n\n${table}\n`,
     );
   } finally {
     await kiln.stop();

@@ -56,7 +56,7 @@ export async function benchSignedGet(): Promise<void> {
     process.stdout.write(`\n${table}\n`);
     await writeSection(
       `signed-get-${redisUrl ? 'redis' : 'memory'}`,
-      `## Signed GET vs bare Fastify (${redisUrl ? 'Redis store' : 'in-process store'})\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in halves: bare, Kiln, Kiln, bare); every request carries v1+v2 signatures and a fresh nonce (signed before the run), so Kiln checks the HMACs, stores the nonce and counts the IP quota; the baseline is sent the same requests and ignores their headers (the last row: the baseline sent one static request, as in runs before 2026-11-29 07:00). Target ≥ 40 %.\n\n${table}\n`,
+      `## Signed GET vs bare Fastify (${redisUrl ? 'Redis store' : 'in-process store'})\n\n${new Date().toISOString()} — ${machine()}. 20 connections, ${process.env.BENCH_DURATION_S ?? 8} s each (in quarters: bare, Kiln, Kiln, bare, twice); every request carries v1+v2 signatures and a fresh nonce (signed before the run), so Kiln checks the HMACs, stores the nonce and counts the IP quota; the baseline is sent the same requests and ignores their headers (the last row: the baseline sent one static request, as in runs before 2026-11-29 07:00). Target ≥ 40 %.\n\n${table}\n`,
     );
   } finally {
     await kiln.stop();
