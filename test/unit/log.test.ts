@@ -1,9 +1,12 @@
+import { spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BatchedDestination } from '../../src/log';
+
+const LOG_MODULE = new URL('../../src/log.ts', import.meta.url).pathname;
 
 describe('BatchedDestination', () => {
   let dir: string;
@@ -46,5 +49,26 @@ describe('BatchedDestination', () => {
     });
     expect(flushed).toBe(true);
     expect(written()).toBe(`${big}short\n`);
+  });
+
+  it('keeps the process alive when the reader of its stdout has gone (EPIPE)', async () => {
+    // A process logging through createLogger whose stdout pipe the parent closes at once: the writes fail with EPIPE,
+    // which must stop the logging, not crash the process (it exits 0 after writing well past the pipe's end).
+    const script = `import { createLogger } from ${JSON.stringify(LOG_MODULE)};
+      const logger = createLogger('info');
+      let i = 0;
+      const timer = setInterval(() => { for (let j = 0; j < 200; j++) logger.info({ i: i++ }, 'x'.repeat(200)); }, 5);
+      setTimeout(() => { clearInterval(timer); logger.flush(() => process.exit(0)); }, 600);`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    child.stdout.destroy();
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });
