@@ -121,7 +121,7 @@ async function alternate<O extends { durationS?: number }>(
   base: { name: string } & O,
   ours: { name: string } & O,
 ): Promise<[Measurement, Measurement]> {
-  const slice = <T extends O>(o: T): T => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / SLICES });
+  const slice = (o: O): O => ({ ...o, durationS: (o.durationS ?? DEFAULT_DURATION_S) / SLICES });
   const b: Sampled[] = [];
   const o: Sampled[] = [];
   for (let i = 0; i < SLICES / 2; i++) {
