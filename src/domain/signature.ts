@@ -1,4 +1,4 @@
-import { createHmac, createSecretKey, type Hmac, type KeyObject, timingSafeEqual } from 'node:crypto';
+import { hexSignatureEquals, hmacSha256Hex } from './hmac';
 
 /**
  * The request-signing scheme of SPEC section 3, shared by the server's check and the bundled client.
@@ -23,41 +23,9 @@ export function canonicalPath(pathWithQuery: string): string {
 
 type Body = string | Buffer;
 
-// Secrets turned into KeyObjects once: createHmac with a raw string re-imports the key on every call. Bounded, since a
-// process only ever holds a few secrets (rotation); any other secret is used as given.
-const keys = new Map<string, KeyObject>();
-function hmacSha256(secret: string): Hmac {
-  let key = keys.get(secret);
-  if (!key) {
-    key = createSecretKey(Buffer.from(secret, 'utf8'));
-    if (keys.size < 32) keys.set(secret, key);
-  }
-  return createHmac('sha256', key);
-}
-
-/** v1 as raw bytes: HMAC-SHA256 over `timestamp + body`. */
-export function digestV1(secret: string, timestamp: string, body: Body): Buffer {
-  return hmacSha256(secret).update(timestamp).update(body).digest();
-}
-
 /** v1: hex HMAC-SHA256 over `timestamp + body`. */
 export function signV1(secret: string, timestamp: string, body: Body): string {
-  return digestV1(secret, timestamp, body).toString('hex');
-}
-
-/** v2 as raw bytes: HMAC-SHA256 over `METHOD\nPATH\ntimestamp\nnonce\nbody` with PATH from `canonicalPath`. */
-export function digestV2(
-  secret: string,
-  method: string,
-  pathWithQuery: string,
-  timestamp: string,
-  nonce: string,
-  body: Body,
-): Buffer {
-  return hmacSha256(secret)
-    .update(`${method.toUpperCase()}\n${canonicalPath(pathWithQuery)}\n${timestamp}\n${nonce}\n`)
-    .update(body)
-    .digest();
+  return hmacSha256Hex(secret, [timestamp, body]);
 }
 
 /** v2: hex HMAC-SHA256 over `METHOD\nPATH\ntimestamp\nnonce\nbody` with PATH from `canonicalPath`. */
@@ -69,36 +37,32 @@ export function signV2(
   nonce: string,
   body: Body,
 ): string {
-  return digestV2(secret, method, pathWithQuery, timestamp, nonce, body).toString('hex');
+  return hmacSha256Hex(secret, [
+    `${method.toUpperCase()}\n${canonicalPath(pathWithQuery)}\n${timestamp}\n${nonce}\n`,
+    body,
+  ]);
 }
 
 const HEX_SHA256 = /^[0-9a-f]{64}$/i;
 
-/** Constant-time comparison of a presented hex signature with the expected one (hex, or the raw digest). */
-export function signatureMatches(presented: string, expected: string | Buffer): boolean {
-  if (!HEX_SHA256.test(presented)) return false;
-  return timingSafeEqual(
-    Buffer.from(presented, 'hex'),
-    typeof expected === 'string' ? Buffer.from(expected, 'hex') : expected,
-  );
+/** Constant-time comparison of a presented hex signature (either case) with the expected hex one. */
+export function signatureMatches(presented: string, expected: string): boolean {
+  return HEX_SHA256.test(presented) && hexSignatureEquals(presented, expected.toLowerCase());
 }
 
 /**
  * True when any of the secrets produces the presented hex signature (rotation: old and new both verify). `sign`
- * may give the hex signature or, cheaper, the raw digest.
+ * gives the lowercase hex signature for a secret.
  */
 export function verifiesWithAny(
   presented: string,
   secrets: readonly string[],
-  sign: (secret: string) => string | Buffer,
+  sign: (secret: string) => string,
 ): boolean {
-  if (!HEX_SHA256.test(presented)) return false;
-  const given = Buffer.from(presented, 'hex');
+  // A signature is 64 hex digits: anything else fails without computing one (the comparison itself checks the digits).
+  if (presented.length !== 64) return false;
   let ok = false;
   // Check every secret so the time taken does not reveal which one matched.
-  for (const secret of secrets) {
-    const expected = sign(secret);
-    ok = timingSafeEqual(given, typeof expected === 'string' ? Buffer.from(expected, 'hex') : expected) || ok;
-  }
+  for (const secret of secrets) ok = hexSignatureEquals(presented, sign(secret)) || ok;
   return ok;
 }

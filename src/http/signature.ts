@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { Config } from '../config';
-import { digestV1, digestV2, type SignatureVersion, verifiesWithAny } from '../domain/signature';
-import { signatureVerifications } from '../metrics';
+import { type SignatureVersion, signV1, signV2, verifiesWithAny } from '../domain/signature';
+import { countSignatureOutcome } from '../metrics';
 import { ApiError } from './errors';
 
 /** The outcome of a signature check that passed. */
@@ -42,7 +42,7 @@ function fail(
   message: string,
   data: Record<string, unknown> = {},
 ): never {
-  signatureVerifications.inc({ outcome: `failure_${reason}` });
+  countSignatureOutcome(`failure_${reason}`);
   throw new ApiError(code, message, { reason, ...data });
 }
 
@@ -111,15 +111,15 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
   const v2Ok =
     v2Allowed &&
     v2 !== undefined &&
-    verifiesWithAny(v2, secrets, (s) => digestV2(s, request.method, request.url, timestamp, nonce, body));
-  const v1Ok = v1Allowed && v1 !== undefined && verifiesWithAny(v1, secrets, (s) => digestV1(s, timestamp, body));
+    verifiesWithAny(v2, secrets, (s) => signV2(s, request.method, request.url, timestamp, nonce, body));
+  const v1Ok = v1Allowed && v1 !== undefined && verifiesWithAny(v1, secrets, (s) => signV1(s, timestamp, body));
 
   if (v1 && v2 && v1Allowed && v2Allowed && v1Ok !== v2Ok) {
-    signatureVerifications.inc({ outcome: 'mismatch' });
+    countSignatureOutcome('mismatch');
     request.log.warn({ v1Valid: v1Ok, v2Valid: v2Ok }, 'signature mismatch: only one of v1 and v2 verified');
   }
   if (v2Ok || v1Ok) {
-    signatureVerifications.inc({ outcome: v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1' });
+    countSignatureOutcome(v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1');
     return { version: v2Ok ? 'v2' : 'v1', nonce };
   }
   const checked = [v2 && v2Allowed && names.v2, v1 && v1Allowed && names.v1].filter(Boolean) as string[];
