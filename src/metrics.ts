@@ -7,13 +7,26 @@ import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry });
 
+// Signature outcomes since the last scrape. Every signed request counts one: a plain Map update, where a labelled
+// Counter.inc builds and checks a label hash each time; they are added to the counter when /metrics is read.
+const pendingVerifications = new Map<string, number>();
+
 /** Outcomes of request-signature checks: which version verified, mismatches, and failures by reason. */
 export const signatureVerifications = new Counter({
   name: 'kiln_signature_verifications_total',
   help: 'Signed-request checks by outcome: v1, v2, both, mismatch (one of two signatures failed), or failure_<reason>',
   labelNames: ['outcome'] as const,
   registers: [registry],
+  collect() {
+    for (const [outcome, n] of pendingVerifications) if (n > 0) this.inc({ outcome }, n);
+    pendingVerifications.clear();
+  },
 });
+
+/** Count one signature check's outcome (see signatureVerifications). */
+export function countSignatureOutcome(outcome: string): void {
+  pendingVerifications.set(outcome, (pendingVerifications.get(outcome) ?? 0) + 1);
+}
 
 /** Requests refused by a rate limit, by scope (user or ip). */
 export const rateLimited = new Counter({
