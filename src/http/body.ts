@@ -33,6 +33,14 @@ function jsonDepth(text: string): number {
   return max;
 }
 
+/** True when the text has at most `limit` opening brackets (strings included), so it cannot nest deeper. */
+function fewBrackets(text: string, limit: number): boolean {
+  let n = 0;
+  for (let i = text.indexOf('{'); i !== -1; i = text.indexOf('{', i + 1)) if (++n > limit) return false;
+  for (let i = text.indexOf('['); i !== -1; i = text.indexOf('[', i + 1)) if (++n > limit) return false;
+  return true;
+}
+
 function badJson(message: string): ApiError {
   return new ApiError('VALIDATION_ERROR', `The body is not acceptable JSON: ${message}. Send a JSON object.`, {
     issues: [{ path: 'body', message }],
@@ -52,7 +60,8 @@ export function registerJsonBody(app: App): void {
     if (buffer.length === 0) return done(null, undefined);
     const text = buffer.toString('utf8');
     // Parse errors are kept, not thrown, so that an unsigned /v1 request is answered 401 whatever its body.
-    if (jsonDepth(text) > MAX_JSON_DEPTH) request.bodyError = badJson(`nested deeper than ${MAX_JSON_DEPTH} levels`);
+    if (!fewBrackets(text, MAX_JSON_DEPTH) && jsonDepth(text) > MAX_JSON_DEPTH)
+      request.bodyError = badJson(`nested deeper than ${MAX_JSON_DEPTH} levels`);
     else if (FORBIDDEN_KEY.test(text)) {
       request.bodyError = badJson('keys named __proto__, constructor or prototype are not allowed');
     } else {
