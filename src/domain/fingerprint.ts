@@ -17,6 +17,18 @@ export function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
+/**
+ * The hash of a body's meaning as an idempotency key is bound to it: canonical JSON, without a top-level
+ * `idempotencyKey` (the key itself, which may travel in the header or the body with the same meaning).
+ */
+export function bodyHashOf(body: unknown): string {
+  if (body !== null && typeof body === 'object' && !Array.isArray(body) && 'idempotencyKey' in body) {
+    const { idempotencyKey: _key, ...rest } = body as Record<string, unknown>;
+    return sha256(canonicalJson(rest));
+  }
+  return sha256(canonicalJson(body));
+}
+
 /** What an idempotency key is bound to: the method, the path (query sorted) and the body's meaning. */
 export interface RequestFingerprint {
   method: string;

@@ -1,8 +1,7 @@
 import type { FastifyRequest } from 'fastify';
-import { rateLimited, signatureVerifications } from '../metrics';
+import { countSignatureOutcome, rateLimited } from '../metrics';
 import { type ClaimResult, StoreUnavailableError } from '../store/store';
 import { ApiError } from './errors';
-import { storedResponseKey } from './idempotency';
 import { enforceLimit, userIdOf, WINDOW_MS } from './rate-limit';
 import type { AppDeps } from './server';
 import { verifySignature } from './signature';
@@ -20,14 +19,17 @@ export function isSignedPath(routeUrl: string): boolean {
 }
 
 /**
- * The preValidation hook of every /v1 route: signature (no store access until it verifies), then in one store
- * operation the nonce's check-and-store, the user and IP counters and, for a mutation with a key, the read of its
- * stored response. Runs before body errors and validation, so an unsigned request is answered 401 whatever its body.
+ * The first layer of every /v1 route: signature (no store access until it verifies), then in one store operation
+ * the nonce's check-and-store, the user and IP counters and, given `readKey` (a mutation's stored-response key), the
+ * read of that key, whose value it answers (null: nothing stored). Runs before body errors and validation, so an
+ * unsigned request is answered 401 whatever its body.
  */
-export function signatureGuard(deps: AppDeps): (request: FastifyRequest) => Promise<void> {
+export function signatureGuard(
+  deps: AppDeps,
+): (request: FastifyRequest, readKey?: string) => Promise<string | null | undefined> {
   const { config, store } = deps;
   const nonceTtlMs = config.nonceTtlS * 1000;
-  return async (request) => {
+  return async (request, readKey) => {
     const verified = verifySignature(request, config, Date.now());
     request.signatureVersion = verified.version;
     const userId = userIdOf(request);
@@ -36,7 +38,6 @@ export function signatureGuard(deps: AppDeps): (request: FastifyRequest) => Prom
     const countUser = config.rateLimitUserPerMin > 0 && userId !== undefined;
     if (countIp) counters.push({ key: `rl:ip:${request.ip}`, windowMs: WINDOW_MS });
     if (countUser) counters.push({ key: `rl:user:${userId}`, windowMs: WINDOW_MS });
-    const responseKey = storedResponseKey(request);
     let claim: ClaimResult;
     try {
       // One store operation (one Redis script, one round trip): the nonce's check-and-store, both counters, and
@@ -44,7 +45,7 @@ export function signatureGuard(deps: AppDeps): (request: FastifyRequest) => Prom
       claim = await store.claimNonceAndHit(
         { key: `nonce:${verified.nonce}`, value: request.id, ttlMs: nonceTtlMs },
         counters,
-        responseKey,
+        readKey,
       );
     } catch (error) {
       if (error instanceof StoreUnavailableError) {
@@ -59,11 +60,10 @@ export function signatureGuard(deps: AppDeps): (request: FastifyRequest) => Prom
       throw error;
     }
     const { fresh, counts } = claim;
-    if (responseKey !== undefined) request.storedResponse = claim.read ?? null;
     const ipCount = countIp ? counts[0] : undefined;
     const userCount = countUser ? counts[countIp ? 1 : 0] : undefined;
     if (!fresh) {
-      signatureVerifications.inc({ outcome: 'failure_replayed_nonce' });
+      countSignatureOutcome('failure_replayed_nonce');
       throw new ApiError(
         'REPLAYED_NONCE',
         `This ${config.signatureHeaderPrefix}-nonce was already used; sign every request with a new nonce.`,
@@ -78,5 +78,6 @@ export function signatureGuard(deps: AppDeps): (request: FastifyRequest) => Prom
       rateLimited.inc({ scope: (error as ApiError).data?.scope as string });
       throw error;
     }
+    return readKey === undefined ? undefined : (claim.read ?? null);
   };
 }

@@ -1,15 +1,11 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { OpenTransaction, Queryable } from '../db/database';
-import { findRecord, type IdempotencyRecord, insertRecord, tryLockKey } from '../db/idempotency';
-import {
-  canonicalJson,
-  fingerprintDifferences,
-  parseIdempotencyKey,
-  type RequestFingerprint,
-  sha256,
-} from '../domain/fingerprint';
+import { findRecord, insertRecord, tryLockKey } from '../db/idempotency';
+import { bodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { ApiError } from './errors';
+import { type CachedRecord, decodeCopy, encodeCopy } from './idempotency-copy';
+import type { KeyRead } from './idempotency-key';
 import type { AppDeps } from './server';
 
 declare module 'fastify' {
@@ -19,16 +15,12 @@ declare module 'fastify' {
      * commits it, with the request's record, before a byte of the response is sent.
      */
     tx?: OpenTransaction;
-    idempotency?: { key: string; fingerprint: RequestFingerprint };
+    /** The request's key; its fingerprint once computed (see fingerprintOf: a replay may not need it). */
+    idempotency?: { key: string; fingerprint?: RequestFingerprint };
     /** Work to do once the request's transaction has committed (wake-ups); dropped if it rolls back. */
     afterCommit?: (() => void)[];
     /** For a single-statement route called without a key: the database itself, no transaction around it. */
     autocommit?: Queryable;
-    /**
-     * The store's copy of this request's idempotent response as the signature guard read it in its round trip
-     * (null: no copy); undefined when the guard did not look.
-     */
-    storedResponse?: string | null;
   }
   interface FastifyContextConfig {
     /**
@@ -39,6 +31,9 @@ declare module 'fastify' {
     singleStatement?: boolean;
   }
 }
+
+/** A mutating request whose Idempotency-Key has been read. */
+type KeyedRequest = FastifyRequest & { idempotency: { key: string; fingerprint?: RequestFingerprint } };
 
 const MUTATING = new Set(['POST', 'PUT', 'PATCH']);
 /** Response headers a replay repeats (the rest are per-response: ids, timing). */
@@ -76,56 +71,49 @@ export function isMutatingMethod(method: string): boolean {
   return MUTATING.has(method);
 }
 
-/**
- * The store key of the copy of this request's response, for a mutation (on a /v1 route) whose key is valid;
- * undefined otherwise (an invalid key is refused later by the idempotency hook, with its reason).
- */
-export function storedResponseKey(request: FastifyRequest): string | undefined {
-  if (!MUTATING.has(request.method)) return undefined;
+/** The store key of the copy of the response recorded under an idempotency key. */
+export function storedResponseKey(key: string): string {
+  return CACHE_PREFIX + key;
+}
+
+/** The request's fingerprint, computed once (the body's canonical hash is the costly part). */
+function fingerprintOf(request: KeyedRequest): RequestFingerprint {
+  request.idempotency.fingerprint ??= {
+    method: request.method,
+    path: canonicalPath(request.url),
+    bodyHash: bodyHashOf(request.body),
+  };
+  return request.idempotency.fingerprint;
+}
+
+/** The store's copy, or undefined when it cannot be read (the database then answers; the copy is only a copy). */
+function readCopy(request: FastifyRequest, text: string): CachedRecord | undefined {
   try {
-    const key = keyOf(request, false);
-    return key === undefined ? undefined : CACHE_PREFIX + key;
-  } catch {
+    return decodeCopy(text);
+  } catch (error) {
+    request.log.warn({ err: error }, 'unreadable idempotency copy in the store; using the database');
     return undefined;
   }
 }
 
-function invalid(rule: string): ApiError {
-  return new ApiError(
-    'INVALID_IDEMPOTENCY_KEY',
-    `Idempotency-Key is invalid: ${rule}. Send 1-255 printable ASCII characters.`,
-    { rule },
-  );
+function rawBodyText(request: FastifyRequest): string {
+  return request.rawBody ? request.rawBody.toString('utf8') : '';
 }
 
-/** The request's key, from the Idempotency-Key header or the body's idempotencyKey (which must agree). */
-function keyOf(request: FastifyRequest, required: boolean): string | undefined {
-  const header = request.headers['idempotency-key'];
-  const body = request.body as Record<string, unknown> | undefined;
-  const bodyKey = body && typeof body === 'object' && !Array.isArray(body) ? body.idempotencyKey : undefined;
-  let key: string | undefined;
-  if (header !== undefined) {
-    if (typeof header !== 'string') throw invalid('send the header once');
-    const parsed = parseIdempotencyKey(header);
-    if (!parsed.ok) throw invalid(parsed.rule);
-    key = parsed.key;
+/**
+ * What differs between the request and the one first recorded under its key. A retry that repeats the recorded
+ * bytes exactly (the store's copy keeps them for small bodies) means the same body without canonicalising it.
+ */
+function differencesFrom(request: KeyedRequest, record: CachedRecord) {
+  if (
+    record.rawBody !== undefined &&
+    record.method === request.method &&
+    record.path === canonicalPath(request.url) &&
+    record.rawBody === rawBodyText(request)
+  ) {
+    return [];
   }
-  if (bodyKey !== undefined) {
-    const parsed =
-      typeof bodyKey === 'string' ? parseIdempotencyKey(bodyKey) : { ok: false as const, rule: 'must be a string' };
-    if (!parsed.ok) throw invalid(`body.idempotencyKey ${parsed.rule}`);
-    if (key !== undefined && key !== parsed.key)
-      throw invalid('the header and body.idempotencyKey differ; send one key');
-    key = parsed.key;
-  }
-  if (key === undefined && required) {
-    throw invalid('this server requires an Idempotency-Key on every POST, PUT and PATCH (IDEMPOTENCY_REQUIRED=true)');
-  }
-  return key;
-}
-
-function fingerprintOf(request: FastifyRequest): RequestFingerprint {
-  return { method: request.method, path: canonicalPath(request.url), bodyHash: sha256(canonicalJson(request.body)) };
+  return fingerprintDifferences(record, fingerprintOf(request));
 }
 
 /** SPEC section 4: 2xx and deterministic errors are recorded; 402, 429, 5xx and IDEMPOTENCY_KEY_IN_USE are not. */
@@ -144,12 +132,20 @@ function errorCodeOf(payload: unknown): string | undefined {
   }
 }
 
-type CachedRecord = Omit<IdempotencyRecord, 'expiresAt'>;
+/**
+ * The text a recorded response replays: its serialized body, or '' for none (a 204). A keyed response of another
+ * kind (a stream) cannot be recorded, so its effect must not commit either: it fails as a 500, rolled back.
+ */
+function recordableBody(payload: unknown): string {
+  if (typeof payload === 'string') return payload;
+  if (payload === undefined || payload === null) return '';
+  if (Buffer.isBuffer(payload)) return payload.toString('utf8');
+  throw new Error('a response to a request with an Idempotency-Key must be text or empty to be recorded');
+}
 
 /** Answer with the recorded response, or 422 when the key was first used for a different request. */
-function replay(request: FastifyRequest, reply: FastifyReply, record: CachedRecord, from: 'store' | 'database') {
-  const fingerprint = request.idempotency!.fingerprint;
-  const differs = fingerprintDifferences(record, fingerprint);
+function replay(request: KeyedRequest, reply: FastifyReply, record: CachedRecord, from: 'store' | 'database') {
+  const differs = differencesFrom(request, record);
   if (differs.length > 0) {
     throw new ApiError(
       'IDEMPOTENCY_KEY_REUSED',
@@ -164,16 +160,31 @@ function replay(request: FastifyRequest, reply: FastifyReply, record: CachedReco
     originalRequestId: record.requestId,
     replayedFrom: from,
   };
-  return reply
-    .code(record.statusCode)
-    .headers({ ...record.responseHeaders, 'idempotent-replayed': 'true' })
-    .send(record.responseBody);
+  reply.code(record.statusCode);
+  for (const name in record.responseHeaders) reply.header(name, record.responseHeaders[name]);
+  return reply.header('idempotent-replayed', 'true').send(record.responseBody);
 }
 
 export interface IdempotencyHooks {
-  preValidation(singleStatement: boolean): (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
-  onSend(request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown>;
-  onResponse(request: FastifyRequest): Promise<void>;
+  /**
+   * The idempotency layer of a mutating route, after the signature guard: `read` is the request's key (readIdempotencyKey),
+   * `stored` the store's copy under its key as the guard read it (null: none; undefined: not read).
+   */
+  preValidation(
+    singleStatement: boolean,
+  ): (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    read: KeyRead,
+    stored: string | null | undefined,
+  ) => Promise<unknown>;
+  onSend(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    payload: unknown,
+    done: (error: Error | null, payload?: unknown) => void,
+  ): void;
+  onResponse(request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void;
 }
 
 /**
@@ -188,54 +199,54 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
   const { db, store, config } = deps;
   const ttlMs = config.idempotencyTtlS * 1000;
 
-  const preValidation = (singleStatement: boolean) => async (request: FastifyRequest, reply: FastifyReply) => {
-    if (!MUTATING.has(request.method)) return;
-    const key = keyOf(request, config.idempotencyRequired);
-    if (key !== undefined) {
-      request.idempotency = { key, fingerprint: fingerprintOf(request) };
-      // Normally read by the signature guard in its one store round trip; read here only if it did not.
-      const cached =
-        request.storedResponse !== undefined
-          ? request.storedResponse
-          : await store.get(CACHE_PREFIX + key).catch((error: unknown) => {
-              request.log.warn({ err: error }, 'idempotency cache unavailable; using the database');
-              return null;
-            });
-      if (cached) return replay(request, reply, JSON.parse(cached) as CachedRecord, 'store');
-    }
-    if (key === undefined && singleStatement) {
-      request.autocommit = db;
-      return;
-    }
-    const tx = await db.begin();
-    try {
+  const preValidation: IdempotencyHooks['preValidation'] =
+    (singleStatement) => async (request, reply, read, stored) => {
+      if (read.error) throw read.error;
+      const key = read.key;
       if (key !== undefined) {
-        if (!(await tryLockKey(tx, key, config.idempotencyLockS))) {
-          throw new ApiError(
-            'IDEMPOTENCY_KEY_IN_USE',
-            `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,
-            { key },
-            { 'retry-after': IN_USE_RETRY_AFTER_S },
-          );
-        }
-        const record = await findRecord(tx, key);
-        if (record) {
-          await tx.rollback();
-          return replay(request, reply, record, 'database');
-        }
-        await tx.query('savepoint kiln_effect');
+        const keyed = Object.assign(request, { idempotency: { key } });
+        // Normally read by the signature guard in its one store round trip; read here only if it did not.
+        const cached =
+          stored !== undefined
+            ? stored
+            : await store.get(CACHE_PREFIX + key).catch((error: unknown) => {
+                request.log.warn({ err: error }, 'idempotency cache unavailable; using the database');
+                return null;
+              });
+        const copy = cached ? readCopy(request, cached) : undefined;
+        if (copy) return replay(keyed, reply, copy, 'store');
       }
-    } catch (error) {
-      await tx.rollback();
-      throw error;
-    }
-    request.tx = tx;
-  };
+      if (key === undefined && singleStatement) {
+        request.autocommit = db;
+        return;
+      }
+      const tx = await db.begin();
+      try {
+        if (key !== undefined) {
+          if (!(await tryLockKey(tx, key, config.idempotencyLockS))) {
+            throw new ApiError(
+              'IDEMPOTENCY_KEY_IN_USE',
+              `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,
+              { key },
+              { 'retry-after': IN_USE_RETRY_AFTER_S },
+            );
+          }
+          const record = await findRecord(tx, key);
+          if (record) {
+            await tx.rollback();
+            return replay(request as KeyedRequest, reply, record, 'database');
+          }
+          await tx.query('savepoint kiln_effect');
+        }
+      } catch (error) {
+        await tx.rollback();
+        throw error;
+      }
+      request.tx = tx;
+    };
 
-  const onSend = async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
-    const tx = request.tx;
-    if (!tx) return payload;
-    request.tx = undefined;
+  /** Commit (or roll back) the request's transaction with its record; the payload goes out unchanged. */
+  const finish = async (request: FastifyRequest, reply: FastifyReply, tx: OpenTransaction, payload: unknown) => {
     const status = reply.statusCode;
     const idempotency = request.idempotency;
     try {
@@ -249,10 +260,11 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
       // An error keeps its record (when recordable) but never its effect.
       if (status >= 400) await tx.query('rollback to savepoint kiln_effect');
       const errorCode = status >= 400 ? errorCodeOf(payload) : undefined;
-      if (!isRecordable(status, errorCode) || typeof payload !== 'string') {
+      if (!isRecordable(status, errorCode)) {
         await tx.rollback();
         return payload;
       }
+      const body = recordableBody(payload);
       const responseHeaders: Record<string, string> = {};
       for (const name of REPLAYED_HEADERS) {
         const value = reply.getHeader(name);
@@ -260,9 +272,9 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
       }
       const record: CachedRecord = {
         key: idempotency.key,
-        ...idempotency.fingerprint,
+        ...fingerprintOf(request as KeyedRequest),
         statusCode: status,
-        responseBody: payload,
+        responseBody: body,
         responseHeaders,
         requestId: request.id,
       };
@@ -272,9 +284,11 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
       // The copy must not outlive the record (an expired key is free for a new request).
       const cacheMs = Math.min(ttlMs, expiresAt.getTime() - Date.now()) - CACHE_MARGIN_MS;
       if (cacheMs > 0) {
-        store.set(CACHE_PREFIX + idempotency.key, JSON.stringify(record), cacheMs).catch((error: unknown) => {
-          request.log.warn({ err: error }, 'could not cache the idempotent response; replays will read the database');
-        });
+        store
+          .set(CACHE_PREFIX + idempotency.key, encodeCopy(record, rawBodyText(request)), cacheMs)
+          .catch((error: unknown) => {
+            request.log.warn({ err: error }, 'could not cache the idempotent response; replays will read the database');
+          });
       }
       return payload;
     } catch (error) {
@@ -283,13 +297,22 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
     }
   };
 
+  // Callback-style hooks: most requests that pass them (replays, reads of a key's store copy) have no
+  // transaction, and need no promise.
+  const onSend: IdempotencyHooks['onSend'] = (request, reply, payload, done) => {
+    const tx = request.tx;
+    if (!tx) return done(null, payload);
+    request.tx = undefined;
+    finish(request, reply, tx, payload).then((sent) => done(null, sent), done);
+  };
+
   // Safety net: a request that ends without passing onSend (client gone mid-way) must not keep its transaction.
   // A handler still running on it gets "transaction already ended" on its next query, so nothing half-done commits.
-  const onResponse = async (request: FastifyRequest) => {
+  const onResponse: IdempotencyHooks['onResponse'] = (request, _reply, done) => {
     const tx = request.tx;
-    if (!tx) return;
+    if (!tx) return done();
     request.tx = undefined;
-    await tx.rollback();
+    tx.rollback().then(() => done(), done);
   };
   return { preValidation, onSend, onResponse };
 }

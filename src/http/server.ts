@@ -2,7 +2,14 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController, type RouteOptions } from 'fastify';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+  type RouteOptions,
+} from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config';
 import type { Database } from '../db/database';
@@ -12,7 +19,8 @@ import { registerJsonBody, throwBodyError } from './body';
 import { registerContext, requestIdFrom } from './context';
 import { registerErrorHandling } from './errors';
 import { isSignedPath, signatureGuard } from './guard';
-import { idempotencyHooks, isMutatingMethod } from './idempotency';
+import { idempotencyHooks, isMutatingMethod, storedResponseKey } from './idempotency';
+import { readIdempotencyKey } from './idempotency-key';
 import { registerBuildRoutes } from './routes/builds';
 import { registerCreditRoutes } from './routes/credits';
 import { registerEstimateRoutes } from './routes/estimate';
@@ -106,12 +114,21 @@ function attachRouteHooks(app: App, deps: AppDeps): void {
     const signed = isSignedPath(route.url);
     const methods = Array.isArray(route.method) ? route.method : [route.method];
     const mutating = signed && methods.some(isMutatingMethod);
-    route.preValidation = [
-      ...(signed ? [guard] : []),
-      throwBodyError,
-      ...(mutating ? [idempotency.preValidation(route.config?.singleStatement === true)] : []),
-      ...asList(route.preValidation),
-    ] as Hook;
+    const keyed = mutating ? idempotency.preValidation(route.config?.singleStatement === true) : undefined;
+    // One hook for the layers of a signed route (each hook Fastify runs costs a turn of its hook runner). A
+    // mutation's key is read once: the guard reads its stored response in the same store round trip as the nonce.
+    const layers = signed
+      ? async (request: FastifyRequest, reply: FastifyReply) => {
+          const read =
+            keyed && isMutatingMethod(request.method)
+              ? readIdempotencyKey(request, deps.config.idempotencyRequired)
+              : undefined;
+          const stored = await guard(request, read?.key === undefined ? undefined : storedResponseKey(read.key));
+          if (request.bodyError) throw request.bodyError;
+          if (read) return keyed?.(request, reply, read, stored);
+        }
+      : throwBodyError;
+    route.preValidation = [layers, ...asList(route.preValidation)] as Hook;
     if (mutating) {
       route.onSend = [idempotency.onSend, ...asList(route.onSend as Hook)] as RouteOptions['onSend'];
       route.onResponse = [idempotency.onResponse, ...asList(route.onResponse as Hook)] as RouteOptions['onResponse'];

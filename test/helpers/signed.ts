@@ -8,7 +8,8 @@ export interface SignedInject {
   url: string;
   /** Sent as given when a string, else JSON-encoded. */
   body?: unknown;
-  headers?: Record<string, string>;
+  /** An array sends the header once per value, as a client repeating it would. */
+  headers?: Record<string, string | string[]>;
   sign?: Partial<SignOptions>;
 }
 

@@ -2,6 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { insertRecord, purgeExpired, tryLockKey } from '../../src/db/idempotency';
 import { openPostgres } from '../../src/db/postgres';
+import { ApiError } from '../../src/domain/errors';
 import { isRecordable, transactionOf } from '../../src/http/idempotency';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
@@ -49,6 +50,32 @@ describe('idempotency', () => {
           if (flaky === 1) throw new Error('first attempt fails');
           return { attempt: flaky };
         });
+        // A probe route that writes, then answers a recordable error: the error is recorded, the write undone.
+        app.post(
+          '/v1/probe/write-then-404',
+          { schema: { body: Type.Object({ id: Type.String() }) } },
+          async (request) => {
+            await transactionOf(request).query(
+              "insert into service_instances (id, hostname, pid, version) values ($1, 'probe', 0, 'x')",
+              [request.body.id],
+            );
+            throw new ApiError('NOT_FOUND', `Nothing called ${request.body.id}; create it first.`, {
+              id: request.body.id,
+            });
+          },
+        );
+        // A probe route that writes and answers 204 with no body.
+        app.post(
+          '/v1/probe/no-content',
+          { schema: { body: Type.Object({ id: Type.String() }) } },
+          async (request, reply) => {
+            await transactionOf(request).query(
+              "insert into service_instances (id, hostname, pid, version) values ($1, 'probe', 0, 'x')",
+              [request.body.id],
+            );
+            return reply.code(204).send();
+          },
+        );
       },
       logLines,
     );
@@ -62,6 +89,9 @@ describe('idempotency', () => {
       body,
       headers: { ...(key ? { 'idempotency-key': key } : {}), ...headers },
     });
+  const probeRows = async (id: string) =>
+    (await t.database.db.query<{ n: number }>('select count(*)::int as n from service_instances where id = $1', [id]))
+      .rows[0].n;
   const countProjects = async (ownerId: string) =>
     (await t.database.db.query<{ n: number }>('select count(*)::int as n from projects where owner_id = $1', [ownerId]))
       .rows[0].n;
@@ -163,6 +193,72 @@ describe('idempotency', () => {
     expect((await post('/v1/projects', { ownerId: 'owner_bad' }, 'key-400')).headers['idempotent-replayed']).toBe(
       'true',
     );
+  });
+
+  it('keeps the record of a recordable error but undoes the write made before it', async () => {
+    const first = await post('/v1/probe/write-then-404', { id: 'probe_404' }, 'key-write-404');
+    expect(first.statusCode).toBe(404);
+    expect(await probeRows('probe_404')).toBe(0);
+    const again = await post('/v1/probe/write-then-404', { id: 'probe_404' }, 'key-write-404');
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(again.body).toBe(first.body);
+    expect(await probeRows('probe_404')).toBe(0);
+  });
+
+  it('records an empty 204 with its effect, and replays it empty', async () => {
+    const first = await post('/v1/probe/no-content', { id: 'probe_204' }, 'key-204');
+    expect(first.statusCode).toBe(204);
+    expect(await probeRows('probe_204')).toBe(1);
+    await t.store.store.delete('idem:key-204');
+    const again = await post('/v1/probe/no-content', { id: 'probe_204' }, 'key-204');
+    expect(again.statusCode).toBe(204);
+    expect(again.body).toBe('');
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(await probeRows('probe_204')).toBe(1);
+  });
+
+  it('treats the key in the header and in the body alike: a retry may move it from one to the other', async () => {
+    const body = { userId: 'u_moved' };
+    const first = await post('/v1/estimate', { operation: 'build', ...body, idempotencyKey: 'key-moved' });
+    expect(first.statusCode).toBe(200);
+    const moved = await post('/v1/estimate', { operation: 'build', ...body }, 'key-moved');
+    expect(moved.headers['idempotent-replayed']).toBe('true');
+    expect(moved.body).toBe(first.body);
+  });
+
+  it('refuses an Idempotency-Key header sent twice', async () => {
+    const twice = await signedInject(t.app, {
+      method: 'POST',
+      url: '/v1/projects',
+      body: { ownerId: 'owner_twice', name: 'N' },
+      headers: { 'idempotency-key': ['key-a', 'key-b'] },
+    });
+    expect(twice.statusCode).toBe(400);
+    expect(twice.json()).toMatchObject({ error: 'INVALID_IDEMPOTENCY_KEY', data: { rule: 'send the header once' } });
+    // One header whose value holds ", " is one key.
+    const once = await post('/v1/projects', { ownerId: 'owner_twice', name: 'N' }, 'key-a, key-b');
+    expect(once.statusCode).toBe(201);
+    expect(await countProjects('owner_twice')).toBe(1);
+  });
+
+  it('replays from a store copy written as one JSON object, and from PostgreSQL when the copy is unreadable', async () => {
+    const body = { ownerId: 'owner_copy', name: 'C' };
+    const first = await post('/v1/projects', body, 'key-copy');
+    const record = (
+      await t.database.db.query<Record<string, unknown>>(
+        `select key, method, path, body_hash as "bodyHash", status_code as "statusCode", response_body as "responseBody",
+                response_headers as "responseHeaders", request_id as "requestId" from idempotency_keys where key = 'key-copy'`,
+      )
+    ).rows[0];
+    await t.store.store.set('idem:key-copy', JSON.stringify(record), 60_000);
+    const fromJson = await post('/v1/projects', body, 'key-copy');
+    expect(fromJson.headers['idempotent-replayed']).toBe('true');
+    expect(fromJson.body).toBe(first.body);
+    await t.store.store.set('idem:key-copy', 'not a copy\n{', 60_000);
+    const fromDatabase = await post('/v1/projects', body, 'key-copy');
+    expect(fromDatabase.headers['idempotent-replayed']).toBe('true');
+    expect(fromDatabase.body).toBe(first.body);
+    expect(await countProjects('owner_copy')).toBe(1);
   });
 
   it('does not record a 5xx: the retry runs, and the failed attempt left nothing behind', async () => {
