@@ -41,6 +41,31 @@ function fewBrackets(text: string, limit: number): boolean {
   return true;
 }
 
+/**
+ * The path of the first string (key or value) that PostgreSQL cannot store — one holding U+0000, or an unpaired
+ * surrogate (jsonb refuses `\ud800` alone) — or undefined. Such strings only come from `\u` escapes, so a body
+ * without one is not walked.
+ */
+const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function unstorableString(value: unknown, path: string): string | undefined {
+  if (typeof value === 'string') return UNSTORABLE.test(value) ? path : undefined;
+  if (value === null || typeof value !== 'object') return undefined;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = unstorableString(value[i], `${path}.${i}`);
+      if (found) return found;
+    }
+    return undefined;
+  }
+  for (const [key, item] of Object.entries(value)) {
+    const at = `${path}.${key}`;
+    const found = unstorableString(key, at) ?? unstorableString(item, at);
+    if (found) return found;
+  }
+  return undefined;
+}
+
 function badJson(message: string): ApiError {
   return new ApiError('VALIDATION_ERROR', `The body is not acceptable JSON: ${message}. Send a JSON object.`, {
     issues: [{ path: 'body', message }],
@@ -49,7 +74,7 @@ function badJson(message: string): ApiError {
 
 /**
  * JSON is the only body type Kiln accepts (anything else → 415). The raw bytes are kept on the request
- * for signature checks; prototype-polluting keys and absurd nesting are refused as 400.
+ * for signature checks; prototype-polluting keys, absurd nesting and strings PostgreSQL cannot store are refused as 400.
  */
 export function registerJsonBody(app: App): void {
   app.decorateRequest('rawBody', EMPTY as unknown as Buffer);
@@ -65,11 +90,20 @@ export function registerJsonBody(app: App): void {
     else if (FORBIDDEN_KEY.test(text)) {
       request.bodyError = badJson('keys named __proto__, constructor or prototype are not allowed');
     } else {
+      let parsed: unknown;
       try {
-        return done(null, JSON.parse(text));
+        parsed = JSON.parse(text);
       } catch (error) {
         request.bodyError = badJson((error as Error).message);
+        return done(null, undefined);
       }
+      const unstorable = text.includes('\\u') ? unstorableString(parsed, 'body') : undefined;
+      if (unstorable === undefined) return done(null, parsed);
+      request.bodyError = new ApiError(
+        'VALIDATION_ERROR',
+        `${unstorable} holds U+0000 or an unpaired surrogate (\\ud800-\\udfff), which cannot be stored; remove it.`,
+        { issues: [{ path: unstorable, message: 'must not contain U+0000 or an unpaired surrogate' }] },
+      );
     }
     done(null, undefined);
   });

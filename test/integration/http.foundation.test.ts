@@ -123,6 +123,21 @@ describe('HTTP foundation', () => {
       400,
       'VALIDATION_ERROR',
     ],
+    [
+      'a string holding U+0000',
+      '{"name":"a\\u0000b","count":1,"tags":[]}',
+      'application/json',
+      400,
+      'VALIDATION_ERROR',
+    ],
+    ['an unpaired surrogate', '{"name":"x","count":1,"tags":["\\ud800"]}', 'application/json', 400, 'VALIDATION_ERROR'],
+    [
+      'a key holding U+0000',
+      '{"name":"x","count":1,"tags":[],"a\\u0000":1}',
+      'application/json',
+      400,
+      'VALIDATION_ERROR',
+    ],
     ['a text body', 'name=x', 'text/plain', 415, 'UNSUPPORTED_MEDIA_TYPE'],
     ['a form body', 'name=x', 'application/x-www-form-urlencoded', 415, 'UNSUPPORTED_MEDIA_TYPE'],
     [
@@ -142,6 +157,25 @@ describe('HTTP foundation', () => {
     expect(res.statusCode).toBe(status);
     expectContextHeaders(res.headers);
     expectEnvelope(res.json(), code);
+  });
+
+  it('names the string PostgreSQL could not store, and keeps escaped backslashes and surrogate pairs as data', async () => {
+    const refused = await t.app.inject({
+      method: 'POST',
+      url: '/probe/echo',
+      payload: '{"name":"x","count":1,"tags":["ok","\\udc00"]}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(refused.json().data.issues).toEqual([
+      { path: 'body.tags.1', message: 'must not contain U+0000 or an unpaired surrogate' },
+    ]);
+    const kept = await t.app.inject({
+      method: 'POST',
+      url: '/probe/echo',
+      payload: '{"name":"\\\\u0000 \\ud83d\\ude00","count":1,"tags":[]}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(kept.statusCode).toBe(200);
   });
 
   it('accepts a valid body, control characters and SQL fragments included, as data', async () => {

@@ -85,6 +85,33 @@ describe('projects', () => {
     ).toEqual(['body.name', 'body.ownerId']);
   });
 
+  it('refuses settings PostgreSQL could not store, or with keys over 128 characters, and creates nothing', async () => {
+    const nul = await call(
+      'POST',
+      '/v1/projects',
+      '{"ownerId":"owner_bad_settings","name":"n","settings":{"a":"\\u0000"}}',
+    );
+    expect(nul.statusCode).toBe(400);
+    expect(nul.json().data.issues).toEqual([expect.objectContaining({ path: 'body.settings.a' })]);
+    const surrogate = await call(
+      'POST',
+      '/v1/projects',
+      '{"ownerId":"owner_bad_settings","name":"n","settings":{"a":["\\ud800"]}}',
+    );
+    expect(surrogate.statusCode).toBe(400);
+    const longKey = await call('POST', '/v1/projects', {
+      ownerId: 'owner_bad_settings',
+      name: 'n',
+      settings: { ['k'.repeat(129)]: 1 },
+    });
+    expect(longKey.statusCode).toBe(400);
+    expect(longKey.json().data.issues.map((i: { path: string }) => i.path)).toContain('body.settings');
+    const { rows } = await t.database.db.query(
+      "select count(*)::int as n from projects where owner_id = 'owner_bad_settings'",
+    );
+    expect(rows[0]).toEqual({ n: 0 });
+  });
+
   it('answers an unknown project with PROJECT_NOT_FOUND naming the id', async () => {
     for (const [method, body] of [['GET'], ['PUT', { ownerId: 'u', name: 'n' }], ['PATCH', { name: 'n' }]] as const) {
       const res = await call(method, '/v1/projects/prj_missing', body);

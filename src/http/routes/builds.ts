@@ -61,7 +61,9 @@ export const CreateBuildSchema = Type.Object(
     userId: Token,
     id: Type.Optional(Id),
     estimatedCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
-    metadata: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { maxProperties: 100 })),
+    metadata: Type.Optional(
+      Type.Record(Type.String(), Type.Unknown(), { maxProperties: 100, propertyNames: { maxLength: 128 } }),
+    ),
     idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 257 })),
   },
   { additionalProperties: false },

@@ -15,7 +15,8 @@ import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
 
 const Framework = Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: PlainText }), Type.Null()]);
-const Settings = Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { maxProperties: 200 });
+// TypeBox drops a Record key schema's limits (the keys become a pattern): propertyNames keeps the key length checked.
+const Settings = Type.Record(Type.String(), Type.Unknown(), { maxProperties: 200, propertyNames: { maxLength: 128 } });
 
 const ProjectSchema = Type.Object(
   {
