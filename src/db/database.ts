@@ -59,7 +59,8 @@ export class DatabaseUnavailableError extends Error {
   }
 }
 
-const UNAVAILABLE_SQLSTATE = /^(08|57P0[1-3]|53300)/;
+// 57014: a statement cancelled (statement_timeout, which bounds a keyed request's statements, or an operator).
+const UNAVAILABLE_SQLSTATE = /^(08|57P0[1-3]|57014|53300)/;
 const UNAVAILABLE_NODE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH']);
 
 /** True for errors that mean "the database is not there right now", as opposed to a bad statement. */

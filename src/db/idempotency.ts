@@ -43,10 +43,14 @@ function fromRow(row: DbIdempotencyRecord): IdempotencyRecord {
  * process dies, so a crashed request never wedges its key.
  */
 export async function tryLockKey(tx: Queryable, key: string, leaseSeconds: number): Promise<boolean> {
-  // The same round trip bounds how long this transaction may sit idle holding the key (a hung client or
-  // process): PostgreSQL ends such a session after the lease, which releases the lock.
+  // The same round trip bounds how long the key can be held by a request that will never finish (SPEC section 4's
+  // lock lease). PostgreSQL notices a dead client only when it next reads from or writes to it: a transaction left
+  // idle is ended after the lease (idle_in_transaction_session_timeout), and a statement still running for a client
+  // that died (waiting on a lock, say) is cancelled after the lease (statement_timeout), after which the backend
+  // finds the client gone and ends. Either way the lock, and the key, are free.
   const { rows } = await tx.query<{ locked: boolean }>(
     `select set_config('idle_in_transaction_session_timeout', $2::text, true),
+            set_config('statement_timeout', $2::text, true),
             pg_try_advisory_xact_lock(hashtextextended('kiln.idempotency:' || current_schema() || ':' || $1::text, 0)) as locked`,
     [key, `${leaseSeconds}s`],
   );

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createKilnClient } from '../../src/client/sign';
+import { tryLockKey } from '../../src/db/idempotency';
 import { openPglite } from '../../src/db/pglite';
 import { openPostgres } from '../../src/db/postgres';
 import { TEST_SECRET } from '../helpers/app';
@@ -58,7 +59,7 @@ describe('idempotency across processes and crashes', () => {
     expect(await countProjects('owner_storm')).toBe(1);
   });
 
-  it('a process killed after committing: the retry elsewhere replays the committed answer, from PostgreSQL', async () => {
+  it('a process killed after answering: the retry elsewhere replays the committed answer, from PostgreSQL', async () => {
     const a = await start();
     const body = { ownerId: 'owner_killed_after', name: 'K' };
     const first = await client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'killed-after' });
@@ -96,39 +97,157 @@ describe('idempotency across processes and crashes', () => {
     await b.stop();
     expect(await countProjects('owner_killed_any')).toBe(1);
   });
+});
 
-  it.skipIf(!DATABASE_URL)(
-    'a process killed before committing: its key is free at once and the retry runs once',
-    async () => {
-      const a = await start();
-      const blocker = openPostgres({ url: DATABASE_URL!, schema: shared.env.DATABASE_SCHEMA, max: 1 });
-      const lock = await blocker.begin();
-      // Kiln's insert waits on this lock, inside its transaction, holding the key.
-      await lock.query('lock table projects in access exclusive mode');
-      const body = { ownerId: 'owner_killed_before', name: 'K' };
-      const inFlight = client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'killed-before' }).catch(
-        () => undefined,
-      );
-      const waiting = openPostgres({ url: DATABASE_URL!, schema: shared.env.DATABASE_SCHEMA, max: 1 });
-      for (let i = 0; i < 100; i++) {
-        const { rows } = await waiting.query<{ n: number }>(
-          "select count(*)::int as n from pg_locks where locktype = 'advisory' and granted and database = (select oid from pg_database where datname = current_database())",
+/**
+ * The two crash points of SPEC section 4, hit exactly on real PostgreSQL: the test adds a trigger (to Kiln's schema,
+ * not its code) that makes Kiln's transaction wait on an advisory lock the test holds, so the test knows where the
+ * request is when the process dies.
+ */
+describe.skipIf(!DATABASE_URL)('idempotency at the crash points (PostgreSQL)', () => {
+  const LEASE_S = 2;
+  const shared = sharedKilns({ IDEMPOTENCY_LOCK_S: String(LEASE_S) });
+  const client = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
+  const db = () => openPostgres({ url: DATABASE_URL!, schema: shared.env.DATABASE_SCHEMA, max: 1 });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  /** Holds advisory lock `gate` in a transaction of its own; `open()` lets whoever waits on it go on. */
+  async function holdGate(gate: number) {
+    const holder = db();
+    const tx = await holder.begin();
+    await tx.query('select pg_advisory_xact_lock($1::bigint)', [gate]);
+    return {
+      async open() {
+        await tx.rollback();
+        await holder.close();
+      },
+    };
+  }
+
+  /** A trigger that makes the triggering transaction wait for the gate (its first argument). */
+  async function addGateTrigger(sql: string): Promise<() => Promise<void>> {
+    const admin = db();
+    await admin.query(`create or replace function kiln_test_gate() returns trigger language plpgsql as $$
+      begin perform pg_advisory_xact_lock(tg_argv[0]::bigint); return new; end $$`);
+    await admin.query(sql);
+    const name = /trigger (\w+)/.exec(sql)?.[1];
+    const table = / on (\w+)/.exec(sql)?.[1];
+    return async () => {
+      await admin.query(`drop trigger ${name} on ${table}`);
+      await admin.close();
+    };
+  }
+
+  /** The PostgreSQL backend (pid) of the session that waits on the gate, once there is one. */
+  async function waiterOn(gate: number): Promise<number> {
+    const watcher = db();
+    try {
+      for (let i = 0; i < 200; i++) {
+        const { rows } = await watcher.query<{ pid: number }>(
+          "select pid from pg_locks where locktype = 'advisory' and not granted and classid = 0 and objid = $1::oid",
+          [gate],
         );
-        if (rows[0].n > 0) break;
-        await new Promise((r) => setTimeout(r, 50));
+        if (rows[0]) return rows[0].pid;
+        await sleep(25);
       }
-      a.child.kill('SIGKILL');
-      await a.exited;
-      await inFlight;
-      await lock.rollback();
-      await blocker.close();
-      await waiting.close();
-      const b = await start();
-      const retry = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'killed-before' });
-      expect(retry.status).toBe(201);
-      expect(retry.headers.get('idempotent-replayed')).toBeNull();
-      await b.stop();
-      expect(await countProjects('owner_killed_before')).toBe(1);
-    },
-  );
+      throw new Error(`nothing waited on gate ${gate}`);
+    } finally {
+      await watcher.close();
+    }
+  }
+
+  async function count(sql: string, params: unknown[]): Promise<number> {
+    const reader = db();
+    try {
+      return (await reader.query<{ n: number }>(sql, params)).rows[0].n;
+    } finally {
+      await reader.close();
+    }
+  }
+
+  it('a process that committed but died before answering: the retry elsewhere replays the commit from PostgreSQL', async () => {
+    const a = await shared.start();
+    const gate = 7_000_001;
+    const held = await holdGate(gate);
+    // Fires at COMMIT, after the effect and the record are written: the commit waits for the gate.
+    const dropTrigger = await addGateTrigger(
+      `create constraint trigger kiln_test_commit_gate after insert on idempotency_keys
+         deferrable initially deferred for each row execute function kiln_test_gate('${gate}')`,
+    );
+    const body = { ownerId: 'owner_committed_unanswered', name: 'K' };
+    const lost = client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'committed-unanswered' }).then(
+      () => 'answered',
+      () => 'lost',
+    );
+    await waiterOn(gate);
+    // Freeze the process while its COMMIT waits, let the commit finish, and kill it before it can read the result.
+    a.child.kill('SIGSTOP');
+    await held.open();
+    for (let i = 0; i < 200; i++) {
+      if ((await count("select count(*)::int as n from idempotency_keys where key = 'committed-unanswered'", [])) === 1)
+        break;
+      await sleep(25);
+    }
+    a.child.kill('SIGKILL');
+    await a.exited;
+    await dropTrigger();
+    expect(await lost).toBe('lost');
+    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(1);
+    if (REDIS_URL) await deleteKeys(REDIS_URL, shared.env.REDIS_PREFIX);
+
+    const b = await shared.start();
+    const retry = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'committed-unanswered' });
+    expect(retry.status).toBe(201);
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
+    const { id } = retry.body as { id: string };
+    expect(
+      await count('select count(*)::int as n from projects where id = $1 and owner_id = $2', [id, body.ownerId]),
+    ).toBe(1);
+    await b.stop();
+    expect(b.output()).toMatch(/"idempotentReplay":true[^\n]*"replayedFrom":"database"/);
+    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(1);
+  });
+
+  it(`a process that died mid-statement, before committing: the key is free after the ${LEASE_S} s lease, and the retry runs once`, async () => {
+    const a = await shared.start();
+    const gate = 7_000_002;
+    const held = await holdGate(gate);
+    // Kiln's insert of the project waits for the gate, inside its transaction, holding the key's lock.
+    const dropTrigger = await addGateTrigger(
+      `create trigger kiln_test_effect_gate before insert on projects
+         for each row execute function kiln_test_gate('${gate}')`,
+    );
+    const body = { ownerId: 'owner_died_mid_statement', name: 'K' };
+    const lost = client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'died-mid-statement' }).catch(
+      () => 'lost',
+    );
+    const backend = await waiterOn(gate);
+    a.child.kill('SIGKILL');
+    await a.exited;
+    expect(await lost).toBe('lost');
+    // The gate stays shut: nothing but the lease can end the dead request's statement and free its key.
+    let gone = false;
+    for (let i = 0; i < 40 && !gone; i++) {
+      await sleep(250);
+      gone = (await count('select count(*)::int as n from pg_stat_activity where pid = $1', [backend])) === 0;
+    }
+    expect(gone).toBe(true);
+    const probe = db();
+    const tx = await probe.begin();
+    expect(await tryLockKey(tx, 'died-mid-statement', LEASE_S)).toBe(true);
+    await tx.rollback();
+    await probe.close();
+    await held.open();
+    await dropTrigger();
+    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(0);
+
+    const b = await shared.start();
+    const retry = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'died-mid-statement' });
+    expect(retry.status).toBe(201);
+    expect(retry.headers.get('idempotent-replayed')).toBeNull();
+    const again = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'died-mid-statement' });
+    expect(again.text).toBe(retry.text);
+    await b.stop();
+    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(1);
+  });
 });
