@@ -39,7 +39,15 @@ function notFound(id: string): ApiError {
   return new ApiError('PROJECT_NOT_FOUND', `No project ${id}; create it with POST /v1/projects.`, { projectId: id });
 }
 
+/** Ids that a route's path owns (`GET /v1/projects/batch`): a project so named could never be read. */
+const RESERVED_IDS = new Set(['batch']);
+
 export async function createProject(q: Queryable, input: ProjectInput): Promise<Project> {
+  if (input.id !== undefined && RESERVED_IDS.has(input.id)) {
+    throw new ApiError('VALIDATION_ERROR', `The id ${input.id} is reserved by the API's own paths; choose another.`, {
+      issues: [{ path: 'body.id', message: 'is reserved' }],
+    });
+  }
   const id = input.id ?? newProjectId();
   const project = await insertProject(q, id, fieldsOf(input));
   if (!project) {
@@ -73,22 +81,29 @@ export async function getProjectsBatch(
   };
 }
 
+/**
+ * Rewrite a project under its row lock. `ifMatch`: the versions the client accepts (If-Match), if it named any.
+ * `change` gives the new fields, or undefined for no change (the project is answered as it is, at its version).
+ */
 async function rewrite(
   q: Queryable,
   id: string,
-  ifMatch: number | undefined,
-  change: (current: Project) => ProjectFields,
+  ifMatch: number[] | undefined,
+  change: (current: Project) => ProjectFields | undefined,
 ): Promise<Project> {
   const current = await findProject(q, id, true);
   if (!current) throw notFound(id);
-  if (ifMatch !== undefined && ifMatch !== current.version) {
+  if (ifMatch !== undefined && !ifMatch.includes(current.version)) {
+    const expected = ifMatch.length === 1 ? ifMatch[0] : ifMatch;
     throw new ApiError(
       'VERSION_CONFLICT',
-      `The project is at version ${current.version}, not ${ifMatch}; read it again, reapply your change, and send If-Match: "${current.version}".`,
-      { projectId: id, version: current.version, expected: ifMatch },
+      `The project is at version ${current.version}, not ${ifMatch.join(' or ')}; read it again, reapply your change, and send If-Match: "${current.version}".`,
+      { projectId: id, version: current.version, expected },
     );
   }
-  const updated = await updateProject(q, id, current.version, change(current));
+  const fields = change(current);
+  if (fields === undefined) return current;
+  const updated = await updateProject(q, id, current.version, fields);
   if (!updated) throw new Error(`project ${id} changed under its row lock`);
   return updated;
 }
@@ -97,7 +112,7 @@ async function rewrite(
 export function replaceProject(
   q: Queryable,
   id: string,
-  ifMatch: number | undefined,
+  ifMatch: number[] | undefined,
   input: ProjectInput,
 ): Promise<Project> {
   if (input.id !== undefined && input.id !== id) {
@@ -108,14 +123,18 @@ export function replaceProject(
   return rewrite(q, id, ifMatch, () => fieldsOf(input));
 }
 
-/** PATCH: JSON merge patch (RFC 7396) over the writable fields; the result must still be a valid project. */
+/**
+ * PATCH: JSON merge patch (RFC 7396) over the writable fields; the result must still be a valid project. An empty
+ * patch changes nothing (no new version).
+ */
 export function patchProject(
   q: Queryable,
   id: string,
-  ifMatch: number | undefined,
+  ifMatch: number[] | undefined,
   patch: Record<string, unknown>,
 ): Promise<Project> {
   return rewrite(q, id, ifMatch, (current) => {
+    if (Object.keys(patch).length === 0) return undefined;
     const { id: _id, version: _v, createdAt: _c, updatedAt: _u, ...writable } = current;
     const merged = mergePatch(writable, patch) as Partial<ProjectFields>;
     const issues = [

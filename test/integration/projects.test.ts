@@ -85,6 +85,12 @@ describe('projects', () => {
     ).toEqual(['body.name', 'body.ownerId']);
   });
 
+  it('refuses an id the API paths own (a project called batch could never be read)', async () => {
+    const res = await call('POST', '/v1/projects', { id: 'batch', ownerId: 'u1', name: 'B' });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().data.issues).toEqual([{ path: 'body.id', message: 'is reserved' }]);
+  });
+
   it('refuses settings PostgreSQL could not store, or with keys over 128 characters, and creates nothing', async () => {
     const nul = await call(
       'POST',
@@ -161,9 +167,18 @@ describe('projects', () => {
     expect(res.json()).toMatchObject({ framework: null, settings: { b: 2, nested: { x: 1 } }, name: 'P', version: 2 });
     const removeName = await call('PATCH', '/v1/projects/prj_patch', { name: null });
     expect(removeName.statusCode).toBe(400);
+    expect(removeName.json().data.issues).toEqual([{ path: 'body.name', message: 'cannot be removed' }]);
+    // RFC 7396: an empty patch changes nothing; it is answered with the project at its version.
     const empty = await call('PATCH', '/v1/projects/prj_patch', {});
-    expect(empty.statusCode).toBe(400);
+    expect(empty.statusCode).toBe(200);
+    expect(empty.json()).toMatchObject({ version: 2, settings: { b: 2, nested: { x: 1 } } });
+    expect(empty.headers.etag).toBe('"2"');
     expect((await call('GET', '/v1/projects/prj_patch')).json().version).toBe(2);
+    // null on a defaulted field puts the default back.
+    await call('PATCH', '/v1/projects/prj_patch', { allowConcurrentBuilds: true });
+    const reset = await call('PATCH', '/v1/projects/prj_patch', { allowConcurrentBuilds: null });
+    expect(reset.statusCode).toBe(200);
+    expect(reset.json()).toMatchObject({ allowConcurrentBuilds: false, version: 4 });
   });
 
   it('applies If-Match: current passes, stale is 409 VERSION_CONFLICT with the current version', async () => {
@@ -184,6 +199,13 @@ describe('projects', () => {
     const garbage = await call('PATCH', '/v1/projects/prj_etag', { name: 'x' }, { 'if-match': 'yesterday' });
     expect(garbage.statusCode).toBe(400);
     expect((await call('GET', '/v1/projects/prj_etag')).json()).toMatchObject({ name: 'E3', version: 3 });
+    // A list passes when any of its tags is the current version.
+    const staleList = await call('PATCH', '/v1/projects/prj_etag', { name: 'x' }, { 'if-match': '"1", "2"' });
+    expect(staleList.statusCode).toBe(409);
+    expect(staleList.json().data).toMatchObject({ version: 3, expected: [1, 2] });
+    const list = await call('PATCH', '/v1/projects/prj_etag', { name: 'E4' }, { 'if-match': '"2", "3"' });
+    expect(list.statusCode).toBe(200);
+    expect(list.json()).toMatchObject({ name: 'E4', version: 4 });
   });
 
   it('serialises concurrent patches: each one lands, versions count them', async () => {

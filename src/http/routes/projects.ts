@@ -41,30 +41,38 @@ const writable = {
   allowConcurrentBuilds: Type.Optional(Type.Boolean()),
 };
 const ProjectInputSchema = Type.Object({ id: Type.Optional(Id), ...writable }, { additionalProperties: false });
+// RFC 7396: null removes a field (a defaulted one goes back to its default; a required one cannot go, which the
+// service says), and an empty patch changes nothing.
 const ProjectPatchSchema = Type.Object(
   {
-    ownerId: Type.Optional(Token),
-    name: Type.Optional(writable.name),
+    ownerId: Type.Optional(Type.Union([Token, Type.Null()])),
+    name: Type.Optional(Type.Union([writable.name, Type.Null()])),
     framework: Type.Optional(Framework),
     settings: Type.Optional(Type.Union([Settings, Type.Null()])),
-    allowConcurrentBuilds: Type.Optional(Type.Boolean()),
+    allowConcurrentBuilds: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
   },
-  { additionalProperties: false, minProperties: 1 },
+  { additionalProperties: false },
 );
 const IdParams = Type.Object({ id: Id });
-const IfMatchHeaders = Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 64 })) });
+const IfMatchHeaders = Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 256 })) });
 const errors = ERROR_RESPONSES;
 
-/** `If-Match: "3"`, `W/"3"` or `3` → 3; `*` or absent → no condition. */
-export function parseIfMatch(header: string | undefined): number | undefined {
+const ENTITY_TAG = /^(?:W\/)?"?(\d{1,9})"?$/;
+
+/**
+ * The versions an `If-Match` accepts: `"3"` (or `3`, or `W/"3"`: a proxy that compresses responses may weaken the
+ * ETag it passes on, and a version number means the same either way), or a list of them (`"3", "4"`); `*` or
+ * absent → no condition.
+ */
+export function parseIfMatch(header: string | undefined): number[] | undefined {
   if (header === undefined || header.trim() === '*') return undefined;
-  const match = /^\s*(?:W\/)?"?(\d{1,9})"?\s*$/.exec(header);
-  if (!match) {
+  const versions = header.split(',').map((tag) => ENTITY_TAG.exec(tag.trim())?.[1]);
+  if (versions.some((v) => v === undefined)) {
     throw new ApiError('VALIDATION_ERROR', 'If-Match must be the ETag you read, e.g. "3".', {
-      issues: [{ path: 'headers.if-match', message: 'must be a version ETag such as "3"' }],
+      issues: [{ path: 'headers.if-match', message: 'must be version ETags such as "3" (a list: "3", "4")' }],
     });
   }
-  return Number(match[1]);
+  return versions.map(Number);
 }
 
 function withEtag(reply: FastifyReply, project: Project): Project {
