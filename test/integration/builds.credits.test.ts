@@ -11,8 +11,8 @@ describe('builds and credits', () => {
   });
   afterAll(() => t.close());
 
-  const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
-    signedInject(t.app, { method, url, body });
+  const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown, key?: string) =>
+    signedInject(t.app, { method, url, body, headers: key ? { 'idempotency-key': key } : {} });
   const grant = (userId: string, credits: number) =>
     call('POST', '/v1/credits/grant', { userId, credits, reason: 'test', source: 'test' });
   const balance = async (userId: string) => (await call('GET', `/v1/credits/balance/${userId}`)).json();
@@ -55,6 +55,30 @@ describe('builds and credits', () => {
     expect(await balance(userId)).toMatchObject({ balance: 350, reserved: 0 });
     // The project's slot is free: a build it can afford goes in.
     expect((await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 300 })).statusCode).toBe(201);
+  });
+
+  it('does not record a 402 or a 429 under its key: the same request succeeds once the cause is gone', async () => {
+    const { userId, projectId } = await newUserAndProject(0);
+    const request = { projectId, userId, estimatedCredits: 50 };
+    const short = await call('POST', '/v1/builds', request, 'key-402-then-ok');
+    expect(short.statusCode).toBe(402);
+    expect((await grant(userId, 200)).statusCode).toBe(200);
+    const paid = await call('POST', '/v1/builds', request, 'key-402-then-ok');
+    expect(paid.statusCode).toBe(201);
+    expect(paid.headers['idempotent-replayed']).toBeUndefined();
+
+    const busy = await call('POST', '/v1/builds', request, 'key-429-then-ok');
+    expect(busy.statusCode).toBe(429);
+    expect(busy.json().error).toBe('BUILD_ALREADY_RUNNING');
+    expect((await call('POST', `/v1/builds/${paid.json().id}/cancel`, {})).statusCode).toBe(200);
+    const next = await call('POST', '/v1/builds', request, 'key-429-then-ok');
+    expect(next.statusCode).toBe(201);
+    expect(next.headers['idempotent-replayed']).toBeUndefined();
+    // Once it succeeded, the key replays the success.
+    const replayed = await call('POST', '/v1/builds', request, 'key-429-then-ok');
+    expect(replayed.headers['idempotent-replayed']).toBe('true');
+    expect(replayed.body).toBe(next.body);
+    expect((await call('GET', `/v1/builds?projectId=${projectId}`)).json().builds).toHaveLength(2);
   });
 
   it('charges the actual credits on deployed and refunds the rest of the hold', async () => {
