@@ -28,6 +28,13 @@ export function countSignatureOutcome(outcome: string): void {
   pendingVerifications.set(outcome, (pendingVerifications.get(outcome) ?? 0) + 1);
 }
 
+/** Credits builds used that their users' balances could not cover (never charged; see services/build-credits.ts). */
+export const creditsUncollected = new Counter({
+  name: 'kiln_credits_uncollected_total',
+  help: 'Credits deployed builds used beyond what their hold and the available balance could cover (not charged)',
+  registers: [registry],
+});
+
 /** Requests refused by a rate limit, by scope (user or ip). */
 export const rateLimited = new Counter({
   name: 'kiln_rate_limited_total',

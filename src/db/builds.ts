@@ -293,6 +293,11 @@ export async function transitionBuild(
   return rows[0];
 }
 
+/** Point a build at a new hold (its first one lapsed before it started). */
+export async function setBuildReservation(q: Queryable, id: string, reservationId: string): Promise<void> {
+  await q.query('update builds set reservation_id = $2::text where id = $1::text', [id, reservationId]);
+}
+
 export interface NewEvent {
   type: 'progress' | 'log';
   phase?: string;

@@ -43,7 +43,7 @@ export interface Reservation {
 export interface LedgerEntry {
   id: string;
   userId: string;
-  type: 'grant' | 'reserve' | 'commit' | 'release' | 'expire';
+  type: 'grant' | 'reserve' | 'commit' | 'release' | 'expire' | 'charge';
   amount: number;
   reservedChange: number;
   balanceAfter: number;
@@ -173,6 +173,36 @@ export async function resolveReservation(
     available: numOrNull(row.available),
     buildId: (row.build_id as string | null) ?? null,
     userId: (row.user_id as string | null) ?? null,
+  };
+}
+
+/**
+ * Charge up to `credits` straight from the available balance, with no hold (a build that used more than it held, or
+ * whose hold lapsed): what the balance covers is charged, the rest is answered as uncollected.
+ */
+export async function chargeAvailable(
+  q: Queryable,
+  input: { userId: string; credits: number; buildId: string | null; reservationId: string | null; reason: string },
+  actor: Actor,
+): Promise<{ charged: number; uncollected: number; available: number }> {
+  const { rows } = await q.query<{ charged: unknown; uncollected: unknown; balance: unknown; reserved: unknown }>(
+    `select charged, uncollected, balance, reserved
+       from credit_charge($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::text, $7::text)`,
+    [
+      input.userId,
+      input.credits,
+      input.buildId,
+      input.reservationId,
+      input.reason,
+      actor.requestId,
+      actor.correlationId,
+    ],
+  );
+  const row = rows[0];
+  return {
+    charged: num(row.charged),
+    uncollected: num(row.uncollected),
+    available: num(row.balance) - num(row.reserved),
   };
 }
 

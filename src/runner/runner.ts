@@ -6,7 +6,7 @@ import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } fr
 import type { Database } from '../db/database';
 import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
-import { settleBuildCredits } from '../services/builds';
+import { settleBuildCredits } from '../services/build-credits';
 import { internalActor, renewReservation } from '../services/credits';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
 import type { BuildSignals } from './signals';

@@ -18,7 +18,8 @@ import { findProject } from '../db/projects';
 import { creditsForDuration } from '../domain/build-pricing';
 import { type BuildState, canTransition, etaSeconds, validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
-import { type Actor, commitReservation, newReservationId, releaseReservation, reserveCredits } from './credits';
+import { type CreditLog, holdForStart, settleBuildCredits } from './build-credits';
+import { type Actor, newReservationId, reserveCredits } from './credits';
 import { estimate } from './estimate';
 import { randomToken } from './ids';
 
@@ -70,6 +71,8 @@ export interface BuildContext {
   /** Lease of a build moved to building through the API (no runner heartbeats): BUILD_TIMEOUT_S. */
   externalLeaseS: number;
   actor?: Partial<Actor>;
+  /** The request's logger: settlements and re-held credits are said there, with its ids. */
+  log: CreditLog;
 }
 
 /**
@@ -85,17 +88,20 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
     });
   }
   const operation = typeof input.metadata?.operation === 'string' ? input.metadata.operation : 'build';
-  const amount =
+  // Every build holds at least one credit: a build that holds nothing could run for a user who has nothing.
+  const amount = Math.max(
+    1,
     input.estimatedCredits ??
-    (
-      await estimate(
-        q,
-        { operation, projectId: project.id },
-        { defaultCredits: context.defaultEstimateCredits, packages: context.packages },
-      )
-    ).estimatedCredits;
+      (
+        await estimate(
+          q,
+          { operation, projectId: project.id },
+          { defaultCredits: context.defaultEstimateCredits, packages: context.packages },
+        )
+      ).estimatedCredits,
+  );
   const id = input.id ?? newBuildId();
-  const reservationId = amount > 0 ? newReservationId() : null;
+  const reservationId = newReservationId();
   let build: DbBuild | undefined;
   try {
     build = await insertBuild(q, {
@@ -124,79 +130,17 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
     if (!active) throw new Error(`insert of a build for ${project.id} conflicted, but no active build was found`);
     throw await alreadyRunning(q, active);
   }
-  if (reservationId) {
-    await reserveCredits(q, {
-      ...context.actor,
-      reservationId,
-      userId: input.userId,
-      amount,
-      buildId: id,
-      ttlS: context.reservationTtlS,
-      packages: context.packages,
-      reason: `hold for build ${id}`,
-    });
-  }
+  await reserveCredits(q, {
+    ...context.actor,
+    reservationId,
+    userId: input.userId,
+    amount,
+    buildId: id,
+    ttlS: context.reservationTtlS,
+    packages: context.packages,
+    reason: `hold for build ${id}`,
+  });
   return build;
-}
-
-/**
- * Settle a build's hold in the transaction that ended it: deployed → charge its actual credits (at most the hold;
- * the rest is refunded), failed or cancelled → release the hold. A hold that is no longer active (it expired) is
- * left as it is and said in the log. Returns what happened, for the build's event.
- */
-export async function settleBuildCredits(
-  q: Queryable,
-  build: DbBuild,
-  actor: Partial<Actor>,
-  log?: { warn(obj: object, msg: string): void },
-): Promise<Record<string, unknown> | undefined> {
-  if (!build.reservation_id) return undefined;
-  try {
-    if (build.state === 'deployed') {
-      const wanted = build.actual_credits ?? 0;
-      try {
-        const done = await commitReservation(q, {
-          ...actor,
-          reservationId: build.reservation_id,
-          actualCredits: wanted,
-          buildId: build.id,
-        });
-        return { charged: done.charged, refunded: done.refunded };
-      } catch (error) {
-        if (!(error instanceof ApiError) || error.code !== 'COMMIT_EXCEEDS_RESERVATION') throw error;
-        const reserved = Number(error.data?.reserved);
-        const done = await commitReservation(q, {
-          ...actor,
-          reservationId: build.reservation_id,
-          actualCredits: reserved,
-          buildId: build.id,
-        });
-        log?.warn(
-          { buildId: build.id, wanted, charged: reserved },
-          'build used more credits than it held; charged the hold',
-        );
-        return { charged: done.charged, refunded: 0, uncharged: wanted - reserved };
-      }
-    }
-    if (build.state === 'failed' || build.state === 'cancelled') {
-      const done = await releaseReservation(q, {
-        ...actor,
-        reservationId: build.reservation_id,
-        reason: `build ${build.state}${build.reason ? `: ${build.reason}` : ''}`.slice(0, 200),
-      });
-      return { released: done.released };
-    }
-  } catch (error) {
-    if (error instanceof ApiError && error.code === 'RESERVATION_NOT_ACTIVE') {
-      log?.warn(
-        { buildId: build.id, reservationId: build.reservation_id, hold: error.data },
-        'build hold was no longer active; nothing settled',
-      );
-      return { settled: false };
-    }
-    throw error;
-  }
-  return undefined;
 }
 
 export async function getBuild(q: Queryable, id: string): Promise<DbBuild> {
@@ -239,14 +183,15 @@ export async function requestTransition(
   q: Queryable,
   id: string,
   change: TransitionRequest,
-  context: Pick<BuildContext, 'creditsPerMinute' | 'actor' | 'externalLeaseS'>,
+  context: Omit<BuildContext, 'defaultEstimateCredits'>,
 ): Promise<{ before: DbBuild; after: DbBuild }> {
   for (let attempt = 0; ; attempt++) {
-    const build = await getBuild(q, id);
+    let build = await getBuild(q, id);
     if (!canTransition(build.state, change.state)) throw invalidTransition(build, change.state);
+    if (change.state === 'building') build = await holdForStart(q, build, context, context.log);
     const after = await tryTransition(q, build, change, context);
     if (after) {
-      await settleBuildCredits(q, after, context.actor ?? {});
+      await settleBuildCredits(q, after, context.actor ?? {}, context.log);
       return { before: build, after };
     }
     // Each retry follows a real state change, and the states only move forward: a few rounds at most.

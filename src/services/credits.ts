@@ -7,6 +7,7 @@ import { type AuditReport, auditCredits } from '../db/credit-audit';
 import {
   type Actor,
   type CreditAccount,
+  chargeAvailable,
   extendReservation,
   findAccount,
   findReservation,
@@ -27,7 +28,7 @@ export type { Actor, AuditReport, CreditAccount, LedgerEntry, Reservation };
 
 /** Ledger text: a reason or source without control characters, as stored. */
 const DEFAULT_TTL_S = 1800;
-const DEFAULT_REASON = { reserve: 'hold for a build', commit: 'build finished' };
+const DEFAULT_REASON = { reserve: 'hold for a build', commit: 'commit of a hold' };
 
 export function newReservationId(): string {
   return `res_${randomToken(12, 'base64url')}`;
@@ -167,6 +168,33 @@ export async function releaseReservation(
   );
   if (result.outcome !== 'ok' && result.outcome !== 'repeat') throw refusal(input.reservationId, result, null);
   return { released: result.amount ?? 0, newBalance: result.available ?? 0, replayed: result.outcome === 'repeat' };
+}
+
+/**
+ * Charge up to `credits` from the user's available balance, with no hold: for a build that used more than it held,
+ * or whose hold lapsed. Never overdraws; what the balance cannot cover is answered as `uncollected`.
+ */
+export function chargeCredits(
+  q: Queryable,
+  input: {
+    userId: string;
+    credits: number;
+    buildId?: string | null;
+    reservationId?: string | null;
+    reason: string;
+  } & Partial<Actor>,
+): Promise<{ charged: number; uncollected: number; available: number }> {
+  return chargeAvailable(
+    q,
+    {
+      userId: input.userId,
+      credits: input.credits,
+      buildId: input.buildId ?? null,
+      reservationId: input.reservationId ?? null,
+      reason: input.reason,
+    },
+    actorOf(input),
+  );
 }
 
 /**

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { registry } from '../../src/metrics';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
 
@@ -16,6 +17,10 @@ describe('builds and credits', () => {
   const grant = (userId: string, credits: number) =>
     call('POST', '/v1/credits/grant', { userId, credits, reason: 'test', source: 'test' });
   const balance = async (userId: string) => (await call('GET', `/v1/credits/balance/${userId}`)).json();
+  const uncollected = async () => {
+    const text = await registry.metrics();
+    return Number(/^kiln_credits_uncollected_total (\d+)/m.exec(text)?.[1] ?? 0);
+  };
   const newUserAndProject = async (credits: number) => {
     const userId = `user_bc_${++n}`;
     if (credits > 0) expect((await grant(userId, credits)).statusCode).toBe(200);
@@ -93,12 +98,36 @@ describe('builds and credits', () => {
     });
   });
 
-  it('charges no more than the hold when a build reports more', async () => {
+  const ledger = async (userId: string) =>
+    (await call('GET', `/v1/credits/ledger/${userId}`)).json().entries as { type: string; amount: number }[];
+
+  it('charges what a build used beyond its hold from the available balance', async () => {
     const { userId, projectId } = await newUserAndProject(1000);
     const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 50 })).json();
     await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
     await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 80 });
-    expect(await balance(userId)).toMatchObject({ balance: 950, reserved: 0 });
+    expect(await balance(userId)).toMatchObject({ balance: 920, reserved: 0 });
+    expect((await ledger(userId)).slice(0, 2)).toMatchObject([
+      { type: 'charge', amount: -30 },
+      { type: 'commit', amount: -50 },
+    ]);
+  });
+
+  it('charges no more than the balance holds, and counts the rest as uncollected', async () => {
+    const { userId, projectId } = await newUserAndProject(100);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 60 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    const before = await uncollected();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 500 });
+    expect(await balance(userId)).toMatchObject({ balance: 0, reserved: 0, available: 0 });
+    expect(await uncollected()).toBe(before + 400);
+  });
+
+  it('refuses a build that would hold nothing', async () => {
+    const { userId, projectId } = await newUserAndProject(10);
+    const free = await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 0 });
+    expect(free.statusCode).toBe(400);
+    expect(free.json().data.issues[0].path).toBe('body.estimatedCredits');
   });
 
   it.each(['failed', 'cancelled'])('releases the whole hold when a build is %s', async (state) => {
@@ -124,5 +153,72 @@ describe('builds and credits', () => {
     expect(audit.statusCode).toBe(200);
     expect(audit.json()).toMatchObject({ ok: true });
     expect(audit.json().checkedUsers).toBeGreaterThanOrEqual(n);
+  });
+});
+
+describe('a build whose hold lapsed before it started (RESERVATION_TTL_S=1)', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp({ BUILD_EXECUTOR: 'external', RESERVATION_TTL_S: '1' });
+  });
+  afterAll(() => t.close());
+  const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
+    signedInject(t.app, { method, url, body });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it('holds its estimate again when it starts, and pays from that hold', async () => {
+    await call('POST', '/v1/credits/grant', { userId: 'user_lapsed', credits: 100, reason: 't', source: 't' });
+    await call('POST', '/v1/projects', { id: 'prj_lapsed', ownerId: 'user_lapsed', name: 'l' });
+    const build = (
+      await call('POST', '/v1/builds', { projectId: 'prj_lapsed', userId: 'user_lapsed', estimatedCredits: 30 })
+    ).json();
+    await sleep(1_200); // nobody renewed the hold
+    const started = await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    expect(started.statusCode).toBe(200);
+    expect(started.json().reservationId).not.toBe(build.reservationId);
+    expect((await call('GET', `/v1/credits/reservations/${started.json().reservationId}`)).json()).toMatchObject({
+      state: 'active',
+      reserved: 30,
+      buildId: build.id,
+    });
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 20 });
+    expect((await call('GET', '/v1/credits/balance/user_lapsed')).json()).toMatchObject({ balance: 80, reserved: 0 });
+  });
+
+  it('answers 402 and starts nothing when the user can no longer afford it', async () => {
+    await call('POST', '/v1/credits/grant', { userId: 'user_lapsed_poor', credits: 50, reason: 't', source: 't' });
+    await call('POST', '/v1/projects', { id: 'prj_lapsed_poor', ownerId: 'user_lapsed_poor', name: 'l' });
+    const build = (
+      await call('POST', '/v1/builds', {
+        projectId: 'prj_lapsed_poor',
+        userId: 'user_lapsed_poor',
+        estimatedCredits: 40,
+      })
+    ).json();
+    await sleep(1_200);
+    // Meanwhile the credits went to something else.
+    const other = await call('POST', '/v1/credits/reserve', { userId: 'user_lapsed_poor', estimatedCredits: 30 });
+    expect(other.statusCode).toBe(201);
+    const started = await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    expect(started.statusCode).toBe(402);
+    expect(started.json().data).toMatchObject({ required: 40, available: 20 });
+    expect((await call('GET', `/v1/builds/${build.id}`)).json()).toMatchObject({ state: 'queued' });
+  });
+
+  it('a deployed build whose hold lapsed while it ran pays from the available balance', async () => {
+    await call('POST', '/v1/credits/grant', { userId: 'user_lapsed_run', credits: 100, reason: 't', source: 't' });
+    await call('POST', '/v1/projects', { id: 'prj_lapsed_run', ownerId: 'user_lapsed_run', name: 'l' });
+    const build = (
+      await call('POST', '/v1/builds', { projectId: 'prj_lapsed_run', userId: 'user_lapsed_run', estimatedCredits: 30 })
+    ).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    await sleep(1_200); // no heartbeats in this process: the hold lapses while it builds
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 25 });
+    expect((await call('GET', '/v1/credits/balance/user_lapsed_run')).json()).toMatchObject({
+      balance: 75,
+      reserved: 0,
+    });
+    const audit = (await call('GET', '/v1/credits/audit')).json();
+    expect(audit.ok).toBe(true);
   });
 });

@@ -1,9 +1,11 @@
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sweepLapsedHolds } from '../../src/db/credits';
+import { openPostgres } from '../../src/db/postgres';
 import { startCreditSweeper } from '../../src/services/credit-sweeper';
-import { audit, grant, renewReservation, reserveCredits } from '../../src/services/credits';
+import { audit, commitReservation, grant, renewReservation, reserveCredits } from '../../src/services/credits';
 import { startTestApp, type TestApp } from '../helpers/app';
+import { DATABASE_URL } from '../helpers/env';
 import { signedInject } from '../helpers/signed';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -60,8 +62,14 @@ describe('credit expiry and concurrency', () => {
       Array.from({ length: 6 }, (_, i) => sweepLapsedHolds(t.database.db, 3, `sweep_test_${i}`)),
     );
     // The sweeper's loop: keep sweeping until nothing is left.
-    while ((await sweepLapsedHolds(t.database.db, 100, 'sweep_rest')) > 0);
-    expect(counts.every((n) => n >= 0)).toBe(true);
+    let rest = 0;
+    for (let n = -1; n !== 0; rest += n) n = await sweepLapsedHolds(t.database.db, 100, 'sweep_rest');
+    // Each hold was expired by exactly one of them: what the sweeps say they expired is what they wrote.
+    const written = await t.database.db.query<{ n: number }>(
+      "select count(*)::int as n from credit_ledger where type = 'expire' and request_id like 'sweep\\_%'",
+    );
+    expect(counts.reduce((a, b) => a + b, 0) + rest).toBe(written.rows[0].n);
+    expect(written.rows[0].n).toBeGreaterThanOrEqual(ids.length);
     for (const id of ids) expect(await expireEntries(id)).toBe(1);
     expect((await audit(t.database.db)).ok).toBe(true);
   });
@@ -103,5 +111,30 @@ describe('credit expiry and concurrency', () => {
       code: 'RESERVATION_NOT_FOUND',
     });
     expect((await audit(t.database.db, 'u_renew')).ok).toBe(true);
+  });
+});
+
+describe.skipIf(!DATABASE_URL)('an operation that waits for the account lock (PostgreSQL)', () => {
+  it('judges expiry by the time it got the lock, not the time it started waiting', async () => {
+    const t = await startTestApp();
+    const other = openPostgres({ url: DATABASE_URL!, schema: t.database.schema, max: 1 });
+    try {
+      await grant(t.database.db, { userId: 'u_wait', credits: 50, reason: 'seed', source: 'test' });
+      const hold = await reserveCredits(t.database.db, { userId: 'u_wait', amount: 20, ttlS: 1 });
+      const locker = await other.begin();
+      await locker.query("select 1 from credit_accounts where user_id = 'u_wait' for update");
+      const commit = commitReservation(t.database.db, { reservationId: hold.reservationId, actualCredits: 5 });
+      const settled = commit.then(
+        () => 'committed',
+        (error: { code?: string; data?: { state?: string } }) => `${error.code}:${error.data?.state}`,
+      );
+      await sleep(1_300); // the hold lapses while the commit waits for the lock
+      await locker.rollback();
+      expect(await settled).toBe('RESERVATION_NOT_ACTIVE:expired');
+      expect((await audit(t.database.db, 'u_wait')).ok).toBe(true);
+    } finally {
+      await other.close();
+      await t.close();
+    }
   });
 });

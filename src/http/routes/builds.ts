@@ -60,7 +60,7 @@ export const CreateBuildSchema = Type.Object(
     projectId: Id,
     userId: Token,
     id: Type.Optional(Id),
-    estimatedCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
+    estimatedCredits: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000_000 })),
     metadata: Type.Optional(
       Type.Record(Type.String(), Type.Unknown(), { maxProperties: 100, propertyNames: { maxLength: 128 } }),
     ),
@@ -96,6 +96,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     creditsPerMinute: config.creditsPerBuildMinute,
     externalLeaseS: config.buildTimeoutS,
     actor: { requestId: request.id, correlationId: request.correlationId },
+    log: request.log,
   });
 
   app.post(
