@@ -4,6 +4,7 @@
  */
 import { signRequest } from './client/sign';
 import { ConfigError, loadConfig } from './config';
+import { DirectoryInUseError } from './db/directory-lock';
 import { runDemo } from './demo';
 import { resolveHmacSecrets } from './secrets';
 import { audit } from './services/credits';
@@ -17,7 +18,8 @@ const USAGE = `usage: kiln sign METHOD PATH [BODY]
           PATH    the path with its query string, e.g. /v1/ping or '/v1/builds?state=queued'
           BODY    the exact JSON body to send (omit for none)
   demo    against the running Kiln (HOST, PORT): a project, a build, its events live, its preview
-  audit   prove the credit books from the ledger (one user, or all); prints JSON, exit 1 when not ok
+  audit   prove the credit books from the ledger (one user, or all); prints JSON; exit 0 when they balance,
+          1 when they do not (the problems are listed), 2 when the audit cannot run
 Environment: HMAC_SECRET or HMAC_SECRETS (else DATA_DIR/hmac-secret), SIGNATURE_HEADER_PREFIX, PORT, HOST;
 DATABASE_URL and DATABASE_SCHEMA (else the embedded database in DATA_DIR) for audit.`;
 
@@ -60,7 +62,7 @@ async function sign(args: string[]): Promise<number> {
   return 0;
 }
 
-/** `kiln audit [--user ID]`: the credit audit as JSON; 0 when the books balance, 1 when not, 2 on bad usage. */
+/** `kiln audit [--user ID]`: the credit audit as JSON; 0 when the books balance, 1 when not, 2 when it cannot run. */
 async function auditCommand(args: string[]): Promise<number> {
   const userIndex = args.indexOf('--user');
   const userId = userIndex >= 0 ? args[userIndex + 1] : undefined;
@@ -74,15 +76,12 @@ async function auditCommand(args: string[]): Promise<number> {
   try {
     db = await openDatabase(config);
   } catch (error) {
-    if (!config.databaseUrl) {
-      process.stderr.write(
-        `kiln audit: cannot open the embedded database in ${config.dataDir} (${(error as Error).message}). ` +
-          'Embedded PGlite can be opened by one process at a time: stop Kiln first, or run the audit through ' +
-          'GET /v1/credits/audit, or point DATABASE_URL at PostgreSQL.\n',
-      );
-      return 1;
-    }
-    throw error;
+    const hint =
+      error instanceof DirectoryInUseError
+        ? ' While Kiln runs, audit through GET /v1/credits/audit instead (or run Kiln on PostgreSQL, DATABASE_URL).'
+        : '';
+    process.stderr.write(`kiln audit: cannot open the database: ${(error as Error).message}${hint}\n`);
+    return 2;
   }
   try {
     const report = await audit(db, userId);

@@ -1,5 +1,6 @@
 import { PGlite } from '@electric-sql/pglite';
 import { type Database, type OpenTransaction, type QueryResult, quoteIdent, runInTransaction } from './database';
+import { lockDirectory } from './directory-lock';
 
 /**
  * Serialises work on PGlite's single connection: a transaction holds the connection until it ends,
@@ -35,10 +36,19 @@ export interface PgliteOptions {
   schema: string;
 }
 
-/** PGlite adapter: embedded PostgreSQL in this process. */
+/**
+ * PGlite adapter: embedded PostgreSQL in this process. A data directory is claimed for this process first
+ * (DirectoryInUseError while another live process has it open).
+ */
 export async function openPglite(options: PgliteOptions): Promise<Database> {
+  const unlock = options.dataDir ? lockDirectory(options.dataDir) : () => {};
   const pglite = new PGlite(options.dataDir);
-  await pglite.waitReady;
+  try {
+    await pglite.waitReady;
+  } catch (error) {
+    unlock();
+    throw error;
+  }
   const lock = new Mutex();
   const raw = async <R>(sql: string, params?: readonly unknown[]): Promise<QueryResult<R>> => {
     const result = await pglite.query<R>(sql, params as unknown[] | undefined);
@@ -93,7 +103,11 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
       return pglite.listen(channel, onNotify);
     },
     async close() {
-      await lock.run(() => pglite.close());
+      try {
+        await lock.run(() => pglite.close());
+      } finally {
+        unlock();
+      }
     },
   };
   return db;
