@@ -84,7 +84,7 @@ async function auditCommand(args: string[]): Promise<number> {
     return 2;
   }
   try {
-    const report = await audit(db, userId);
+    const report = await audit(db, userId, 'cli');
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     return report.ok ? 0 : 1;
   } finally {

@@ -33,6 +33,10 @@ export interface Config {
   rateLimitUserPerMin: number;
   rateLimitIpPerMin: number;
   reservationTtlS: number;
+  /** Seconds between sweeps that write lapsed holds' expiry into the ledger. */
+  creditSweepIntervalS: number;
+  /** Seconds between full credit audits (between all processes); 0 = none but those asked for. */
+  creditAuditIntervalS: number;
   buildExecutor: BuildExecutor;
   buildCommand: string | undefined;
   buildTimeoutS: number;
@@ -218,6 +222,8 @@ export function loadConfig(env: Env = process.env): Config {
     rateLimitUserPerMin: integer(env, 'RATE_LIMIT_USER_PER_MIN', 600, 0, 10_000_000),
     rateLimitIpPerMin: integer(env, 'RATE_LIMIT_IP_PER_MIN', 1200, 0, 10_000_000),
     reservationTtlS: integer(env, 'RESERVATION_TTL_S', 1800, 1, 30 * DAY),
+    creditSweepIntervalS: integer(env, 'CREDIT_SWEEP_INTERVAL_S', 15, 1, 60),
+    creditAuditIntervalS: integer(env, 'CREDIT_AUDIT_INTERVAL_S', 300, 0, DAY),
     buildExecutor,
     buildCommand: given(env, 'BUILD_COMMAND'),
     buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),

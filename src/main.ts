@@ -2,13 +2,16 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from './config';
+import { latestAuditRun } from './db/credit-audit-runs';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { buildApp } from './http/server';
 import { createLogger } from './log';
+import { readLatestAuditFrom } from './metrics';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
 import { BuildSignals } from './runner/signals';
 import { resolveHmacSecrets } from './secrets';
+import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
 import { startMaintenance } from './services/maintenance';
 import { describeStores, openDatabase, openStore } from './stores';
@@ -63,7 +66,9 @@ async function main(): Promise<void> {
     creditsPerMinute: config.creditsPerBuildMinute,
     reservationTtlS: config.reservationTtlS,
   });
-  const stopCreditSweeper = startCreditSweeper(db, logger);
+  const stopCreditSweeper = startCreditSweeper(db, logger, config.creditSweepIntervalS * 1000);
+  const stopCreditAuditor =
+    config.creditAuditIntervalS > 0 ? startCreditAuditor(db, logger, config.creditAuditIntervalS) : () => {};
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   const address = await app.listen({ port: config.port, host: config.host });
   await runner.start();
@@ -88,6 +93,7 @@ async function main(): Promise<void> {
     clearInterval(heartbeat);
     stopMaintenance();
     stopCreditSweeper();
+    stopCreditAuditor();
     await unregisterInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'could not unregister'));
     await store.close();
     await db.close();

@@ -1,4 +1,4 @@
-import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 
 /**
  * The process's Prometheus registry. Modules count what happens here; `/metrics` exposes it.
@@ -41,4 +41,52 @@ export const rateLimited = new Counter({
   help: 'Requests answered 429 RATE_LIMITED, by scope',
   labelNames: ['scope'] as const,
   registers: [registry],
+});
+
+/** The latest full credit audit, as the database recorded it (whichever process ran it). */
+export interface LatestAudit {
+  ranAt: Date;
+  problems: number;
+}
+
+// Both audit gauges are collected together (a scrape starts every collect at once): they share the read in flight.
+let readLatestAudit: (() => Promise<LatestAudit | undefined>) | undefined;
+let inFlight: Promise<LatestAudit | undefined> | undefined;
+function latestAudit(): Promise<LatestAudit | undefined> {
+  if (!inFlight && readLatestAudit) {
+    // A database that does not answer leaves the gauges as they were; /metrics itself keeps working.
+    inFlight = readLatestAudit()
+      .catch(() => undefined)
+      .finally(() => {
+        inFlight = undefined;
+      });
+  }
+  return inFlight ?? Promise.resolve(undefined);
+}
+
+/** Where the audit gauges read the latest full audit from (the HTTP layer sets it to its database). */
+export function readLatestAuditFrom(read: () => Promise<LatestAudit | undefined>): void {
+  readLatestAudit = read;
+}
+
+/** Problems the latest full credit audit found (SPEC section 6): 0 when the books balanced. */
+export const creditAuditProblems = new Gauge({
+  name: 'kiln_credit_audit_problems',
+  help: 'Problems found by the latest full credit audit (0 = the books balance; at most 1000 are counted)',
+  registers: [registry],
+  async collect() {
+    const latest = await latestAudit();
+    if (latest) this.set(latest.problems);
+  },
+});
+
+/** When the latest full credit audit ran; 0 until one has. */
+export const creditAuditLastRun = new Gauge({
+  name: 'kiln_credit_audit_last_run_timestamp_seconds',
+  help: 'Unix time of the latest full credit audit (0 = none yet)',
+  registers: [registry],
+  async collect() {
+    const latest = await latestAudit();
+    if (latest) this.set(latest.ranAt.getTime() / 1000);
+  },
 });

@@ -4,6 +4,7 @@
  */
 import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from '../config';
 import { type AuditReport, auditCredits } from '../db/credit-audit';
+import { type AuditRun, type AuditSource, latestAuditRun, recordAuditRun } from '../db/credit-audit-runs';
 import {
   type Actor,
   type CreditAccount,
@@ -238,7 +239,17 @@ export async function getLedger(
   return { entries: page, nextCursor: entries.length > limit ? page[page.length - 1].id : null };
 }
 
-/** Prove the books (one user, or all when userId is undefined). */
-export function audit(q: Queryable, userId?: string): Promise<AuditReport> {
-  return auditCredits(q, userId);
+/**
+ * Prove the books: one user's, or every user's when userId is undefined. A full audit run for a `source` (the
+ * auditor, the API, the CLI) is recorded, so that the audit gauges on /metrics show it.
+ */
+export async function audit(q: Queryable, userId?: string, source?: AuditSource): Promise<AuditReport> {
+  const report = await auditCredits(q, userId);
+  if (userId === undefined && source !== undefined) await recordAuditRun(q, report, source);
+  return report;
+}
+
+/** The latest recorded full audit (whichever process ran it), for the audit gauges. */
+export function latestAudit(q: Queryable): Promise<AuditRun | undefined> {
+  return latestAuditRun(q);
 }

@@ -295,6 +295,6 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
         response: { 200: AuditSchema, ...errors },
       },
     },
-    async (request) => audit(deps.db, request.query.userId),
+    async (request) => audit(deps.db, request.query.userId, 'api'),
   );
 }

@@ -1,6 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
-import { registry } from '../../metrics';
+import { readLatestAuditFrom, registry } from '../../metrics';
+import { latestAudit } from '../../services/credits';
 import { ApiError } from '../errors';
 import { ErrorEnvelopeSchema } from '../schemas';
 import type { App, AppDeps } from '../server';
@@ -44,6 +45,8 @@ const ReadySchema = Type.Object({
 /** Liveness and readiness: unsigned, for load balancers and orchestrators. */
 export function registerOpsRoutes(app: App, deps: AppDeps): void {
   const startedAt = Date.now();
+  // The credit audit gauges show the latest full audit this database recorded, run by any process.
+  readLatestAuditFrom(() => latestAudit(deps.db));
   app.get(
     '/healthz',
     { schema: { tags: ['ops'], summary: 'The process is alive', response: { 200: HealthSchema } } },
