@@ -193,6 +193,26 @@ describe('the runner (command executor)', () => {
     await waitFor('the process tree to be gone', async () => (pids.some(alive) ? undefined : true), 10_000);
   });
 
+  it("keeps a running build's hold alive past RESERVATION_TTL_S with its lease, and charges it from that hold", async () => {
+    await stopAll();
+    // Holds live 2 s; the build runs about 4 s; heartbeats every BUILD_LEASE_S / 3 renew its lease and its hold.
+    const kiln = await start({ RESERVATION_TTL_S: '2', BUILD_LEASE_S: '2' });
+    const build = await newBuild(kiln, { sampleStepMs: 1_000, sampleCredits: 17 });
+    const done = await untilState(kiln, build.id, ['deployed', 'failed'], 20_000);
+    expect(done).toMatchObject({ state: 'deployed', actualCredits: 17 });
+    const hold = await api(kiln)<{ state: string; charged: number }>(
+      'GET',
+      `/v1/credits/reservations/${build.reservationId}`,
+    );
+    expect(hold.body).toMatchObject({ state: 'committed', charged: 17 });
+    const ledger = await api(kiln)<{
+      entries: { type: string; reservationId: string | null; buildId: string | null }[];
+    }>('GET', '/v1/credits/ledger/user_run');
+    const ofBuild = ledger.body.entries.filter((e) => e.buildId === build.id).map((e) => e.type);
+    // Reserved then committed: never expired, and nothing had to be charged beyond the hold.
+    expect(ofBuild.sort()).toEqual(['commit', 'reserve']);
+  });
+
   it('fails as worker_lost, from another live process, a build whose runner was killed', async () => {
     await stopAll();
     // Embedded mode: "another process" is the next one on the same directory. PostgreSQL: a second process.

@@ -8,7 +8,11 @@ describe('builds and credits', () => {
   let t: TestApp;
   let n = 0;
   beforeAll(async () => {
-    t = await startTestApp({ BUILD_EXECUTOR: 'external', DEFAULT_ESTIMATE_CREDITS: '100' });
+    t = await startTestApp({
+      BUILD_EXECUTOR: 'external',
+      DEFAULT_ESTIMATE_CREDITS: '100',
+      CREDITS_PER_BUILD_MINUTE: '7',
+    });
   });
   afterAll(() => t.close());
 
@@ -100,6 +104,16 @@ describe('builds and credits', () => {
 
   const ledger = async (userId: string) =>
     (await call('GET', `/v1/credits/ledger/${userId}`)).json().entries as { type: string; amount: number }[];
+
+  it('prices a deployed build that reports no credits from its time building, at CREDITS_PER_BUILD_MINUTE', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 50 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    const done = await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed' });
+    // Under a minute of building: one started minute at 7 credits.
+    expect(done.json()).toMatchObject({ state: 'deployed', actualCredits: 7 });
+    expect(await balance(userId)).toMatchObject({ balance: 993, reserved: 0 });
+  });
 
   it('charges what a build used beyond its hold from the available balance', async () => {
     const { userId, projectId } = await newUserAndProject(1000);

@@ -181,6 +181,37 @@ describe('credit routes', () => {
     expect(reused.json().error).toBe('IDEMPOTENCY_KEY_REUSED');
   });
 
+  it('a repeated grant, commit or release with the same key moves credits once and answers the same', async () => {
+    const key = (k: string) => ({ 'idempotency-key': k });
+    const ledgerLength = async () => (await call('GET', '/v1/credits/ledger/u_idem_moves')).json().entries.length;
+    const once = async (url: string, body: Record<string, unknown>, k: string) => {
+      const first = await call('POST', url, body, key(k));
+      const again = await call('POST', url, body, key(k));
+      expect(first.statusCode).toBe(200);
+      expect(again.headers['idempotent-replayed']).toBe('true');
+      expect(again.body).toBe(first.body);
+      return first.json();
+    };
+    const granted = await once(
+      '/v1/credits/grant',
+      { userId: 'u_idem_moves', credits: 100, reason: 'r', source: 's' },
+      'grant-once',
+    );
+    expect(granted).toMatchObject({ balance: 100 });
+    const a = (await reserve('u_idem_moves', 30)).json().reservationId;
+    const b = (await reserve('u_idem_moves', 20)).json().reservationId;
+    expect(await once('/v1/credits/commit', { reservationId: a, actualCredits: 10 }, 'commit-once')).toMatchObject({
+      charged: 10,
+      refunded: 20,
+    });
+    expect(await once('/v1/credits/release', { reservationId: b, reason: 'done' }, 'release-once')).toMatchObject({
+      released: 20,
+    });
+    // grant, two reserves, one commit, one release: each once.
+    expect(await ledgerLength()).toBe(5);
+    expect((await call('GET', '/v1/credits/balance/u_idem_moves')).json()).toMatchObject({ balance: 90, reserved: 0 });
+  });
+
   it('validates every field and lists every problem', async () => {
     const bad = await call('POST', '/v1/credits/reserve', {
       userId: 'bad user!',
@@ -294,5 +325,30 @@ describe('credit routes', () => {
     await expect(
       t.database.db.query(`update credit_accounts set reserved = balance + 1 where user_id = 'u_grant'`),
     ).rejects.toMatchObject({ code: '23514' });
+  });
+});
+
+describe('a configured package catalog', () => {
+  it('is what the 402 recommends from, savings computed from its prices', async () => {
+    const packages = [
+      { name: 'mini', price: 5, credits: 100 },
+      { name: 'mega', price: 40, credits: 2000 },
+    ];
+    const t = await startTestApp({ CREDIT_PACKAGES: JSON.stringify(packages) });
+    try {
+      const short = await signedInject(t.app, {
+        method: 'POST',
+        url: '/v1/credits/reserve',
+        body: { userId: 'u_catalog', estimatedCredits: 500 },
+      });
+      expect(short.statusCode).toBe(402);
+      const { recommendation } = short.json().data;
+      expect(recommendation).toMatchObject({ package: 'mega', cost: 40, credits: 2000 });
+      // 2000 credits for 40 is 50 a dollar, against mini's 20: 2.5 times as many.
+      expect(recommendation.savings).toBe('Best value - 2.5x credits per dollar vs mini');
+      expect(short.json().message).toMatch(/mega/);
+    } finally {
+      await t.close();
+    }
   });
 });
