@@ -304,15 +304,15 @@ export interface Started {
 
 /**
  * Kiln (src/main.ts) as a child process on a free port, running no builds, with the bench secret; `env` adds to
- * or overrides that. `nodeArgs` go before the script (e.g. --cpu-prof). Ready once /readyz answers 200, so it
- * works at any LOG_LEVEL.
+ * or overrides that. `nodeArgs` go before the script (e.g. --cpu-prof); `root` is the checkout to run (default:
+ * this one). Ready once /readyz answers 200, so it works at any LOG_LEVEL.
  */
-export async function startKiln(env: Record<string, string>, nodeArgs: string[] = []): Promise<Started> {
+export async function startKiln(env: Record<string, string>, nodeArgs: string[] = [], root?: string): Promise<Started> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   return startServer(
     process.execPath,
-    [...nodeArgs, '--import', 'tsx', 'src/main.ts'],
+    [...nodeArgs, '--import', 'tsx', root ? join(root, 'src/main.ts') : 'src/main.ts'],
     { RUNNER_CONCURRENCY: '0', HMAC_SECRET: BENCH_SECRET, ...env, PORT: String(port), HOST: '127.0.0.1' },
     async () =>
       (await fetch(`${url}/readyz`).then(
