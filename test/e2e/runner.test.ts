@@ -61,14 +61,24 @@ describe('the runner (command executor)', () => {
     const body = { userId, credits: 100_000, reason: 'test budget', source: 'test' };
     expect((await api(kiln)('POST', '/v1/credits/grant', body)).status).toBe(200);
   };
-  const newBuild = async (kiln: KilnProcess, metadata: Record<string, unknown> = {}, allowConcurrentBuilds = false) => {
+  const newBuild = async (
+    kiln: KilnProcess,
+    metadata: Record<string, unknown> = {},
+    allowConcurrentBuilds = false,
+    estimatedCredits?: number,
+  ) => {
     await grantCredits(kiln, 'user_run');
     const projectId = `prj_run_${++projectCount}_${Date.now()}`;
     expect(
       (await api(kiln)('POST', '/v1/projects', { id: projectId, ownerId: 'u', name: 'run', allowConcurrentBuilds }))
         .status,
     ).toBe(201);
-    const res = await api(kiln)<Build>('POST', '/v1/builds', { projectId, userId: 'user_run', metadata });
+    const res = await api(kiln)<Build>('POST', '/v1/builds', {
+      projectId,
+      userId: 'user_run',
+      metadata,
+      estimatedCredits,
+    });
     expect(res.status).toBe(201);
     return res.body;
   };
@@ -197,7 +207,8 @@ describe('the runner (command executor)', () => {
     await stopAll();
     // Holds live 2 s; the build runs about 4 s; heartbeats every BUILD_LEASE_S / 3 renew its lease and its hold.
     const kiln = await start({ RESERVATION_TTL_S: '2', BUILD_LEASE_S: '2' });
-    const build = await newBuild(kiln, { sampleStepMs: 1_000, sampleCredits: 17 });
+    // A hold of 50 (not the estimate, which other tests' builds move) covers the 17 credits the build reports.
+    const build = await newBuild(kiln, { sampleStepMs: 1_000, sampleCredits: 17 }, false, 50);
     const done = await untilState(kiln, build.id, ['deployed', 'failed'], 20_000);
     expect(done).toMatchObject({ state: 'deployed', actualCredits: 17 });
     const hold = await api(kiln)<{ state: string; charged: number }>(
