@@ -6,7 +6,7 @@ import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } fr
 import type { Database } from '../db/database';
 import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
-import { settleBuildCredits } from '../services/build-credits';
+import { holdForStart, reportSettlement, type Settlement, settleBuildCredits } from '../services/build-credits';
 import { internalActor, renewReservation } from '../services/credits';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
 import type { BuildSignals } from './signals';
@@ -104,6 +104,8 @@ export class Runner {
   private async run(claimed: DbBuild): Promise<void> {
     const { db, signals, logger, owner, leaseSeconds } = this.options;
     const log = logger.child({ buildId: claimed.id });
+    // The build as it stands: its hold may be taken anew when it starts (holdCredits).
+    let held = claimed;
     // Registered at claim time, so the free-slot count is right before this starts.
     const controller = this.running.get(claimed.id) ?? new AbortController();
     this.running.set(claimed.id, controller);
@@ -129,8 +131,8 @@ export class Runner {
       if (!(await renewLease(db, claimed.id, owner, leaseSeconds)))
         return controller.abort('lease_lost' satisfies StopReason);
       // The build's hold lives as long as the build: renewed with its lease.
-      if (claimed.reservation_id) {
-        await renewReservation(db, claimed.reservation_id, this.options.reservationTtlS, internalActor('runner'));
+      if (held.reservation_id) {
+        await renewReservation(db, held.reservation_id, this.options.reservationTtlS, internalActor('runner'));
       }
     };
     const heartbeat = setInterval(
@@ -147,15 +149,24 @@ export class Runner {
     let result: ExecutionResult;
     try {
       await mkdir(previewDir, { recursive: true });
-      if (!(await this.holdStillActive(claimed, log))) {
+      const refused = await this.holdCredits(held, log);
+      if (typeof refused !== 'string') held = refused;
+      if (refused === 'hold_expired') {
         result = {
           outcome: 'failed',
-          reason: 'hold_expired',
-          error: 'The credit hold of this build had expired before it started; create the build again.',
+          reason: refused,
+          error:
+            'The credit hold of this build expired before it started, and the user can no longer afford its estimate; top up and create the build again.',
+        };
+      } else if (refused === 'hold_resolved') {
+        result = {
+          outcome: 'failed',
+          reason: refused,
+          error: 'The credit hold of this build was committed or released before it started; create the build again.',
         };
       } else
         result = await this.options.executor!.execute({
-          build: toBuild(claimed),
+          build: toBuild(held),
           workspace,
           previewDir,
           previewUrl: `/previews/${claimed.id}/`,
@@ -174,29 +185,29 @@ export class Runner {
   }
 
   /**
-   * A build only runs with its credits held: renew the hold now. A hold that lapsed while the build waited (no
-   * process was up to renew it) fails the build instead of running it for free.
+   * A build only runs with its credits held (holdForStart): its hold renewed, or held again if it lapsed while the
+   * build waited (no process was up to renew it). Answers the build as it now stands, or why it cannot run: its user
+   * can no longer afford it (hold_expired), or its hold was resolved through the credits API (hold_resolved).
    */
-  private async holdStillActive(claimed: DbBuild, log: Logger): Promise<boolean> {
-    if (!claimed.reservation_id) return true;
+  private async holdCredits(build: DbBuild, log: Logger): Promise<DbBuild | 'hold_expired' | 'hold_resolved'> {
+    const context = { reservationTtlS: this.options.reservationTtlS, actor: internalActor('runner') };
     try {
-      await renewReservation(
-        this.options.db,
-        claimed.reservation_id,
-        this.options.reservationTtlS,
-        internalActor('runner'),
-      );
-      return true;
+      return await this.options.db.transaction((tx) => holdForStart(tx, build, context, log));
     } catch (error) {
-      if (
-        error instanceof ApiError &&
-        (error.code === 'RESERVATION_NOT_ACTIVE' || error.code === 'RESERVATION_NOT_FOUND')
-      ) {
+      if (!(error instanceof ApiError)) throw error;
+      if (error.code === 'INSUFFICIENT_CREDITS') {
         log.warn(
-          { reservationId: claimed.reservation_id, hold: error.data },
-          'build hold expired before it started; failing it',
+          { reservationId: build.reservation_id, needed: error.data },
+          'build hold expired and cannot be held again; failing it',
         );
-        return false;
+        return 'hold_expired';
+      }
+      if (error.code === 'RESERVATION_NOT_ACTIVE') {
+        log.warn(
+          { reservationId: build.reservation_id, hold: error.data },
+          'build hold was resolved before it started; failing it',
+        );
+        return 'hold_resolved';
       }
       throw error;
     }
@@ -232,10 +243,10 @@ export class Runner {
             },
           },
         });
-        if (after) await settleBuildCredits(tx, after, internalActor('runner'), log);
-        return after;
+        return after && { after, settled: await settleBuildCredits(tx, after, internalActor('runner')) };
       });
-      if (ended) log.info({ state: ended.state, durationMs }, 'build finished');
+      if (ended) reportSettlement(ended.after, ended.settled, log);
+      if (ended) log.info({ state: ended.after.state, durationMs }, 'build finished');
       else log.warn('build was no longer ours to finish (cancelled or reaped)');
       signals.send('events', claimed.id);
     } catch (error) {
@@ -250,10 +261,12 @@ export class Runner {
       const reaped = await db.transaction(async (tx) => {
         // Settle in user order: two processes reaping at once then lock accounts in the same order.
         const failed = (await failLapsedBuilds(tx)).sort((a, b) => a.user_id.localeCompare(b.user_id));
-        for (const build of failed) await settleBuildCredits(tx, build, internalActor('reaper'), logger);
-        return failed;
+        const settlements: (Settlement | undefined)[] = [];
+        for (const build of failed) settlements.push(await settleBuildCredits(tx, build, internalActor('reaper')));
+        return failed.map((build, i) => ({ build, settled: settlements[i] }));
       });
-      for (const build of reaped) {
+      for (const { build, settled } of reaped) reportSettlement(build, settled, logger);
+      for (const { build } of reaped) {
         logger.warn({ buildId: build.id, lastOwner: build.lease_owner }, 'build failed: worker_lost (lease lapsed)');
         signals.send('events', build.id);
       }

@@ -31,10 +31,21 @@ export interface Settlement {
   refunded: number;
   /** Credits the build used that the user's balance could not cover (charged nowhere). */
   uncollected: number;
+  /** The hold had been committed or released by someone else before the build ended: nothing was settled now. */
+  settledElsewhere?: boolean;
 }
 
+/**
+ * The hold is gone by itself: it expired (nobody renewed it in time) or it is not there. A hold committed or
+ * released by someone else (the web app may resolve a build's hold through the credits API) is not lapsed: that
+ * settlement stands, and the build is neither charged again nor given a new hold.
+ */
 const isLapsed = (error: unknown) =>
-  error instanceof ApiError && (error.code === 'RESERVATION_NOT_ACTIVE' || error.code === 'RESERVATION_NOT_FOUND');
+  error instanceof ApiError &&
+  (error.code === 'RESERVATION_NOT_FOUND' ||
+    (error.code === 'RESERVATION_NOT_ACTIVE' && error.data?.state === 'expired'));
+const resolvedElsewhere = (error: unknown) =>
+  error instanceof ApiError && error.code === 'RESERVATION_NOT_ACTIVE' && error.data?.state !== 'expired';
 
 /**
  * A deployed build pays what it used: from its hold first (the rest of the hold is refunded), and what the hold
@@ -45,6 +56,8 @@ async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor
   const reason = `build ${build.id} deployed`;
   let fromHold = 0;
   let refunded = 0;
+  // The hold to name on a charge entry: not one that is not there (the ledger refers to it).
+  let holdId = build.reservation_id;
   if (build.reservation_id) {
     const commit = (actualCredits: number) =>
       commitReservation(q, {
@@ -59,7 +72,10 @@ async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor
     } catch (error) {
       if (error instanceof ApiError && error.code === 'COMMIT_EXCEEDS_RESERVATION') {
         ({ charged: fromHold, refunded } = await commit(Number(error.data?.reserved)));
+      } else if (resolvedElsewhere(error)) {
+        return { charged: 0, refunded: 0, uncollected: 0, settledElsewhere: true };
       } else if (!isLapsed(error)) throw error;
+      else if ((error as ApiError).code === 'RESERVATION_NOT_FOUND') holdId = null;
     }
   }
   const rest = used - fromHold;
@@ -69,7 +85,7 @@ async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor
     userId: build.user_id,
     credits: rest,
     buildId: build.id,
-    reservationId: build.reservation_id,
+    reservationId: holdId,
     reason: `${reason}: ${rest} used beyond its hold`,
   });
   return { charged: fromHold + direct.charged, refunded, uncollected: direct.uncollected };
@@ -77,24 +93,15 @@ async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor
 
 /**
  * Settle a build's credits in the transaction that ended it: deployed → it pays what it used (chargeDeployed);
- * failed or cancelled → its hold is released (a hold that already lapsed has nothing left to give back). Said in
- * the log; credits the balance could not cover are also counted in kiln_credits_uncollected_total.
+ * failed or cancelled → its hold is released (a hold that lapsed, or that someone else resolved, has nothing left
+ * to give back). Say it with reportSettlement once that transaction has committed.
  */
 export async function settleBuildCredits(
   q: Queryable,
   build: DbBuild,
   actor: Partial<Actor>,
-  log: CreditLog,
 ): Promise<Settlement | undefined> {
-  if (build.state === 'deployed') {
-    const settled = await chargeDeployed(q, build, actor);
-    const fields = { buildId: build.id, userId: build.user_id, used: build.actual_credits ?? 0, ...settled };
-    if (settled.uncollected > 0) {
-      creditsUncollected.inc(settled.uncollected);
-      log.warn(fields, 'build used more credits than the user had; the rest was not charged');
-    } else log.info(fields, 'build charged');
-    return settled;
-  }
+  if (build.state === 'deployed') return chargeDeployed(q, build, actor);
   if ((build.state === 'failed' || build.state === 'cancelled') && build.reservation_id) {
     try {
       const done = await releaseReservation(q, {
@@ -104,25 +111,49 @@ export async function settleBuildCredits(
       });
       return { charged: 0, refunded: done.released, uncollected: 0 };
     } catch (error) {
-      if (!isLapsed(error)) throw error;
-      log.info({ buildId: build.id, reservationId: build.reservation_id }, 'build hold had lapsed; nothing to release');
-      return { charged: 0, refunded: 0, uncollected: 0 };
+      if (!isLapsed(error) && !resolvedElsewhere(error)) throw error;
+      return { charged: 0, refunded: 0, uncollected: 0, settledElsewhere: resolvedElsewhere(error) };
     }
   }
   return undefined;
 }
 
+/**
+ * Say what a committed settlement did: in the log, and credits the balance could not cover in
+ * kiln_credits_uncollected_total. Called after commit, so a rolled-back settlement is never reported.
+ */
+export function reportSettlement(build: DbBuild, settled: Settlement | undefined, log: CreditLog): void {
+  if (!settled) return;
+  const fields = {
+    buildId: build.id,
+    userId: build.user_id,
+    state: build.state,
+    used: build.actual_credits,
+    ...settled,
+  };
+  if (settled.settledElsewhere) {
+    log.warn({ ...fields, reservationId: build.reservation_id }, 'build hold was already resolved; nothing settled');
+  } else if (settled.uncollected > 0) {
+    creditsUncollected.inc(settled.uncollected);
+    log.warn(fields, 'build used more credits than the user had; the rest was not charged');
+  } else if (build.state === 'deployed') log.info(fields, 'build charged');
+  else log.info(fields, settled.refunded > 0 ? 'build hold released' : 'build hold had lapsed; nothing to release');
+}
+
 /** What holding a build's credits needs from the configuration. */
 export interface HoldContext {
   reservationTtlS: number;
-  packages: readonly CreditPackage[];
+  /** For the 402's recommendation (default: the built-in catalog). */
+  packages?: readonly CreditPackage[];
   actor?: Partial<Actor>;
 }
 
 /**
  * A build starts only with its credits held: renew its hold, and if the hold lapsed while it waited (no process was
  * up to renew it), hold its estimate again — 402 INSUFFICIENT_CREDITS, nothing changed, when the user can no
- * longer afford it. Returns the build as it now stands (with its new hold's id when there is one).
+ * longer afford it. A hold someone else resolved stays resolved: 409 RESERVATION_NOT_ACTIVE. Returns the build as
+ * it now stands (with its new hold's id when there is one). Call it in a transaction: the new hold and the build's
+ * pointer to it are written together.
  */
 export async function holdForStart(
   q: Queryable,

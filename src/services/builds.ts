@@ -18,7 +18,7 @@ import { findProject } from '../db/projects';
 import { creditsForDuration } from '../domain/build-pricing';
 import { type BuildState, canTransition, etaSeconds, validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
-import { type CreditLog, holdForStart, settleBuildCredits } from './build-credits';
+import { type CreditLog, holdForStart, type Settlement, settleBuildCredits } from './build-credits';
 import { type Actor, newReservationId, reserveCredits } from './credits';
 import { estimate } from './estimate';
 import { randomToken } from './ids';
@@ -184,16 +184,13 @@ export async function requestTransition(
   id: string,
   change: TransitionRequest,
   context: Omit<BuildContext, 'defaultEstimateCredits'>,
-): Promise<{ before: DbBuild; after: DbBuild }> {
+): Promise<{ before: DbBuild; after: DbBuild; settled: Settlement | undefined }> {
   for (let attempt = 0; ; attempt++) {
     let build = await getBuild(q, id);
     if (!canTransition(build.state, change.state)) throw invalidTransition(build, change.state);
     if (change.state === 'building') build = await holdForStart(q, build, context, context.log);
     const after = await tryTransition(q, build, change, context);
-    if (after) {
-      await settleBuildCredits(q, after, context.actor ?? {}, context.log);
-      return { before: build, after };
-    }
+    if (after) return { before: build, after, settled: await settleBuildCredits(q, after, context.actor ?? {}) };
     // Each retry follows a real state change, and the states only move forward: a few rounds at most.
     if (attempt >= 3) throw invalidTransition(await getBuild(q, id), change.state);
   }

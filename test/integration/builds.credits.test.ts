@@ -137,6 +137,31 @@ describe('builds and credits', () => {
     expect(await uncollected()).toBe(before + 400);
   });
 
+  it("charges nothing more when the web app already committed the build's hold itself", async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    const committed = await call('POST', '/v1/credits/commit', {
+      reservationId: build.reservationId,
+      actualCredits: 80,
+    });
+    expect(committed.statusCode).toBe(200);
+    const done = await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 100 });
+    expect(done.json()).toMatchObject({ state: 'deployed' });
+    expect(await balance(userId)).toMatchObject({ balance: 920, reserved: 0 });
+    expect((await ledger(userId)).filter((e) => e.type === 'charge')).toEqual([]);
+  });
+
+  it('will not start a build whose hold was already released through the credits API', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    await call('POST', '/v1/credits/release', { reservationId: build.reservationId, reason: 'web app' });
+    const start = await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    expect(start.statusCode).toBe(409);
+    expect(start.json()).toMatchObject({ error: 'RESERVATION_NOT_ACTIVE', data: { state: 'released' } });
+    expect(await balance(userId)).toMatchObject({ balance: 1000, reserved: 0 });
+  });
+
   it('refuses a build that would hold nothing', async () => {
     const { userId, projectId } = await newUserAndProject(10);
     const free = await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 0 });

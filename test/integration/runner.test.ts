@@ -25,10 +25,10 @@ describe('runner edge cases', () => {
 
   const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
     signedInject(t.app, { method, url, body });
-  const newBuild = async () => {
+  const newBuild = async (userId = 'u_run') => {
     const projectId = `prj_edge_${++n}`;
-    await call('POST', '/v1/projects', { id: projectId, ownerId: 'u_run', name: 'edge' });
-    const res = await call('POST', '/v1/builds', { projectId, userId: 'u_run', estimatedCredits: 10 });
+    await call('POST', '/v1/projects', { id: projectId, ownerId: userId, name: 'edge' });
+    const res = await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 10 });
     expect(res.statusCode).toBe(201);
     return res.json() as { id: string; reservationId: string };
   };
@@ -57,15 +57,52 @@ describe('runner edge cases', () => {
     throw new Error(`build ${id} never became ${state}: ${JSON.stringify(await stateOf(id))}`);
   };
 
-  it('fails, without running it, a build whose hold lapsed while it waited', async () => {
+  it('holds again, then runs, a build whose hold lapsed while it waited', async () => {
     const build = await newBuild();
     await sleep(1_200); // RESERVATION_TTL_S=1 and no process renewed it
-    const runner = runnerWith(`echo ran >> /dev/null; echo '{"type":"result","credits":1}'`);
+    const runner = runnerWith(`echo '{"type":"result","credits":3}'`);
+    await runner.fill();
+    await until(build.id, 'deployed');
+    await runner.stop(1_000);
+    const after = (await call('GET', `/v1/builds/${build.id}`)).json() as { reservationId: string };
+    expect(after.reservationId).not.toBe(build.reservationId);
+    expect((await call('GET', `/v1/credits/reservations/${build.reservationId}`)).json().state).toBe('expired');
+    expect((await call('GET', `/v1/credits/reservations/${after.reservationId}`)).json()).toMatchObject({
+      state: 'committed',
+      charged: 3,
+    });
+  });
+
+  it('fails, without running it, a build whose hold lapsed and whose user can no longer afford it', async () => {
+    await call('POST', '/v1/credits/grant', { userId: 'u_run_poor', credits: 10, reason: 'test', source: 'test' });
+    const build = await newBuild('u_run_poor');
+    await sleep(1_200);
+    // Meanwhile half the credits went to another hold.
+    expect((await call('POST', '/v1/credits/reserve', { userId: 'u_run_poor', estimatedCredits: 5 })).statusCode).toBe(
+      201,
+    );
+    const runner = runnerWith(`echo ran > "$KILN_WORKSPACE/ran"; echo '{"type":"result","credits":1}'`);
     await runner.fill();
     const failed = await until(build.id, 'failed');
     expect(failed.reason).toBe('hold_expired');
     await runner.stop(1_000);
-    expect((await call('GET', `/v1/credits/reservations/${build.reservationId}`)).json().state).toBe('expired');
+    expect((await call('GET', '/v1/credits/balance/u_run_poor')).json()).toMatchObject({ balance: 10, reserved: 5 });
+  });
+
+  it('fails, without running or charging it, a build whose hold was committed through the credits API', async () => {
+    const build = await newBuild();
+    const committed = await call('POST', '/v1/credits/commit', {
+      reservationId: build.reservationId,
+      actualCredits: 4,
+    });
+    expect(committed.statusCode).toBe(200);
+    const before = (await call('GET', '/v1/credits/balance/u_run')).json().balance as number;
+    const runner = runnerWith(`echo '{"type":"result","credits":9}'`);
+    await runner.fill();
+    const failed = await until(build.id, 'failed');
+    expect(failed.reason).toBe('hold_resolved');
+    await runner.stop(1_000);
+    expect((await call('GET', '/v1/credits/balance/u_run')).json().balance).toBe(before);
   });
 
   it('ends a build when its command exits, even if a background child keeps stdout open', async () => {

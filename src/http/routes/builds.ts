@@ -2,6 +2,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import { createBuildReader, toBuild } from '../../db/builds';
 import { BUILD_STATES } from '../../domain/build-states';
+import { reportSettlement } from '../../services/build-credits';
 import {
   type BuildContext,
   createBuild,
@@ -169,13 +170,14 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => {
       const change = request.body as Static<typeof PatchBuildSchema>;
-      const { after } = await requestTransition(
+      const { after, settled } = await requestTransition(
         transactionOf(request),
         request.params.id,
         change,
         buildContext(request),
       );
       afterCommit(request, () => {
+        reportSettlement(after, settled, request.log);
         signals.send('events', after.id);
         if (after.state === 'cancelled') signals.send('cancelled', after.id);
       });
@@ -202,13 +204,14 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     async (request) => {
       const reason = (request.body as { reason?: string } | undefined)?.reason ?? 'cancelled';
       const cancel = { state: 'cancelled' as const, reason };
-      const { after } = await requestTransition(
+      const { after, settled } = await requestTransition(
         transactionOf(request),
         request.params.id,
         cancel,
         buildContext(request),
       );
       afterCommit(request, () => {
+        reportSettlement(after, settled, request.log);
         signals.send('events', after.id);
         signals.send('cancelled', after.id);
       });
