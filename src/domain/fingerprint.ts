@@ -29,6 +29,16 @@ export function bodyHashOf(body: unknown): string {
   return sha256(canonicalJson(body));
 }
 
+/**
+ * The body hash that records written before bodyHashOf left out `idempotencyKey` (Kiln before 2026-12-01) carry,
+ * or undefined when it is the same as bodyHashOf's. A retry whose first attempt was recorded by such a process
+ * still matches it; such records are gone IDEMPOTENCY_TTL_S after every process runs the newer code.
+ */
+export function earlierBodyHashOf(body: unknown): string | undefined {
+  const keyed = body !== null && typeof body === 'object' && !Array.isArray(body) && 'idempotencyKey' in body;
+  return keyed ? sha256(canonicalJson(body)) : undefined;
+}
+
 /** What an idempotency key is bound to: the method, the path (query sorted) and the body's meaning. */
 export interface RequestFingerprint {
   method: string;

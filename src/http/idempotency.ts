@@ -1,10 +1,10 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { OpenTransaction, Queryable } from '../db/database';
 import { findRecord, insertRecord, tryLockKey } from '../db/idempotency';
-import { bodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
+import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { ApiError } from './errors';
-import { type CachedRecord, decodeCopy, encodeCopy } from './idempotency-copy';
+import { type CachedRecord, decodeCopy, encodeCopy, RAW_BODY_COPY_MAX } from './idempotency-copy';
 import type { KeyRead } from './idempotency-key';
 import type { AppDeps } from './server';
 
@@ -96,8 +96,10 @@ function readCopy(request: FastifyRequest, text: string): CachedRecord | undefin
   }
 }
 
-function rawBodyText(request: FastifyRequest): string {
-  return request.rawBody ? request.rawBody.toString('utf8') : '';
+/** The request body's text when it is small enough to keep in (or compare with) a store copy. */
+function smallRawBody(request: FastifyRequest): string | undefined {
+  if (!request.rawBody) return '';
+  return request.rawBody.length <= RAW_BODY_COPY_MAX ? request.rawBody.toString('utf8') : undefined;
 }
 
 /**
@@ -109,11 +111,15 @@ function differencesFrom(request: KeyedRequest, record: CachedRecord) {
     record.rawBody !== undefined &&
     record.method === request.method &&
     record.path === canonicalPath(request.url) &&
-    record.rawBody === rawBodyText(request)
+    record.rawBody === smallRawBody(request)
   ) {
     return [];
   }
-  return fingerprintDifferences(record, fingerprintOf(request));
+  const differs = fingerprintDifferences(record, fingerprintOf(request));
+  if (differs.includes('body') && record.bodyHash === earlierBodyHashOf(request.body)) {
+    return differs.filter((part) => part !== 'body');
+  }
+  return differs;
 }
 
 /** SPEC section 4: 2xx and deterministic errors are recorded; 402, 429, 5xx and IDEMPOTENCY_KEY_IN_USE are not. */
@@ -216,6 +222,9 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
         const copy = cached ? readCopy(request, cached) : undefined;
         if (copy) return replay(keyed, reply, copy, 'store');
       }
+      // The fingerprint the record keeps is taken now, before validation (which may fill in defaults) and the handler
+      // see the body, as a replay's is: the two compare the same thing.
+      if (key !== undefined) fingerprintOf(request as KeyedRequest);
       if (key === undefined && singleStatement) {
         request.autocommit = db;
         return;
@@ -285,7 +294,7 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
       const cacheMs = Math.min(ttlMs, expiresAt.getTime() - Date.now()) - CACHE_MARGIN_MS;
       if (cacheMs > 0) {
         store
-          .set(CACHE_PREFIX + idempotency.key, encodeCopy(record, rawBodyText(request)), cacheMs)
+          .set(CACHE_PREFIX + idempotency.key, encodeCopy(record, smallRawBody(request)), cacheMs)
           .catch((error: unknown) => {
             request.log.warn({ err: error }, 'could not cache the idempotent response; replays will read the database');
           });

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { insertRecord, purgeExpired, tryLockKey } from '../../src/db/idempotency';
 import { openPostgres } from '../../src/db/postgres';
 import { ApiError } from '../../src/domain/errors';
+import { canonicalJson, sha256 } from '../../src/domain/fingerprint';
 import { isRecordable, transactionOf } from '../../src/http/idempotency';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
@@ -224,6 +225,29 @@ describe('idempotency', () => {
     const moved = await post('/v1/estimate', { operation: 'build', ...body }, 'key-moved');
     expect(moved.headers['idempotent-replayed']).toBe('true');
     expect(moved.body).toBe(first.body);
+  });
+
+  it('replays a record whose body hash still covers the body key, as records written before 2026-12-01 do', async () => {
+    const body = { operation: 'build', userId: 'u_earlier', idempotencyKey: 'key-earlier' };
+    await insertRecord(
+      t.database.db,
+      {
+        key: 'key-earlier',
+        method: 'POST',
+        path: '/v1/estimate',
+        bodyHash: sha256(canonicalJson(body)),
+        statusCode: 200,
+        responseBody: '{"recorded":"earlier"}',
+        responseHeaders: { 'content-type': 'application/json; charset=utf-8' },
+        requestId: 'req_earlier',
+      },
+      60,
+    );
+    const retry = await post('/v1/estimate', body);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(retry.body).toBe('{"recorded":"earlier"}');
+    const other = await post('/v1/estimate', { ...body, userId: 'u_other' });
+    expect(other.statusCode).toBe(422);
   });
 
   it('refuses an Idempotency-Key header sent twice', async () => {

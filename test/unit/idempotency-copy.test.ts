@@ -30,8 +30,8 @@ describe('the store copy of an idempotency record', () => {
     expect(withBreaks.responseBody).toBe(record.responseBody);
   });
 
-  it('leaves a large original body out (a retry is then matched by its hash)', () => {
-    const decoded = decodeCopy(encodeCopy(record, 'x'.repeat(5000)));
+  it('leaves out an original body it is not given (a retry is then matched by its hash)', () => {
+    const decoded = decodeCopy(encodeCopy(record, undefined));
     expect(decoded.rawBody).toBeUndefined();
     expect(decoded.responseBody).toBe(record.responseBody);
   });
