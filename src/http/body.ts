@@ -41,26 +41,33 @@ function fewBrackets(text: string, limit: number): boolean {
   return true;
 }
 
-/**
- * The path of the first string (key or value) that PostgreSQL cannot store — one holding U+0000, or an unpaired
- * surrogate (jsonb refuses `\ud800` alone) — or undefined. Such strings only come from `\u` escapes, so a body
- * without one is not walked.
- */
 const UNPAIRED_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const FORBIDDEN_NAMES = new Set(['__proto__', 'constructor', 'prototype']);
 
-function unstorableString(value: unknown, path: string): string | undefined {
-  if (typeof value === 'string') return value.includes('\u0000') || UNPAIRED_SURROGATE.test(value) ? path : undefined;
+/** What an escaped body may hide that its text does not show. */
+type EscapedProblem = { path: string; kind: 'unstorable' | 'forbidden' };
+
+/**
+ * The first string (key or value) that PostgreSQL cannot store — one holding U+0000, or an unpaired surrogate
+ * (jsonb refuses `\ud800` alone) — or key spelled with escapes as __proto__, constructor or prototype (the text check
+ * sees only plain ones). Either only comes from `\u` escapes, so a body without one is not walked.
+ */
+function escapedProblem(value: unknown, path: string): EscapedProblem | undefined {
+  const unstorable = (text: string) => text.includes('\u0000') || UNPAIRED_SURROGATE.test(text);
+  if (typeof value === 'string') return unstorable(value) ? { path, kind: 'unstorable' } : undefined;
   if (value === null || typeof value !== 'object') return undefined;
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const found = unstorableString(value[i], `${path}.${i}`);
+      const found = escapedProblem(value[i], `${path}.${i}`);
       if (found) return found;
     }
     return undefined;
   }
   for (const [key, item] of Object.entries(value)) {
     const at = `${path}.${key}`;
-    const found = unstorableString(key, at) ?? unstorableString(item, at);
+    if (FORBIDDEN_NAMES.has(key)) return { path: at, kind: 'forbidden' };
+    if (unstorable(key)) return { path: at, kind: 'unstorable' };
+    const found = escapedProblem(item, at);
     if (found) return found;
   }
   return undefined;
@@ -97,13 +104,16 @@ export function registerJsonBody(app: App): void {
         request.bodyError = badJson((error as Error).message);
         return done(null, undefined);
       }
-      const unstorable = text.includes('\\u') ? unstorableString(parsed, 'body') : undefined;
-      if (unstorable === undefined) return done(null, parsed);
-      request.bodyError = new ApiError(
-        'VALIDATION_ERROR',
-        `${unstorable} holds U+0000 or an unpaired surrogate (\\ud800-\\udfff), which cannot be stored; remove it.`,
-        { issues: [{ path: unstorable, message: 'must not contain U+0000 or an unpaired surrogate' }] },
-      );
+      const problem = text.includes('\\u') ? escapedProblem(parsed, 'body') : undefined;
+      if (problem === undefined) return done(null, parsed);
+      request.bodyError =
+        problem.kind === 'forbidden'
+          ? badJson('keys named __proto__, constructor or prototype are not allowed')
+          : new ApiError(
+              'VALIDATION_ERROR',
+              `${problem.path} holds U+0000 or an unpaired surrogate (\\ud800-\\udfff), which cannot be stored; remove it.`,
+              { issues: [{ path: problem.path, message: 'must not contain U+0000 or an unpaired surrogate' }] },
+            );
     }
     done(null, undefined);
   });

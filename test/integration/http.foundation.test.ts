@@ -138,6 +138,13 @@ describe('HTTP foundation', () => {
       400,
       'VALIDATION_ERROR',
     ],
+    [
+      'a prototype key spelled with escapes',
+      '{"__pro\\u0074o__":{"admin":true},"name":"x","count":1,"tags":[]}',
+      'application/json',
+      400,
+      'VALIDATION_ERROR',
+    ],
     ['a text body', 'name=x', 'text/plain', 415, 'UNSUPPORTED_MEDIA_TYPE'],
     ['a form body', 'name=x', 'application/x-www-form-urlencoded', 415, 'UNSUPPORTED_MEDIA_TYPE'],
     [
@@ -157,6 +164,19 @@ describe('HTTP foundation', () => {
     expect(res.statusCode).toBe(status);
     expectContextHeaders(res.headers);
     expectEnvelope(res.json(), code);
+  });
+
+  it('refuses a prototype key however it is spelled, before validation sees it', async () => {
+    for (const payload of ['{"__proto__":{"a":1}}', '{"x":{"__pro\\u0074o__":{"a":1}}}', '{"\\u0063onstructor":1}']) {
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/probe/echo',
+        payload,
+        headers: { 'content-type': 'application/json' },
+      });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().message).toContain('keys named __proto__, constructor or prototype are not allowed');
+    }
   });
 
   it('names the string PostgreSQL could not store, and keeps escaped backslashes and surrogate pairs as data', async () => {
