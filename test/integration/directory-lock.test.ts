@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -26,7 +26,9 @@ describe('the embedded database directory lock', () => {
 
   it('refuses a directory another live process holds, names it, and opens it once that process is gone', async () => {
     const other = sleeper();
-    writeFileSync(`${dataDir}.lock`, `${other.pid}\nelsewhere\n`);
+    // As that process would have written it: its pid, its start time (/proc/<pid>/stat field 22), a host name.
+    const startTime = readFileSync(`/proc/${other.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19];
+    writeFileSync(`${dataDir}.lock`, `${other.pid}\n${startTime}\nelsewhere\n`);
     const refused = await openPglite({ dataDir, schema: 'public' }).catch((error: unknown) => error);
     expect(refused).toBeInstanceOf(DirectoryInUseError);
     expect((refused as Error).message).toContain(`open in process ${other.pid}`);
@@ -38,6 +40,31 @@ describe('the embedded database directory lock', () => {
     expect(existsSync(`${dataDir}.lock`)).toBe(true);
     await db.close();
     expect(existsSync(`${dataDir}.lock`)).toBe(false);
+  });
+
+  it('takes over a lock whose pid now names another process (a pid reused after a crash)', async () => {
+    const other = sleeper();
+    try {
+      // The pid is alive, but the start time recorded with it is not that process's.
+      writeFileSync(`${dataDir}.lock`, `${other.pid}\n1\nelsewhere\n`);
+      const db = await openPglite({ dataDir, schema: 'public' });
+      await db.close();
+    } finally {
+      await other.stop();
+    }
+  });
+
+  it('refuses a directory this process already has open', async () => {
+    const db = await openPglite({ dataDir, schema: 'public' });
+    try {
+      const again = await openPglite({ dataDir, schema: 'public' }).catch((error: unknown) => error);
+      expect(again).toBeInstanceOf(DirectoryInUseError);
+      expect((again as DirectoryInUseError).pid).toBe(process.pid);
+    } finally {
+      await db.close();
+    }
+    const reopened = await openPglite({ dataDir, schema: 'public' });
+    await reopened.close();
   });
 
   it('leaves an in-memory database without a lock', async () => {
