@@ -12,8 +12,12 @@ export interface Config {
   port: number;
   host: string;
   databaseUrl: string | undefined;
-  /** Connections in this process's PostgreSQL pool. */
+  /** Connections in this process's PostgreSQL request pool (background work has a pool of its own). */
   databasePoolSize: number;
+  /** Longest a request's SQL statement may run before it is cancelled (→ 503). */
+  databaseStatementTimeoutS: number;
+  /** Longest a request waits for a free connection of the pool before it is answered 503. */
+  databasePoolTimeoutMs: number;
   /** PostgreSQL schema Kiln's tables live in (lets several deployments or test runs share one database). */
   databaseSchema: string;
   redisUrl: string | undefined;
@@ -23,6 +27,11 @@ export interface Config {
   /** Secrets from HMAC_SECRET / HMAC_SECRETS; empty means "generate one in DATA_DIR". */
   hmacSecrets: string[];
   hmacMode: HmacMode;
+  /**
+   * When v1 signatures stop being accepted. At start the configured value is reconciled with the instant recorded in
+   * the database (src/services/settings.ts), and a running process picks up an instant another process recorded: the
+   * one field of the configuration that may change while the process runs.
+   */
   hmacV1Until: Date | undefined;
   signatureHeaderPrefix: string;
   idempotencyTtlS: number;
@@ -190,6 +199,23 @@ function packages(env: Env): CreditPackage[] {
 
 const DAY = 86_400;
 
+/** Combinations that are each valid but unsafe together (SPEC section 1). */
+function checkCombinations(config: Config): Config {
+  if (config.nonceTtlS < 2 * config.timestampToleranceS) {
+    throw new ConfigError(
+      'NONCE_TTL_S',
+      `must be at least twice TIMESTAMP_TOLERANCE_S (2 × ${config.timestampToleranceS} = ${2 * config.timestampToleranceS} s), got ${config.nonceTtlS}: a nonce forgotten sooner could be used again while its timestamp is still accepted`,
+    );
+  }
+  if (config.reservationTtlS <= config.buildLeaseS) {
+    throw new ConfigError(
+      'RESERVATION_TTL_S',
+      `must be greater than BUILD_LEASE_S (${config.buildLeaseS} s), got ${config.reservationTtlS}: a running build's hold is renewed with its lease and would lapse between renewals`,
+    );
+  }
+  return config;
+}
+
 /** Parse and validate the whole configuration; throws ConfigError naming the first bad variable. */
 export function loadConfig(env: Env = process.env): Config {
   const prefix = given(env, 'SIGNATURE_HEADER_PREFIX') ?? 'x-sheen';
@@ -201,12 +227,14 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError('REDIS_PREFIX', `expected up to 64 of [A-Za-z0-9_:.-], got "${redisPrefix}"`);
   }
   const buildExecutor = oneOf(env, 'BUILD_EXECUTOR', ['command', 'external'] as const, 'command');
-  return {
+  return checkCombinations({
     port: integer(env, 'PORT', 8081, 0, 65_535),
     host: given(env, 'HOST') ?? '127.0.0.1',
     databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
     databaseSchema: identifier(env, 'DATABASE_SCHEMA', 'public'),
     databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 20, 2, 500),
+    databaseStatementTimeoutS: integer(env, 'DATABASE_STATEMENT_TIMEOUT_S', 30, 1, 3600),
+    databasePoolTimeoutMs: integer(env, 'DATABASE_POOL_TIMEOUT_MS', 2000, 50, 60_000),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     redisPrefix,
     dataDir: given(env, 'DATA_DIR') ?? './.kiln',
@@ -228,7 +256,7 @@ export function loadConfig(env: Env = process.env): Config {
     buildCommand: given(env, 'BUILD_COMMAND'),
     buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),
     runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
-    buildLeaseS: integer(env, 'BUILD_LEASE_S', 30, 2, 3600),
+    buildLeaseS: integer(env, 'BUILD_LEASE_S', 30, 1, 3600),
     metricsToken: given(env, 'METRICS_TOKEN'),
     creditPackages: packages(env),
     creditsPerBuildMinute: integer(env, 'CREDITS_PER_BUILD_MINUTE', 10, 0, 1_000_000),
@@ -236,5 +264,5 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
     bodyLimitBytes: integer(env, 'BODY_LIMIT_BYTES', 1_048_576, 1024, 64 * 1_048_576),
     shutdownTimeoutS: integer(env, 'SHUTDOWN_TIMEOUT_S', 10, 1, 600),
-  };
+  });
 }

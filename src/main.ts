@@ -12,6 +12,7 @@ import { resolveHmacSecrets } from './secrets';
 import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
 import { startMaintenance } from './services/maintenance';
+import { deploymentId, recordedV1Retirement, settleV1Retirement } from './services/settings';
 import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
 
@@ -37,21 +38,58 @@ async function main(): Promise<void> {
   config = { ...config, hmacSecrets: secrets };
 
   const db = await openDatabase(config);
-  const store = await openStore(config).catch(async (error) => {
+  // Background work has its own connections (PostgreSQL): requests holding all of theirs never starve it.
+  const background = db.background;
+  const retirement = await settleV1Retirement(db, config.hmacV1Until, Date.now()).catch(async (error) => {
+    await db.close();
+    throw error;
+  });
+  if (retirement.until && retirement.until.getTime() <= Date.now() && config.hmacMode === 'v1') {
+    await db.close();
+    throw new Error(
+      `HMAC_MODE=v1, but v1 signatures were retired at ${retirement.until.toISOString()} (recorded in kiln_settings, so a restart never reopens them): set HMAC_MODE=v2 or dual. To reopen v1 deliberately, delete that row: delete from kiln_settings where name = 'hmac_v1_until'.`,
+    );
+  }
+  if (retirement.recorded) {
+    logger.info(
+      { hmacV1Until: retirement.recorded.toISOString() },
+      'v1 signature retirement recorded in the database is in force (HMAC_V1_UNTIL can only move it earlier once passed)',
+    );
+  }
+  config = { ...config, hmacV1Until: retirement.until };
+  const store = await openStore(config, db, {
+    deploymentId: await deploymentId(db),
+    warn: (message) => logger.warn(message),
+    onListenConnection: (channel, event) => {
+      if (event.state === 'lost') {
+        logger.warn(
+          { channel, error: event.error },
+          'LISTEN connection lost; reconnecting (wake-ups wait for the slow poll meanwhile)',
+        );
+      } else logger.info({ channel, attempt: event.attempt }, 'LISTEN connection restored');
+    },
+  }).catch(async (error) => {
     await db.close();
     throw error;
   });
   const instanceId = `kiln_${hostname()}_${process.pid}_${randomBytes(3).toString('hex')}`;
-  await registerInstance(db, { id: instanceId, hostname: hostname(), pid: process.pid, version: VERSION });
+  await registerInstance(background, { id: instanceId, hostname: hostname(), pid: process.pid, version: VERSION });
   const heartbeat = setInterval(() => {
-    touchInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'instance heartbeat failed'));
+    touchInstance(background, instanceId).catch((error) => logger.warn({ err: error }, 'instance heartbeat failed'));
+    // A v1 retirement another process recorded applies here too, without a restart.
+    recordedV1Retirement(background)
+      .then((recorded) => {
+        const current = config.hmacV1Until;
+        if (recorded && (!current || recorded.getTime() < current.getTime())) config.hmacV1Until = recorded;
+      })
+      .catch((error) => logger.warn({ err: error }, 'could not read the recorded v1 retirement'));
   }, 15_000);
   heartbeat.unref();
 
-  const stopMaintenance = startMaintenance(db, logger);
-  const signals = new BuildSignals(db, store, config.databaseSchema, logger);
+  const stopMaintenance = startMaintenance(background, store, logger);
+  const signals = new BuildSignals(store, logger);
   const runner = new Runner({
-    db,
+    db: background,
     signals,
     logger,
     owner: instanceId,
@@ -64,9 +102,9 @@ async function main(): Promise<void> {
     creditsPerMinute: config.creditsPerBuildMinute,
     reservationTtlS: config.reservationTtlS,
   });
-  const stopCreditSweeper = startCreditSweeper(db, logger, config.creditSweepIntervalS * 1000);
+  const stopCreditSweeper = startCreditSweeper(background, logger, config.creditSweepIntervalS * 1000);
   const stopCreditAuditor =
-    config.creditAuditIntervalS > 0 ? startCreditAuditor(db, logger, config.creditAuditIntervalS) : () => {};
+    config.creditAuditIntervalS > 0 ? startCreditAuditor(background, logger, config.creditAuditIntervalS) : () => {};
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   const address = await app.listen({ port: config.port, host: config.host });
   await runner.start();
@@ -92,7 +130,9 @@ async function main(): Promise<void> {
     stopMaintenance();
     stopCreditSweeper();
     stopCreditAuditor();
-    await unregisterInstance(db, instanceId).catch((error) => logger.warn({ err: error }, 'could not unregister'));
+    await unregisterInstance(background, instanceId).catch((error) =>
+      logger.warn({ err: error }, 'could not unregister'),
+    );
     await store.close();
     await db.close();
     logger.info('stopped cleanly');

@@ -42,27 +42,36 @@ export async function renewLease(q: Queryable, buildId: string, owner: string, l
   return rowCount === 1;
 }
 
+/** A build the reaper failed, with the runner that held it. */
+export type LapsedBuild = DbBuild & { last_owner: string | null };
+
 /**
  * Fail, as worker_lost, up to `limit` building builds whose lease lapsed (their runner died), each with its
- * `failed` event. Safe to run in every process at once (skip locked). Returns the builds failed.
+ * `failed` event. Safe to run in every process at once (skip locked). Nothing is reaped until the database server has
+ * been up for `graceSeconds` (a lease): a restart stops every runner's heartbeats, and a live runner renews its lease
+ * (and records the end of a build that finished meanwhile) within a lease of the database answering again.
+ * In: the grace in seconds and a batch limit. Out: the builds failed, each with `last_owner`, the runner that held it.
+ * Errors: only the database's own.
  */
-export async function failLapsedBuilds(q: Queryable, limit = 100): Promise<DbBuild[]> {
-  const { rows } = await q.query<DbBuild>(
+export async function failLapsedBuilds(q: Queryable, graceSeconds: number, limit = 100): Promise<LapsedBuild[]> {
+  const { rows } = await q.query<LapsedBuild>(
     `with lapsed as (
-       select id from builds
+       select id, lease_owner from builds
         where state = 'building' and lease_expires_at < now()
+          and pg_postmaster_start_time() < now() - make_interval(secs => $2::int)
         order by lease_expires_at for update skip locked limit $1::int),
      b as (
        update builds set state = 'failed', finished_at = now(), reason = 'worker_lost',
               error = 'The runner holding this build stopped renewing its lease (process died or lost the database).',
               lease_owner = null, lease_expires_at = null, last_event_seq = last_event_seq + 1
          from lapsed where builds.id = lapsed.id
-       returning builds.*),
+       returning builds.*, lapsed.lease_owner as last_owner),
      e as (
        insert into build_events (build_id, seq, type, message, data)
-       select id, last_event_seq, 'failed', 'Runner lost: the build is failed', jsonb_build_object('reason', 'worker_lost') from b)
-     select ${B_COLUMNS} from b`,
-    [limit],
+       select id, last_event_seq, 'failed', 'Runner lost: the build is failed',
+              jsonb_build_object('reason', 'worker_lost', 'runner', last_owner) from b)
+     select ${B_COLUMNS}, b.last_owner from b`,
+    [limit, graceSeconds],
   );
   return rows;
 }

@@ -27,6 +27,14 @@ export interface QueryResult<R> {
 
 export interface Database extends Queryable {
   readonly kind: 'postgres' | 'pglite';
+  /**
+   * The database for background work (lease heartbeats, the reaper, the claim loop, sweeps and audits): on
+   * PostgreSQL a pool of its own, so that requests holding every connection of theirs never starve it; on PGlite,
+   * which has one connection, the database itself. Closed with this one.
+   */
+  readonly background: Database;
+  /** When this database (this pool) last failed as unavailable, in ms since the Unix epoch; 0 when never. */
+  lastUnavailableAt(): number;
   /** Run `fn` in one transaction: committed when it resolves, rolled back when it throws. */
   transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T>;
   /**

@@ -58,6 +58,11 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
 
   const db: Database = {
     kind: 'pglite',
+    get background() {
+      return db;
+    },
+    // In the process itself: it is there as long as the process is.
+    lastUnavailableAt: () => 0,
     query: (sql, params) => lock.run(() => raw(sql, params)),
     async begin(): Promise<OpenTransaction> {
       const release = await lock.acquire();

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import {
   type Database,
+  DatabaseUnavailableError,
   type OpenTransaction,
   type QueryResult,
   quoteIdent,
@@ -14,8 +15,20 @@ pg.types.setTypeParser(20, (value) => Number(value));
 export interface PostgresOptions {
   url: string;
   schema: string;
+  /** Connections of the request pool. */
   max?: number;
+  /** Connections of the background pool (runner, reaper, sweeps): never shared with requests. */
+  backgroundMax?: number;
+  /** Every statement of the request pool is cancelled past this (SQLSTATE 57014 → 503); 0 = no limit. */
+  statementTimeoutMs?: number;
+  /** How long a request waits for a free connection of its pool before it fails (→ 503). */
+  poolTimeoutMs?: number;
   applicationName?: string;
+}
+
+/** When a database last answered "unavailable" (ms since the Unix epoch; 0: never). */
+interface Health {
+  lastUnavailableAt: number;
 }
 
 // Statements with parameters are prepared once per connection under a name (node-postgres keeps the per-connection
@@ -32,8 +45,16 @@ function statementName(sql: string): string | undefined {
   return name;
 }
 
+/** Translate a failure, and remember when it meant the database was unavailable. */
+function failure(error: unknown, health: Health): unknown {
+  const translated = translateError(error);
+  if (translated instanceof DatabaseUnavailableError) health.lastUnavailableAt = Date.now();
+  return translated;
+}
+
 async function run<R>(
   client: pg.Pool | pg.PoolClient,
+  health: Health,
   sql: string,
   params?: readonly unknown[],
 ): Promise<QueryResult<R>> {
@@ -44,32 +65,59 @@ async function run<R>(
         : await client.query({ name: statementName(sql), text: sql, values: params as unknown[] });
     return { rows: result.rows as R[], rowCount: result.rowCount ?? 0 };
   } catch (error) {
-    throw translateError(error);
+    throw failure(error, health);
   }
 }
 
-/** node-postgres adapter: a pool whose every connection uses `schema` first on its search path. */
-export function openPostgres(options: PostgresOptions): Database {
+function newPool(options: PostgresOptions, max: number, name: string, statementTimeoutMs: number): pg.Pool {
+  const settings = [`-c search_path=${quoteIdent(options.schema)},public`];
+  if (statementTimeoutMs > 0) settings.push(`-c statement_timeout=${statementTimeoutMs}`);
   const pool = new pg.Pool({
     connectionString: options.url,
-    max: options.max ?? 10,
-    connectionTimeoutMillis: 5_000,
+    max,
+    connectionTimeoutMillis: options.poolTimeoutMs ?? 5_000,
     idleTimeoutMillis: 30_000,
-    application_name: options.applicationName ?? 'kiln',
-    options: `-c search_path=${quoteIdent(options.schema)},public`,
+    application_name: name,
+    options: settings.join(' '),
   });
   // An idle client losing its connection (database restart) must not crash the process; the pool replaces it.
   pool.on('error', () => {});
+  return pool;
+}
 
+/**
+ * node-postgres adapter: every connection uses `schema` first on its search path. Three pools, so that no kind of
+ * work waits behind another: requests (`max`, each statement bounded by `statementTimeoutMs`), background work
+ * (`db.background`: lease heartbeats, the reaper, the claim loop, sweeps — never starved by slow requests), and one
+ * connection per LISTEN channel.
+ */
+export function openPostgres(options: PostgresOptions): Database {
+  const name = options.applicationName ?? 'kiln';
+  const listenPool = newPool(options, 16, `${name}-listen`, 0);
+  const background = adapter(newPool(options, options.backgroundMax ?? 4, `${name}-background`, 0), listenPool);
+  const requests = adapter(
+    newPool(options, options.max ?? 10, name, options.statementTimeoutMs ?? 0),
+    listenPool,
+    background,
+  );
+  return requests;
+}
+
+function adapter(pool: pg.Pool, listenPool: pg.Pool, backgroundDb?: Database): Database {
+  const health: Health = { lastUnavailableAt: 0 };
   const db: Database = {
     kind: 'postgres',
-    query: (sql, params) => run(pool, sql, params),
+    get background() {
+      return backgroundDb ?? db;
+    },
+    lastUnavailableAt: () => health.lastUnavailableAt,
+    query: (sql, params) => run(pool, health, sql, params),
     async begin(): Promise<OpenTransaction> {
       let client: pg.PoolClient;
       try {
         client = await pool.connect();
       } catch (error) {
-        throw translateError(error);
+        throw failure(error, health);
       }
       let ended = false;
       // A checked-out client whose session the server ends (idle-in-transaction lease, restart) emits 'error';
@@ -89,15 +137,15 @@ export function openPostgres(options: PostgresOptions): Database {
         await client.query('begin');
       } catch (error) {
         end(true);
-        throw translateError(error);
+        throw failure(error, health);
       }
       const open = () => {
         if (ended) throw new Error('transaction already ended');
         return client;
       };
       return {
-        query: async (sql, params) => run(open(), sql, params),
-        exec: async (sql) => void (await run(open(), sql)),
+        query: async (sql, params) => run(open(), health, sql, params),
+        exec: async (sql) => void (await run(open(), health, sql)),
         async commit() {
           if (ended) throw new Error('transaction already ended');
           try {
@@ -105,7 +153,7 @@ export function openPostgres(options: PostgresOptions): Database {
             end(false);
           } catch (error) {
             end(true);
-            throw translateError(error);
+            throw failure(error, health);
           }
         },
         async rollback() {
@@ -121,7 +169,7 @@ export function openPostgres(options: PostgresOptions): Database {
     },
     transaction: (fn) => runInTransaction(() => db.begin(), fn),
     async exec(sql) {
-      await run(pool, sql);
+      await run(pool, health, sql);
     },
     async listen(channel, onNotify, onConnection) {
       // One dedicated connection. When it is lost (PostgreSQL restarted, the backend terminated) it is replaced,
@@ -144,8 +192,8 @@ export function openPostgres(options: PostgresOptions): Database {
         listening.client.release(broken);
       };
       const connect = async (): Promise<Listening> => {
-        const client = await pool.connect().catch((error) => {
-          throw translateError(error);
+        const client = await listenPool.connect().catch((error) => {
+          throw failure(error, health);
         });
         const onLost = (error?: Error) => lost(listening, error);
         const listening: Listening = {
@@ -164,7 +212,7 @@ export function openPostgres(options: PostgresOptions): Database {
           await client.query(`listen ${quoteIdent(channel)}`);
         } catch (error) {
           giveBack(listening, true);
-          throw translateError(error);
+          throw failure(error, health);
         }
         return listening;
       };
@@ -215,6 +263,10 @@ export function openPostgres(options: PostgresOptions): Database {
     },
     async close() {
       await pool.end();
+      if (backgroundDb) {
+        await backgroundDb.close();
+        await listenPool.end();
+      }
     },
   };
   return db;

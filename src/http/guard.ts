@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify';
+import { DatabaseUnavailableError } from '../db/database';
 import { countSignatureOutcome, rateLimited } from '../metrics';
 import { type ClaimResult, StoreUnavailableError } from '../store/store';
 import { ApiError } from './errors';
@@ -43,17 +44,23 @@ export function signatureGuard(
       // One store operation (one Redis script, one round trip): the nonce's check-and-store, both counters, and
       // for a mutation with an Idempotency-Key the read of its stored response (a replay needs nothing more).
       claim = await store.claimNonceAndHit(
-        { key: `nonce:${verified.nonce}`, value: request.id, ttlMs: nonceTtlMs },
+        {
+          keys: [verified.replayKey],
+          ...(verified.markKey ? { marks: [verified.markKey] } : {}),
+          value: request.id,
+          ttlMs: nonceTtlMs,
+        },
         counters,
         readKey,
       );
     } catch (error) {
-      if (error instanceof StoreUnavailableError) {
+      if (error instanceof StoreUnavailableError || error instanceof DatabaseUnavailableError) {
         // Replay protection must never silently disappear: refuse rather than skip the nonce check.
+        request.log.warn({ err: error }, 'replay store unavailable; refusing signed requests');
         throw new ApiError(
           'SERVICE_UNAVAILABLE',
-          'Replay protection is unavailable because Redis is not answering; nothing was done. Retry after 5 s.',
-          { dependency: 'store', reason: error.message.slice(0, 200) },
+          `Replay protection is unavailable because ${store.kind === 'redis' ? 'Redis' : 'the database'} is not answering; nothing was done. Retry after 5 s.`,
+          { dependency: store.kind === 'redis' ? 'store' : 'database' },
           { 'retry-after': 5 },
         );
       }
@@ -62,12 +69,31 @@ export function signatureGuard(
     const { fresh, counts } = claim;
     const ipCount = countIp ? counts[0] : undefined;
     const userCount = countUser ? counts[countIp ? 1 : 0] : undefined;
+    if (verified.timestamp * 1000 < claim.epochMs) {
+      // The store lost what it knew of requests before its epoch (Redis restarted without persistence): this request
+      // may have been accepted then, so it is refused; the same request signed again now passes.
+      countSignatureOutcome('failure_signed_before_store_epoch');
+      const notBefore = Math.ceil(claim.epochMs / 1000);
+      throw new ApiError(
+        'TIMESTAMP_OUT_OF_RANGE',
+        `This request was signed at ${verified.timestamp}, before ${notBefore}, when Kiln's replay store lost its record of used nonces; sign it again with the current time and send it again.`,
+        {
+          reason: 'signed_before_store_epoch',
+          header: `${config.signatureHeaderPrefix}-timestamp`,
+          serverTime: Math.floor(Date.now() / 1000),
+          notBefore,
+        },
+      );
+    }
     if (!fresh) {
       countSignatureOutcome('failure_replayed_nonce');
+      const v1Only = verified.version === 'v1';
       throw new ApiError(
         'REPLAYED_NONCE',
-        `This ${config.signatureHeaderPrefix}-nonce was already used; sign every request with a new nonce.`,
-        { header: `${config.signatureHeaderPrefix}-nonce` },
+        v1Only
+          ? 'This v1-signed request was already accepted: v1 signs only the timestamp and body, so the same timestamp and body count as the same request whatever the nonce. Sign with v2, or send it in another second.'
+          : `This ${config.signatureHeaderPrefix}-nonce was already used; sign every request with a new nonce.`,
+        { header: `${config.signatureHeaderPrefix}-${v1Only ? 'signature' : 'nonce'}` },
       );
     }
     try {

@@ -8,6 +8,20 @@ import { ApiError } from './errors';
 export interface VerifiedSignature {
   version: SignatureVersion;
   nonce: string;
+  /** The request's Unix time in seconds, as signed. */
+  timestamp: number;
+  /**
+   * The key under which this request is remembered, so that it is accepted once within the nonce TTL: the nonce when
+   * v2 verified it (v2 signs the nonce), else the v1 signature itself — v1 signs only timestamp and body, so a captured
+   * v1 request sent again with a fresh nonce is still the same request.
+   */
+  replayKey: string;
+  /**
+   * When both versions verified: the v1 signature, remembered too (but not checked), so that the captured request
+   * cannot be sent again stripped of its v2 signature. Not checked, because two different requests of a client that
+   * signs both (same second, same body: two GETs) share their v1 signature.
+   */
+  markKey?: string;
 }
 
 const NONCE = /^[\x21-\x7e]{8,128}$/;
@@ -120,7 +134,14 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
   }
   if (v2Ok || v1Ok) {
     countSignatureOutcome(v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1');
-    return { version: v2Ok ? 'v2' : 'v1', nonce };
+    const v1Key = v1Ok ? `v1sig:${(v1 as string).toLowerCase()}` : undefined;
+    return {
+      version: v2Ok ? 'v2' : 'v1',
+      nonce,
+      timestamp: Number(timestamp),
+      replayKey: v2Ok ? `nonce:${nonce}` : (v1Key as string),
+      ...(v2Ok && v1Key ? { markKey: v1Key } : {}),
+    };
   }
   const checked = [v2 && v2Allowed && names.v2, v1 && v1Allowed && names.v1].filter(Boolean) as string[];
   return fail(

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { claimBuilds, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } from '../db/build-queue';
 import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
-import type { Database } from '../db/database';
+import { type Database, DatabaseUnavailableError } from '../db/database';
 import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
 import { holdForStart, reportSettlement, type Settlement, settleBuildCredits } from '../services/build-credits';
@@ -14,6 +14,23 @@ import type { BuildSignals } from './signals';
 /** Events one build may write; past this its log lines are dropped (with one note saying so). */
 const MAX_EVENTS_PER_BUILD = 2_000;
 const SAFETY_POLL_MS = 5_000;
+/** While the database does not answer, a heartbeat or the end of a build is tried again this often (at most). */
+const RETRY_MS = 1_000;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Run `work` until it succeeds, waiting between tries while the database is unavailable; other errors throw. */
+async function untilAnswered<T>(work: () => Promise<T>, onFirstFailure: (error: unknown) => void): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      if (!(error instanceof DatabaseUnavailableError)) throw error;
+      if (attempt === 0) onFirstFailure(error);
+      await sleep(Math.min(RETRY_MS * 2 ** attempt, 2 * RETRY_MS));
+    }
+  }
+}
 
 export interface RunnerOptions {
   db: Database;
@@ -120,9 +137,13 @@ export class Runner {
         eventCount === MAX_EVENTS_PER_BUILD
           ? { type: 'log', message: `event limit (${MAX_EVENTS_PER_BUILD}) reached; further lines are dropped` }
           : event;
+      // An event written while the database is away waits for it (in order), so the build's record stays whole.
       events = events
         .then(async () => {
-          await appendEvent(db, claimed.id, written);
+          await untilAnswered(
+            () => appendEvent(db, claimed.id, written),
+            () => log.warn('the database is unavailable; build events wait for it'),
+          );
           signals.send('events', claimed.id);
         })
         .catch((error: unknown) => log.warn({ err: error }, 'could not write a build event'));
@@ -130,17 +151,37 @@ export class Runner {
     const renew = async () => {
       if (!(await renewLease(db, claimed.id, owner, leaseSeconds)))
         return controller.abort('lease_lost' satisfies StopReason);
-      // The build's hold lives as long as the build: renewed with its lease.
+      // The build's hold lives as long as the build: renewed with its lease. A hold that is gone (it lapsed while the
+      // database was away, say) leaves the build unpaid for: it is stopped rather than run on without credits.
       if (held.reservation_id) {
-        await renewReservation(db, held.reservation_id, this.options.reservationTtlS, internalActor('runner'));
+        try {
+          await renewReservation(db, held.reservation_id, this.options.reservationTtlS, internalActor('runner'));
+        } catch (error) {
+          if (!(error instanceof ApiError)) throw error;
+          log.error(
+            { reservationId: held.reservation_id, hold: error.data },
+            'build hold could not be kept (it lapsed or was resolved); stopping the build',
+          );
+          controller.abort('hold_lost' satisfies StopReason);
+        }
       }
     };
-    const heartbeat = setInterval(
-      () => {
-        renew().catch((error: unknown) => log.warn({ err: error }, 'lease or hold renewal failed; will retry'));
-      },
-      (leaseSeconds * 1000) / 3,
-    );
+    // Heartbeats go on until the end of the build is recorded: a build that finished while the database was away keeps
+    // its lease until it can be written. A failed renewal is tried again within a second.
+    let beating = true;
+    let beat: NodeJS.Timeout | undefined;
+    const heartbeat = (delayMs: number) => {
+      beat = setTimeout(() => {
+        renew().then(
+          () => beating && heartbeat((leaseSeconds * 1000) / 3),
+          (error: unknown) => {
+            log.warn({ err: error }, 'lease or hold renewal failed; retrying');
+            if (beating) heartbeat(Math.min(RETRY_MS, (leaseSeconds * 1000) / 3));
+          },
+        );
+      }, delayMs);
+    };
+    heartbeat((leaseSeconds * 1000) / 3);
     const timeout = setTimeout(
       () => controller.abort('timeout' satisfies StopReason),
       this.options.timeoutSeconds * 1000,
@@ -176,12 +217,16 @@ export class Runner {
     } catch (error) {
       result = { outcome: 'failed', reason: 'executor_error', error: (error as Error).message };
     } finally {
-      clearInterval(heartbeat);
       clearTimeout(timeout);
       this.running.delete(claimed.id);
     }
-    await events;
-    await this.finish(claimed, result, log);
+    try {
+      await events;
+      await this.finish(claimed, result, log);
+    } finally {
+      beating = false;
+      clearTimeout(beat);
+    }
   }
 
   /**
@@ -223,28 +268,37 @@ export class Runner {
     const durationMs = Date.now() - (claimed.started_at?.getTime() ?? Date.now());
     const deployed = result.outcome === 'deployed';
     try {
-      const ended = await db.transaction(async (tx) => {
-        const after = await transitionBuild(tx, claimed.id, {
-          from: 'building',
-          to: result.outcome,
-          leaseOwner: owner,
-          reason: deployed ? null : (result.reason ?? 'failed'),
-          error: result.error?.slice(0, 4000) ?? null,
-          previewUrl: result.previewUrl ?? null,
-          actualCredits: deployed
-            ? (result.credits ?? creditsForDuration(durationMs, this.options.creditsPerMinute))
-            : (result.credits ?? null),
-          event: {
-            message: deployed ? 'Build deployed' : `Build failed: ${result.reason ?? 'failed'}`,
-            data: {
-              durationMs,
-              ...(result.previewUrl ? { previewUrl: result.previewUrl } : {}),
-              ...(deployed ? {} : { reason: result.reason }),
-            },
-          },
-        });
-        return after && { after, settled: await settleBuildCredits(tx, after, internalActor('runner')) };
-      });
+      // Until the database answers: the build's real outcome is recorded, not reaped as lost (its lease is kept).
+      const ended = await untilAnswered(
+        () =>
+          db.transaction(async (tx) => {
+            const after = await transitionBuild(tx, claimed.id, {
+              from: 'building',
+              to: result.outcome,
+              leaseOwner: owner,
+              reason: deployed ? null : (result.reason ?? 'failed'),
+              error: result.error?.slice(0, 4000) ?? null,
+              previewUrl: result.previewUrl ?? null,
+              actualCredits: deployed
+                ? (result.credits ?? creditsForDuration(durationMs, this.options.creditsPerMinute))
+                : (result.credits ?? null),
+              event: {
+                message: deployed ? 'Build deployed' : `Build failed: ${result.reason ?? 'failed'}`,
+                data: {
+                  durationMs,
+                  ...(result.previewUrl ? { previewUrl: result.previewUrl } : {}),
+                  ...(deployed ? {} : { reason: result.reason }),
+                },
+              },
+            });
+            return after && { after, settled: await settleBuildCredits(tx, after, internalActor('runner')) };
+          }),
+        () =>
+          log.warn(
+            { outcome: result.outcome },
+            'could not record the end of the build: the database is unavailable; retrying until it answers (the lease is kept)',
+          ),
+      );
       if (ended) reportSettlement(ended.after, ended.settled, log);
       if (ended) log.info({ state: ended.after.state, durationMs }, 'build finished');
       else log.warn('build was no longer ours to finish (cancelled or reaped)');
@@ -254,20 +308,28 @@ export class Runner {
     }
   }
 
-  /** Fail builds whose runner vanished (any process does this). */
+  /**
+   * Fail builds whose runner vanished (any process does this). Not within a lease of the database being unavailable
+   * to this process, nor of the database server starting: runners could not renew their leases then, and a live one
+   * renews (or records its build's end) within a lease of the database answering again.
+   */
   async reap(): Promise<void> {
-    const { db, signals, logger } = this.options;
+    const { db, signals, logger, leaseSeconds } = this.options;
+    if (Date.now() - db.lastUnavailableAt() < leaseSeconds * 1000) return;
     try {
       const reaped = await db.transaction(async (tx) => {
         // Settle in user order: two processes reaping at once then lock accounts in the same order.
-        const failed = (await failLapsedBuilds(tx)).sort((a, b) => a.user_id.localeCompare(b.user_id));
+        const failed = (await failLapsedBuilds(tx, leaseSeconds)).sort((a, b) => a.user_id.localeCompare(b.user_id));
         const settlements: (Settlement | undefined)[] = [];
         for (const build of failed) settlements.push(await settleBuildCredits(tx, build, internalActor('reaper')));
         return failed.map((build, i) => ({ build, settled: settlements[i] }));
       });
       for (const { build, settled } of reaped) reportSettlement(build, settled, logger);
       for (const { build } of reaped) {
-        logger.warn({ buildId: build.id, lastOwner: build.lease_owner }, 'build failed: worker_lost (lease lapsed)');
+        logger.warn(
+          { buildId: build.id, lastOwner: build.last_owner },
+          `build failed: worker_lost (the lease of runner ${build.last_owner} lapsed)`,
+        );
         signals.send('events', build.id);
       }
       const ttl = this.options.reservationTtlS;

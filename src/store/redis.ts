@@ -8,30 +8,59 @@ if count == 1 then redis.call('pexpire', KEYS[1], ARGV[1]) end
 local ttl = redis.call('pttl', KEYS[1])
 return {count, ttl}`;
 
-// The signed-request guard's check-and-count for a batch of requests in one command. KEYS: one nonce per claim, then
-// each distinct counter key of the batch, then the keys to read. ARGV: the number of claims, of counters and of
-// reads; per claim the nonce's value and TTL (ms); per counter the hits to add and the ms left in its window. Each
-// nonce is SET NX PX; each counter is counted once for all its hits in the batch (INCRBY, with the window's expiry
-// when the batch created it), which is what that many INCRs in a row would leave. Returns per claim 1|0 (nonce
-// stored or not), per counter its new count and PTTL, per read its value (nil when absent).
-const CLAIM_SCRIPT = `
+// The instant (ms, Redis's clock) since which this Redis holds every claim: set when absent, which is at the first
+// start and again whenever Redis lost its data (restarted without persistence, flushed). Answers it and whether it was
+// set now.
+const EPOCH_LUA = `
+local epoch = redis.call('get', KEYS[1])
+local fresh = 0
+if not epoch then
+  local t = redis.call('time')
+  epoch = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('set', KEYS[1], epoch)
+  fresh = 1
+end`;
+const EPOCH_SCRIPT = `${EPOCH_LUA}
+return {epoch, fresh}`;
+
+// The signed-request guard's check-and-count for a batch of requests in one command. KEYS: the epoch key, then each
+// claim's nonce keys and mark keys, then each distinct counter key of the batch, then the keys to read. ARGV: the
+// number of claims, of counters and of reads; per claim the number of its nonce keys and of its marks, their value and
+// TTL (ms); per counter the hits to add and the ms left in its window. A claim's nonce keys are stored (SET PX)
+// together only when none exists, and its marks with them (existing or not); each
+// counter is counted once for all its hits in the batch (INCRBY, with the window's expiry when the batch created it),
+// which is what that many INCRs in a row would leave. Returns the epoch, then per claim 1|0 (stored or not), per
+// counter its new count and PTTL, per read its value (nil when absent).
+const CLAIM_SCRIPT = `${EPOCH_LUA}
 local claims, counters, reads = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
+local out = {epoch}
+local k, a = 2, 4
 for i = 1, claims do
-  out[i] = redis.call('set', KEYS[i], ARGV[2 + 2 * i], 'PX', ARGV[3 + 2 * i], 'NX') and 1 or 0
+  local n, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local free = true
+  for j = k, k + n - 1 do
+    if redis.call('exists', KEYS[j]) == 1 then free = false end
+  end
+  if free then
+    for j = k, k + n + m - 1 do redis.call('set', KEYS[j], ARGV[a + 2], 'PX', ARGV[a + 3]) end
+  end
+  out[#out + 1] = free and 1 or 0
+  k = k + n + m
+  a = a + 4
 end
-local a = 4 + 2 * claims
 for i = 1, counters do
-  local key = KEYS[claims + i]
+  local key = KEYS[k]
   local hits = tonumber(ARGV[a])
   local count = redis.call('incrby', key, hits)
   if count == hits then redis.call('pexpire', key, ARGV[a + 1]) end
   out[#out + 1] = count
   out[#out + 1] = redis.call('pttl', key)
+  k = k + 1
   a = a + 2
 end
 for i = 1, reads do
-  out[#out + 1] = redis.call('get', KEYS[claims + counters + i])
+  out[#out + 1] = redis.call('get', KEYS[k])
+  k = k + 1
 end
 return out`;
 
@@ -39,7 +68,8 @@ return out`;
 const CLAIM_BATCH = 64;
 
 interface PendingClaim {
-  nonceKey: string;
+  nonceKeys: readonly string[];
+  markKeys: readonly string[];
   nonceValue: string;
   nonceTtlMs: number;
   /** Window keys (counter key and window start) with the ms left in each window. */
@@ -52,11 +82,18 @@ interface PendingClaim {
 type ScriptRunner = {
   kilnHit(key: string, ttlMs: number): Promise<[number, number]>;
   kilnClaim(numberOfKeys: number, ...keysThenArgs: (string | number)[]): Promise<(number | string | null)[]>;
+  kilnEpoch(key: string): Promise<[string, number]>;
 };
+
+/** The key of the epoch (under the store's prefix). */
+const EPOCH_KEY = 'epoch';
 
 export interface RedisStoreOptions {
   url: string;
+  /** Prefix of every key and channel: the operator's REDIS_PREFIX and the deployment's id (see stores.ts). */
   prefix: string;
+  /** Told of a Redis setting that weakens a guarantee (an eviction policy that may evict nonces). */
+  warn?: (message: string) => void;
   /** Milliseconds a command may wait before it fails (the store is then treated as down). */
   commandTimeoutMs?: number;
 }
@@ -65,6 +102,24 @@ function wrap<T>(promise: Promise<T>): Promise<T> {
   return promise.catch((error) => {
     throw new StoreUnavailableError(error);
   });
+}
+
+/**
+ * Nonces have a TTL and the epoch has none: under `volatile-*` (or `allkeys-*`) eviction Redis may drop nonces while
+ * the epoch stays, and a captured request could then be replayed. Say so at start; managed Redis may refuse CONFIG.
+ */
+async function warnOnEviction(client: Redis, warn: ((message: string) => void) | undefined): Promise<void> {
+  if (!warn) return;
+  try {
+    const [, policy] = (await client.config('GET', 'maxmemory-policy')) as string[];
+    if (policy && policy !== 'noeviction') {
+      warn(
+        `Redis maxmemory-policy is ${policy}: under memory pressure Redis may evict nonces, which lets a captured request be replayed; set maxmemory-policy noeviction`,
+      );
+    }
+  } catch {
+    // CONFIG is often disabled on managed Redis: nothing to check.
+  }
 }
 
 /**
@@ -89,7 +144,13 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
   client.defineCommand('kilnHit', { numberOfKeys: 1, lua: HIT_SCRIPT });
   // No fixed key count: the caller passes it first (the nonce plus however many counters).
   client.defineCommand('kilnClaim', { lua: CLAIM_SCRIPT });
+  client.defineCommand('kilnEpoch', { numberOfKeys: 1, lua: EPOCH_SCRIPT });
   const scripts = client as unknown as ScriptRunner;
+  // A fresh epoch (first start, or Redis lost its data while no Kiln ran) refuses requests signed before it, to the
+  // second. Starting past the next second means a request signed after start is never one of them.
+  const [epoch, fresh] = await wrap(scripts.kilnEpoch(EPOCH_KEY));
+  if (fresh === 1) await new Promise((resolve) => setTimeout(resolve, 1000 - (Number(epoch) % 1000) + 5));
+  await warnOnEviction(client, options.warn);
   const handlers = new Map<string, Set<(message: string) => void>>();
   subscriber.on('message', (channel: string, message: string) => {
     for (const handler of handlers.get(channel) ?? []) handler(message);
@@ -120,9 +181,11 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
         }
       }
       const reads = batch.filter((c) => c.read !== undefined).map((c) => c.read as string);
-      const keys = [...batch.map((c) => c.nonceKey), ...hits.keys(), ...reads];
+      const keys = [EPOCH_KEY, ...batch.flatMap((c) => [...c.nonceKeys, ...c.markKeys]), ...hits.keys(), ...reads];
       const args: (string | number)[] = [batch.length, hits.size, reads.length];
-      for (const claim of batch) args.push(claim.nonceValue, claim.nonceTtlMs);
+      for (const claim of batch) {
+        args.push(claim.nonceKeys.length, claim.markKeys.length, claim.nonceValue, claim.nonceTtlMs);
+      }
       for (const { hits: n, ttlMs } of hits.values()) args.push(n, ttlMs);
       let sent: Promise<(number | string | null)[]>;
       try {
@@ -132,8 +195,9 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
         continue;
       }
       sent.then((reply) => {
+        const epochMs = Number(reply[0]);
         // Each counter's hits, in batch order, take the counts its INCRBY covered.
-        let at = batch.length;
+        let at = 1 + batch.length;
         for (const counter of hits.values()) {
           counter.count = (reply[at] as number) - counter.hits;
           counter.resetMs = Math.max(0, reply[at + 1] as number);
@@ -145,7 +209,7 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
             counter.count++;
             return { count: counter.count, resetMs: counter.resetMs };
           });
-          const result: ClaimResult = { fresh: reply[i] === 1, counts };
+          const result: ClaimResult = { fresh: reply[1 + i] === 1, counts, epochMs };
           if (claim.read !== undefined) result.read = (reply[at++] as string | null) ?? null;
           claim.resolve(result);
         });
@@ -180,7 +244,8 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
       return new Promise((resolve, reject) => {
         if (pending.length === 0) setImmediate(sendClaims);
         pending.push({
-          nonceKey: nonce.key,
+          nonceKeys: nonce.keys,
+          markKeys: nonce.marks ?? [],
           nonceValue: nonce.value,
           nonceTtlMs: nonce.ttlMs,
           counters: windows,

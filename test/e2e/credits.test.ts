@@ -30,6 +30,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
 describe('credits end to end', () => {
   const shared = sharedKilns({
     RESERVATION_TTL_S: String(TTL_S),
+    BUILD_LEASE_S: '1',
     // The sweeper of any live process writes each expiry once: every second here, so the test waits little.
     CREDIT_SWEEP_INTERVAL_S: '1',
     RATE_LIMIT_USER_PER_MIN: '0',

@@ -206,7 +206,7 @@ describe('the runner (command executor)', () => {
   it("keeps a running build's hold alive past RESERVATION_TTL_S with its lease, and charges it from that hold", async () => {
     await stopAll();
     // Holds live 2 s; the build runs about 4 s; heartbeats every BUILD_LEASE_S / 3 renew its lease and its hold.
-    const kiln = await start({ RESERVATION_TTL_S: '2', BUILD_LEASE_S: '2' });
+    const kiln = await start({ RESERVATION_TTL_S: '2', BUILD_LEASE_S: '1' });
     // A hold of 50 (not the estimate, which other tests' builds move) covers the 17 credits the build reports.
     const build = await newBuild(kiln, { sampleStepMs: 1_000, sampleCredits: 17 }, false, 50);
     const done = await untilState(kiln, build.id, ['deployed', 'failed'], 20_000);
@@ -243,7 +243,17 @@ describe('the runner (command executor)', () => {
     const events = (
       await api(b)<{ events: { type: string; data?: { reason?: string } }[] }>('GET', `/v1/builds/${build.id}/events`)
     ).body.events;
-    expect(events.at(-1)).toMatchObject({ type: 'failed', data: { reason: 'worker_lost' } });
+    expect(events.at(-1)).toMatchObject({
+      type: 'failed',
+      data: { reason: 'worker_lost', runner: expect.any(String) },
+    });
+    // The on-call engineer is told which runner was lost (the one that started the build), in the event and the log.
+    const runner = (events.find((e) => e.type === 'started') as { data?: { runner?: string } }).data?.runner;
+    expect(runner).toMatch(/^kiln_/);
+    expect((events.at(-1) as { data?: { runner?: string } }).data?.runner).toBe(runner);
+    await waitFor('the worker_lost log line', async () =>
+      b.output().includes(`"lastOwner":"${runner}"`) ? true : undefined,
+    );
     const hold = await api(b)<{ state: string }>('GET', `/v1/credits/reservations/${lost.reservationId}`);
     expect(hold.body.state).toBe('released');
     // The orphaned command outlived its runner; the test cleans it up.

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKilnClient, signRequest } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
-import { REDIS_URL } from '../helpers/env';
+import { DATABASE_URL, REDIS_URL } from '../helpers/env';
 import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
 import { hasRedisServer, kilnOnPrivateRedis, startPrivateRedis } from '../helpers/redis-server';
 import { awayFromWindowEdge } from '../helpers/window';
@@ -13,8 +13,12 @@ import { awayFromWindowEdge } from '../helpers/window';
 const run = promisify(execFile);
 const ROOT = new URL('../..', import.meta.url).pathname;
 
-// Two processes share nonces and counters through Redis: the run's Redis when configured, else a private one.
-describe.skipIf(!REDIS_URL && !hasRedisServer())('signing across two Kiln processes', () => {
+// Two processes share nonces and counters through Redis, or without Redis through PostgreSQL (SPEC section 3). They
+// must share a database to be one deployment: embedded PGlite is one process per directory, so this needs DATABASE_URL.
+describe.skipIf(!DATABASE_URL).each([
+  { store: 'Redis', redis: true },
+  { store: 'PostgreSQL (no Redis)', redis: false },
+])('signing across two Kiln processes, nonces and quotas in $store', ({ redis }) => {
   let shared: Shared;
   let privateRedis: Awaited<ReturnType<typeof startPrivateRedis>> | undefined;
   let a: KilnProcess;
@@ -22,15 +26,16 @@ describe.skipIf(!REDIS_URL && !hasRedisServer())('signing across two Kiln proces
   beforeAll(async () => {
     shared = await sharedEnvironment();
     const env: Record<string, string> = { ...shared.env, RATE_LIMIT_USER_PER_MIN: '10' };
-    if (!REDIS_URL) {
+    if (!redis) delete env.REDIS_URL;
+    else if (!REDIS_URL) {
       privateRedis = await startPrivateRedis();
       Object.assign(env, { REDIS_URL: privateRedis.url, REDIS_PREFIX: 'signing:' });
     }
-    // Embedded PGlite allows one process per directory; with DATABASE_URL both share one schema.
     const dirA = join(env.DATA_DIR, 'a');
     const dirB = join(env.DATA_DIR, 'b');
     await Promise.all([mkdir(dirA), mkdir(dirB)]);
     [a, b] = await Promise.all([spawnKiln({ ...env, DATA_DIR: dirA }), spawnKiln({ ...env, DATA_DIR: dirB })]);
+    expect(a.output()).toContain(redis ? 'store: Redis' : 'store: nonces and rate limits in the database');
   });
   afterAll(async () => {
     await Promise.all([a?.stop(), b?.stop()]);
@@ -67,9 +72,22 @@ describe.skipIf(!REDIS_URL && !hasRedisServer())('signing across two Kiln proces
     expect(statuses.filter((s) => s === 200)).toHaveLength(10);
     expect(statuses.filter((s) => s === 429)).toHaveLength(6);
   });
+});
+
+describe('kiln sign', () => {
+  let shared: Shared;
+  let kiln: KilnProcess;
+  beforeAll(async () => {
+    shared = await sharedEnvironment();
+    kiln = await spawnKiln(shared.env);
+  });
+  afterAll(async () => {
+    await kiln?.stop();
+    await shared?.cleanup();
+  });
 
   it('prints, with `kiln sign`, headers and a curl line that Kiln accepts', async () => {
-    const port = new URL(a.url).port;
+    const port = new URL(kiln.url).port;
     const { stdout } = await run(
       process.execPath,
       ['bin/kiln.mjs', 'sign', 'POST', '/v1/ping?b=2&a=1', '{"hello":"wörld"}'],

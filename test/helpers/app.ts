@@ -27,11 +27,11 @@ export async function startTestApp(
 ): Promise<TestApp> {
   const config = loadConfig({ HMAC_SECRET: TEST_SECRET, LOG_LEVEL: 'silent', ...env });
   const database = await openTestDatabase();
-  const store = await openTestStore();
+  const store = await openTestStore(database);
   const logger = logLines
     ? pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line)) })
     : pino({ level: 'silent' });
-  const signals = new BuildSignals(database.db, store.store, database.schema, logger);
+  const signals = new BuildSignals(store.store, logger);
   const app = await buildApp({ config, db: database.db, store: store.store, logger, version: '0.0.0-test', signals });
   prepare?.(app, { database, store });
   await app.ready();

@@ -53,7 +53,8 @@ export async function sharedEnvironment(): Promise<Shared> {
 export function sharedKilns(env: Record<string, string> = {}): {
   /** The shared environment (available once the block's tests run). */
   readonly env: Record<string, string>;
-  start(): Promise<KilnProcess>;
+  /** Spawn a process on the shared environment, with `env` and then `extra` added. */
+  start(extra?: Record<string, string>): Promise<KilnProcess>;
 } {
   let shared: Shared | undefined;
   const running: KilnProcess[] = [];
@@ -73,8 +74,8 @@ export function sharedKilns(env: Record<string, string> = {}): {
     get env() {
       return current().env;
     },
-    async start() {
-      const kiln = await spawnKiln({ ...current().env, ...env });
+    async start(extra = {}) {
+      const kiln = await spawnKiln({ ...current().env, ...env, ...extra });
       running.push(kiln);
       return kiln;
     },

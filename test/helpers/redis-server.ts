@@ -24,15 +24,35 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A private, disposable redis-server on a free port, so a test can stop it without touching anyone else's. */
-export async function startPrivateRedis(): Promise<{ url: string; stop(): Promise<void> }> {
-  const port = await freePort();
+/** A private, disposable redis-server on a free port (or `port`), so a test can stop it without touching anyone else's. */
+export async function startPrivateRedis(
+  port?: number,
+): Promise<{ url: string; port: number; stop(): Promise<void>; restart(): Promise<void> }> {
+  const chosen = port ?? (await freePort());
+  let child = await spawnRedis(chosen);
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGKILL');
+    });
+  return {
+    url: `redis://127.0.0.1:${chosen}`,
+    port: chosen,
+    stop,
+    /** Kill it and start a new one on the same port: what a restart without persistence does (all data gone). */
+    async restart() {
+      await stop();
+      child = await spawnRedis(chosen);
+    },
+  };
+}
+
+async function spawnRedis(port: number): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-    {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    },
+    { stdio: ['ignore', 'pipe', 'ignore'] },
   );
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('redis-server did not start')), 10_000);
@@ -43,15 +63,7 @@ export async function startPrivateRedis(): Promise<{ url: string; stop(): Promis
       }
     });
   });
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGKILL');
-      }),
-  };
+  return child;
 }
 
 /**

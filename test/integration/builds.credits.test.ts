@@ -195,10 +195,10 @@ describe('builds and credits', () => {
   });
 });
 
-describe('a build whose hold lapsed before it started (RESERVATION_TTL_S=1)', () => {
+describe('a build whose hold lapsed before it started (RESERVATION_TTL_S=2)', () => {
   let t: TestApp;
   beforeAll(async () => {
-    t = await startTestApp({ BUILD_EXECUTOR: 'external', RESERVATION_TTL_S: '1' });
+    t = await startTestApp({ BUILD_EXECUTOR: 'external', RESERVATION_TTL_S: '2', BUILD_LEASE_S: '1' });
   });
   afterAll(() => t.close());
   const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
@@ -211,7 +211,7 @@ describe('a build whose hold lapsed before it started (RESERVATION_TTL_S=1)', ()
     const build = (
       await call('POST', '/v1/builds', { projectId: 'prj_lapsed', userId: 'user_lapsed', estimatedCredits: 30 })
     ).json();
-    await sleep(1_200); // nobody renewed the hold
+    await sleep(2_200); // nobody renewed the hold
     const started = await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
     expect(started.statusCode).toBe(200);
     expect(started.json().reservationId).not.toBe(build.reservationId);
@@ -234,7 +234,7 @@ describe('a build whose hold lapsed before it started (RESERVATION_TTL_S=1)', ()
         estimatedCredits: 40,
       })
     ).json();
-    await sleep(1_200);
+    await sleep(2_200);
     // Meanwhile the credits went to something else.
     const other = await call('POST', '/v1/credits/reserve', { userId: 'user_lapsed_poor', estimatedCredits: 30 });
     expect(other.statusCode).toBe(201);
@@ -251,7 +251,7 @@ describe('a build whose hold lapsed before it started (RESERVATION_TTL_S=1)', ()
       await call('POST', '/v1/builds', { projectId: 'prj_lapsed_run', userId: 'user_lapsed_run', estimatedCredits: 30 })
     ).json();
     await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
-    await sleep(1_200); // no heartbeats in this process: the hold lapses while it builds
+    await sleep(2_200); // no heartbeats in this process: the hold lapses while it builds
     await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 25 });
     expect((await call('GET', '/v1/credits/balance/user_lapsed_run')).json()).toMatchObject({
       balance: 75,

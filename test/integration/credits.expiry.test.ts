@@ -13,7 +13,12 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 describe('credit expiry and concurrency', () => {
   let t: TestApp;
   beforeAll(async () => {
-    t = await startTestApp({ RESERVATION_TTL_S: '1', RATE_LIMIT_USER_PER_MIN: '0', RATE_LIMIT_IP_PER_MIN: '0' });
+    t = await startTestApp({
+      RESERVATION_TTL_S: '2',
+      BUILD_LEASE_S: '1',
+      RATE_LIMIT_USER_PER_MIN: '0',
+      RATE_LIMIT_IP_PER_MIN: '0',
+    });
   });
   afterAll(() => t.close());
   const call = (method: 'GET' | 'POST', url: string, body?: unknown) => signedInject(t.app, { method, url, body });

@@ -14,7 +14,12 @@ describe('runner edge cases', () => {
   let t: TestApp;
   let n = 0;
   beforeAll(async () => {
-    t = await startTestApp({ BUILD_EXECUTOR: 'external', RESERVATION_TTL_S: '1', BUILD_TIMEOUT_S: '1' });
+    t = await startTestApp({
+      BUILD_EXECUTOR: 'external',
+      RESERVATION_TTL_S: '2',
+      BUILD_LEASE_S: '1',
+      BUILD_TIMEOUT_S: '1',
+    });
     await signedInject(t.app, {
       method: 'POST',
       url: '/v1/credits/grant',
@@ -32,15 +37,15 @@ describe('runner edge cases', () => {
     expect(res.statusCode).toBe(201);
     return res.json() as { id: string; reservationId: string };
   };
-  const runnerWith = (command: string) =>
+  const runnerWith = (command: string, leaseSeconds = 30) =>
     new Runner({
       db: t.database.db,
-      signals: new BuildSignals(t.database.db, t.store.store, t.database.schema, pino({ level: 'silent' })),
-      logger: pino({ level: 'silent' }),
+      signals: new BuildSignals(t.store.store, pino({ level: 'silent' })),
+      logger: pino({ level: process.env.RUNNER_DEBUG ? 'debug' : 'silent' }),
       owner: `test_runner_${n}`,
       executor: new CommandExecutor(command),
       concurrency: 1,
-      leaseSeconds: 30,
+      leaseSeconds,
       timeoutSeconds: 30,
       dataDir: `${t.config.dataDir}/runner-test-${process.pid}`,
       creditsPerMinute: 1,
@@ -59,7 +64,7 @@ describe('runner edge cases', () => {
 
   it('holds again, then runs, a build whose hold lapsed while it waited', async () => {
     const build = await newBuild();
-    await sleep(1_200); // RESERVATION_TTL_S=1 and no process renewed it
+    await sleep(2_200); // RESERVATION_TTL_S=2 and no process renewed it
     const runner = runnerWith(`echo '{"type":"result","credits":3}'`);
     await runner.fill();
     await until(build.id, 'deployed');
@@ -76,7 +81,7 @@ describe('runner edge cases', () => {
   it('fails, without running it, a build whose hold lapsed and whose user can no longer afford it', async () => {
     await call('POST', '/v1/credits/grant', { userId: 'u_run_poor', credits: 10, reason: 'test', source: 'test' });
     const build = await newBuild('u_run_poor');
-    await sleep(1_200);
+    await sleep(2_200);
     // Meanwhile half the credits went to another hold.
     expect((await call('POST', '/v1/credits/reserve', { userId: 'u_run_poor', estimatedCredits: 5 })).statusCode).toBe(
       201,
@@ -119,7 +124,7 @@ describe('runner edge cases', () => {
     const build = await newBuild();
     expect((await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' })).statusCode).toBe(200);
     await sleep(1_100); // BUILD_TIMEOUT_S=1 is the lease of an API-started build
-    const reaped = await t.database.db.transaction((tx) => failLapsedBuilds(tx));
+    const reaped = await t.database.db.transaction((tx) => failLapsedBuilds(tx, 0));
     expect(reaped.map((b) => b.id)).toContain(build.id);
     expect((await stateOf(build.id)).reason).toBe('worker_lost');
   });
@@ -138,5 +143,25 @@ describe('runner edge cases', () => {
     const res = await cancelled;
     expect(res.statusCode).toBe(200);
     expect(res.json()).toMatchObject({ state: 'cancelled', previousState: 'building' });
+  });
+
+  it('stops a running build whose hold could not be kept, and fails it as hold_lost', async () => {
+    const build = await newBuild();
+    // A lease of 3 s: heartbeats (which renew the hold too) every second.
+    const runner = runnerWith(`sleep 20; echo '{"type":"result","credits":2}'`, 3);
+    await runner.fill();
+    await until(build.id, 'building');
+    await sleep(300); // the runner has renewed the hold it starts with
+    const { reservationId } = (await call('GET', `/v1/builds/${build.id}`)).json() as { reservationId: string };
+    // The hold lapses behind the runner's back (as after a database outage longer than RESERVATION_TTL_S).
+    await t.database.db.query(`update credit_reservations set expires_at = now() - interval '1 second' where id = $1`, [
+      reservationId,
+    ]);
+    const failed = await until(build.id, 'failed');
+    expect(failed.reason).toBe('hold_lost');
+    await runner.stop(1_000);
+    // Nothing was charged for it: the lapsed hold was expired, not committed.
+    const hold = (await call('GET', `/v1/credits/reservations/${reservationId}`)).json();
+    expect(hold).toMatchObject({ state: 'expired', charged: null });
   });
 });

@@ -1,8 +1,10 @@
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openRedisStore } from '../../src/store/redis';
 import { StoreUnavailableError } from '../../src/store/store';
-import { REDIS_URL } from '../helpers/env';
-import { openTestMemory, openTestRedis, type TestStore } from '../helpers/store';
+import { openTestPglite, openTestPostgres } from '../helpers/db';
+import { DATABASE_URL, REDIS_URL } from '../helpers/env';
+import { deleteKeys, openTestDatabaseStore, openTestRedis, type TestStore } from '../helpers/store';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -60,7 +62,7 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
       ];
       const results = await Promise.all(
         Array.from({ length: 50 }, (_, i) =>
-          t.store.claimNonceAndHit({ key: 'nonce:claim', value: `v${i}`, ttlMs: 5_000 }, counters),
+          t.store.claimNonceAndHit({ keys: ['nonce:claim'], value: `v${i}`, ttlMs: 5_000 }, counters),
         ),
       );
       expect(results.filter((r) => r.fresh)).toHaveLength(1);
@@ -81,15 +83,16 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
     });
 
     it('claims with no counters, and its counters are the windows hit() counts', async () => {
-      expect(await t.store.claimNonceAndHit({ key: 'nonce:bare', value: 'x', ttlMs: 5_000 }, [])).toEqual({
+      expect(await t.store.claimNonceAndHit({ keys: ['nonce:bare'], value: 'x', ttlMs: 5_000 }, [])).toEqual({
         fresh: true,
         counts: [],
+        epochMs: expect.any(Number),
       });
       expect(await t.store.setIfAbsent('nonce:bare', 'y', 5_000)).toBe(false);
       // A nonce claimed by setIfAbsent is taken for claimNonceAndHit too; the counter still counts the refused claim.
       await t.store.setIfAbsent('nonce:taken', 'first', 5_000);
       const window = 3_600_000;
-      const first = await t.store.claimNonceAndHit({ key: 'nonce:taken', value: 'second', ttlMs: 5_000 }, [
+      const first = await t.store.claimNonceAndHit({ keys: ['nonce:taken'], value: 'second', ttlMs: 5_000 }, [
         { key: 'shared', windowMs: window },
       ]);
       expect(first.fresh).toBe(false);
@@ -102,26 +105,26 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
     it('answers claims made together, with different counters, each with its own result', async () => {
       const window = 3_600_000;
       const [none, one, two, replay] = await Promise.all([
-        t.store.claimNonceAndHit({ key: 'nonce:mix-0', value: 'a', ttlMs: 5_000 }, []),
-        t.store.claimNonceAndHit({ key: 'nonce:mix-1', value: 'b', ttlMs: 5_000 }, [
+        t.store.claimNonceAndHit({ keys: ['nonce:mix-0'], value: 'a', ttlMs: 5_000 }, []),
+        t.store.claimNonceAndHit({ keys: ['nonce:mix-1'], value: 'b', ttlMs: 5_000 }, [
           { key: 'mix-a', windowMs: window },
         ]),
-        t.store.claimNonceAndHit({ key: 'nonce:mix-2', value: 'c', ttlMs: 5_000 }, [
+        t.store.claimNonceAndHit({ keys: ['nonce:mix-2'], value: 'c', ttlMs: 5_000 }, [
           { key: 'mix-b', windowMs: window },
           { key: 'mix-a', windowMs: window },
         ]),
-        t.store.claimNonceAndHit({ key: 'nonce:mix-1', value: 'd', ttlMs: 5_000 }, [
+        t.store.claimNonceAndHit({ keys: ['nonce:mix-1'], value: 'd', ttlMs: 5_000 }, [
           { key: 'mix-b', windowMs: window },
         ]),
       ]);
-      expect(none).toEqual({ fresh: true, counts: [] });
-      expect(one.fresh).toBe(true);
+      expect(none).toEqual({ fresh: true, counts: [], epochMs: expect.any(Number) });
+      // mix-1 is claimed twice: one wins (on the database, whichever connection gets there first) and keeps its value.
+      expect([one.fresh, replay.fresh].sort()).toEqual([false, true]);
       expect(one.counts).toHaveLength(1);
       expect(two.fresh).toBe(true);
       expect(two.counts).toHaveLength(2);
-      expect(replay.fresh).toBe(false);
       expect(replay.counts).toHaveLength(1);
-      expect(await t.store.get('nonce:mix-1')).toBe('b');
+      expect(await t.store.get('nonce:mix-1')).toBe(one.fresh ? 'b' : 'd');
       // Same window unless the hour turned inside the burst: mix-a and mix-b were each hit twice.
       const a = [one.counts[0].count, two.counts[1].count].sort();
       const b = [two.counts[0].count, replay.counts[0].count].sort();
@@ -134,27 +137,28 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
       const window = 3_600_000;
       const windowBefore = Math.floor(Date.now() / window);
       const [plain, present, absent, shared] = await Promise.all([
-        t.store.claimNonceAndHit({ key: 'nonce:read-0', value: 'a', ttlMs: 5_000 }, [
+        t.store.claimNonceAndHit({ keys: ['nonce:read-0'], value: 'a', ttlMs: 5_000 }, [
           { key: 'read-ip', windowMs: window },
         ]),
         t.store.claimNonceAndHit(
-          { key: 'nonce:read-1', value: 'b', ttlMs: 5_000 },
+          { keys: ['nonce:read-1'], value: 'b', ttlMs: 5_000 },
           [{ key: 'read-ip', windowMs: window }],
           'stored:present',
         ),
-        t.store.claimNonceAndHit({ key: 'nonce:read-2', value: 'c', ttlMs: 5_000 }, [], 'stored:absent'),
+        t.store.claimNonceAndHit({ keys: ['nonce:read-2'], value: 'c', ttlMs: 5_000 }, [], 'stored:absent'),
         t.store.claimNonceAndHit(
-          { key: 'nonce:read-1', value: 'd', ttlMs: 5_000 },
+          { keys: ['nonce:read-1'], value: 'd', ttlMs: 5_000 },
           [{ key: 'read-ip', windowMs: window }],
           'stored:present',
         ),
       ]);
-      expect(plain).toEqual({ fresh: true, counts: [expect.objectContaining({})] });
+      expect(plain).toEqual({ fresh: true, counts: [expect.objectContaining({})], epochMs: expect.any(Number) });
       expect(plain.read).toBeUndefined();
       expect(present.read).toBe('the response');
-      expect(absent).toEqual({ fresh: true, counts: [], read: null });
-      // The replayed nonce is refused but its read still answers.
-      expect(shared.fresh).toBe(false);
+      expect(absent).toEqual({ fresh: true, counts: [], read: null, epochMs: expect.any(Number) });
+      // One of the two uses of the nonce is refused (which one, on the database, depends on which connection wins),
+      // and the refused one's read still answers.
+      expect([present.fresh, shared.fresh].sort()).toEqual([false, true]);
       expect(shared.read).toBe('the response');
       // Three hits on one counter in one batch: each claim got its own count (unless the hour turned meanwhile).
       const seen = [plain, present, shared].map((r) => r.counts[0].count).sort((a, b) => a - b);
@@ -163,7 +167,7 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
 
     it('forgets a claimed nonce after its TTL and resets its counters after their window', async () => {
       const claim = () =>
-        t.store.claimNonceAndHit({ key: 'nonce:short', value: 'x', ttlMs: 80 }, [
+        t.store.claimNonceAndHit({ keys: ['nonce:short'], value: 'x', ttlMs: 80 }, [
           { key: 'claim-short', windowMs: 400 },
         ]);
       expect((await claim()).fresh).toBe(true);
@@ -185,14 +189,94 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
       expect(got).toEqual(['one']);
     });
 
+    it('claims several keys all or nothing, and stores marks without checking them', async () => {
+      const claim = (keys: string[], marks: string[] = []) =>
+        t.store.claimNonceAndHit({ keys, marks, value: 'v', ttlMs: 5_000 }, []);
+      expect((await claim(['multi:a', 'multi:b'], ['multi:mark'])).fresh).toBe(true);
+      // One key of the two is taken: refused, and the free one is not stored.
+      expect((await claim(['multi:c', 'multi:b'])).fresh).toBe(false);
+      expect(await t.store.get('multi:c')).toBeNull();
+      // A mark is remembered (a later claim of it as a key is refused) but a claim that marks it again passes.
+      expect((await claim(['multi:d'], ['multi:mark'])).fresh).toBe(true);
+      expect((await claim(['multi:mark'])).fresh).toBe(false);
+      // A refused claim stores no marks.
+      expect((await claim(['multi:a'], ['multi:mark-2'])).fresh).toBe(false);
+      expect(await t.store.get('multi:mark-2')).toBeNull();
+    });
+
+    it('answers the same epoch claim after claim while it keeps its data', async () => {
+      const first = await t.store.claimNonceAndHit({ keys: ['epoch:1'], value: 'v', ttlMs: 5_000 }, []);
+      const second = await t.store.claimNonceAndHit({ keys: ['epoch:2'], value: 'v', ttlMs: 5_000 }, []);
+      expect(second.epochMs).toBe(first.epochMs);
+      expect(first.epochMs).toBeLessThanOrEqual(Date.now());
+    });
+
     it('answers ping', async () => {
       await expect(t.store.ping()).resolves.toBeUndefined();
     });
   });
 }
 
-contract('memory', openTestMemory);
+/** The store kept in a database of its own, closed with it. */
+async function databaseStore(open: typeof openTestPglite): Promise<TestStore> {
+  const database = await open();
+  const t = openTestDatabaseStore(database);
+  return {
+    ...t,
+    async cleanup() {
+      await t.cleanup();
+      await database.cleanup();
+    },
+  };
+}
+
+contract('database (PGlite)', () => databaseStore(openTestPglite));
+if (DATABASE_URL) contract('database (PostgreSQL)', () => databaseStore(() => openTestPostgres()));
 if (REDIS_URL) contract('Redis', () => openTestRedis());
+
+describe('what a store may lose, it says', () => {
+  it('the embedded database loses nothing: its epoch is 0', async () => {
+    const t = await databaseStore(openTestPglite);
+    try {
+      expect((await t.store.claimNonceAndHit({ keys: ['e:0'], value: 'v', ttlMs: 1_000 }, [])).epochMs).toBe(0);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it.runIf(DATABASE_URL)('PostgreSQL commits claims asynchronously: its epoch is the server start', async () => {
+    const t = await databaseStore(() => openTestPostgres());
+    try {
+      const claim = await t.store.claimNonceAndHit({ keys: ['e:pg'], value: 'v', ttlMs: 1_000 }, []);
+      const client = new pg.Client({ connectionString: DATABASE_URL });
+      await client.connect();
+      const { rows } = await client
+        .query('select floor(extract(epoch from pg_postmaster_start_time()) * 1000)::float8 as ms')
+        .finally(() => client.end());
+      expect(claim.epochMs).toBe(Number(rows[0].ms));
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it.runIf(REDIS_URL)('Redis: losing its data moves the epoch to the moment it was found lost', async () => {
+    const t = await openTestRedis();
+    try {
+      const before = await t.store.claimNonceAndHit({ keys: ['e:redis'], value: 'v', ttlMs: 60_000 }, []);
+      expect(before.epochMs).toBe(0); // a new namespace: nothing lost yet
+      const lostAt = Date.now();
+      // What a restart without persistence does to this deployment's keys: all gone, the epoch with them.
+      await deleteKeys(REDIS_URL as string, t.prefix);
+      const after = await t.store.claimNonceAndHit({ keys: ['e:redis'], value: 'v', ttlMs: 60_000 }, []);
+      // The nonce was forgotten (fresh again), and the store says so: its epoch is now.
+      expect(after.fresh).toBe(true);
+      expect(after.epochMs).toBeGreaterThanOrEqual(lostAt - 50);
+      expect(after.epochMs).toBeGreaterThan(before.epochMs);
+    } finally {
+      await t.cleanup();
+    }
+  });
+});
 
 describe('Redis unavailable', () => {
   it('fails fast with StoreUnavailableError', async () => {
@@ -205,7 +289,7 @@ describe('Redis unavailable', () => {
     const t = await openTestRedis();
     await t.store.close();
     await expect(
-      t.store.claimNonceAndHit({ key: 'nonce:down', value: 'x', ttlMs: 1_000 }, [{ key: 'down', windowMs: 1_000 }]),
+      t.store.claimNonceAndHit({ keys: ['nonce:down'], value: 'x', ttlMs: 1_000 }, [{ key: 'down', windowMs: 1_000 }]),
     ).rejects.toBeInstanceOf(StoreUnavailableError);
     await t.cleanup();
   });

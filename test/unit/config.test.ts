@@ -47,7 +47,7 @@ describe('config', () => {
     ['CREDIT_PACKAGES', 'nope'],
     ['CREDIT_PACKAGES', '[{"name":"x","price":0,"credits":1}]'],
     ['CREDIT_PACKAGES', '[]'],
-    ['BUILD_LEASE_S', '1'],
+    ['BUILD_LEASE_S', '0'],
     ['CREDITS_PER_BUILD_MINUTE', 'ten'],
   ])('refuses %s=%s with an error naming the variable', (name, value) => {
     let caught: unknown;
@@ -91,5 +91,34 @@ describe('config', () => {
 
   it('treats an empty variable as unset', () => {
     expect(loadConfig({ PORT: '', REDIS_URL: '  ' })).toMatchObject({ port: 8081, redisUrl: undefined });
+  });
+
+  it.each([
+    [
+      { TIMESTAMP_TOLERANCE_S: '301' },
+      'NONCE_TTL_S',
+      /at least twice TIMESTAMP_TOLERANCE_S \(2 × 301 = 602 s\), got 600/,
+    ],
+    [{ NONCE_TTL_S: '200' }, 'NONCE_TTL_S', /2 × 120 = 240 s\), got 200/],
+    [{ RESERVATION_TTL_S: '30' }, 'RESERVATION_TTL_S', /greater than BUILD_LEASE_S \(30 s\), got 30/],
+    [{ RESERVATION_TTL_S: '60', BUILD_LEASE_S: '90' }, 'RESERVATION_TTL_S', /greater than BUILD_LEASE_S \(90 s\)/],
+  ])('refuses the unsafe combination %o, naming %s', (env, variable, message) => {
+    expect(() => loadConfig(env)).toThrowError(ConfigError);
+    try {
+      loadConfig(env);
+    } catch (error) {
+      expect((error as ConfigError).variable).toBe(variable);
+      expect((error as ConfigError).message).toMatch(message);
+    }
+  });
+
+  it('accepts the limits of those combinations', () => {
+    expect(loadConfig({ TIMESTAMP_TOLERANCE_S: '300', NONCE_TTL_S: '600' }).nonceTtlS).toBe(600);
+    expect(loadConfig({ RESERVATION_TTL_S: '31' }).reservationTtlS).toBe(31);
+  });
+
+  it('bounds request statements and the wait for a connection', () => {
+    expect(loadConfig({})).toMatchObject({ databaseStatementTimeoutS: 30, databasePoolTimeoutMs: 2000 });
+    expect(() => loadConfig({ DATABASE_POOL_TIMEOUT_MS: '10' })).toThrowError(/DATABASE_POOL_TIMEOUT_MS/);
   });
 });

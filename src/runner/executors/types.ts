@@ -1,7 +1,7 @@
 import type { Build, NewEvent } from '../../db/builds';
 
 /** Why a running build was stopped from outside. */
-export type StopReason = 'cancelled' | 'timeout' | 'lease_lost' | 'shutdown';
+export type StopReason = 'cancelled' | 'timeout' | 'lease_lost' | 'hold_lost' | 'shutdown';
 
 export interface ExecutionContext {
   build: Build;
@@ -17,7 +17,7 @@ export interface ExecutionContext {
 
 export interface ExecutionResult {
   outcome: 'deployed' | 'failed';
-  /** Why it failed: exit_code, timeout, cancelled, shutdown, lease_lost, spawn_error. */
+  /** Why it failed: exit_code, timeout, cancelled, shutdown, lease_lost, hold_lost, spawn_error. */
   reason?: string;
   error?: string;
   previewUrl?: string;
