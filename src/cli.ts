@@ -84,7 +84,8 @@ async function auditCommand(args: string[]): Promise<number> {
     return 2;
   }
   try {
-    const report = await audit(db, userId, 'cli');
+    // On the background pool: no statement limit, as a full audit of a large ledger may take a while.
+    const report = await audit(db.background, userId, 'cli');
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     return report.ok ? 0 : 1;
   } finally {

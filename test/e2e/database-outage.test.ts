@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKilnClient } from '../../src/client/sign';
+import { createKilnClient, signRequest } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
 import { type KilnProcess, spawnKiln } from '../helpers/kiln-process';
 import { hasPostgresBinaries, type PrivatePostgres, startPrivatePostgres } from '../helpers/private-postgres';
@@ -73,6 +73,16 @@ describe.skipIf(!hasPostgresBinaries())('builds that finish while PostgreSQL is 
       await sleep(100);
     }
 
+    // A grant captured before the outage (its nonce is in PostgreSQL: no Redis here), replayed after it.
+    const grantBody = JSON.stringify({ userId: 'u_out_replay', credits: 5, reason: 't', source: 't' });
+    const captured: Record<string, string> = {
+      ...signRequest({ secret: TEST_SECRET, method: 'POST', path: '/v1/credits/grant', body: grantBody }),
+      'content-type': 'application/json',
+    };
+    const sendCaptured = () =>
+      fetch(`${runner.url}/v1/credits/grant`, { method: 'POST', headers: captured, body: grantBody });
+    expect((await sendCaptured()).status).toBe(200);
+
     await pg.stop('fast');
     await sleep(9_000); // three leases; every command finishes meanwhile
     await pg.start();
@@ -93,5 +103,10 @@ describe.skipIf(!hasPostgresBinaries())('builds that finish while PostgreSQL is 
     expect(balance.body).toMatchObject({ balance: 1000 - 3 * 7, reserved: 0 });
     expect((await api<{ ok: boolean }>('GET', '/v1/credits/audit')).body.ok).toBe(true);
     expect(runner.output()).toContain('retrying until it answers');
+    // Requests signed before the server restarted are refused: its asynchronous commits may have lost their nonces.
+    const replay = await sendCaptured();
+    expect(replay.status).toBe(401);
+    expect(((await replay.json()) as { data: { reason: string } }).data.reason).toBe('signed_before_store_epoch');
+    expect((await api<{ balance: number }>('GET', '/v1/credits/balance/u_out_replay')).body.balance).toBe(5);
   }, 90_000);
 });
