@@ -39,6 +39,7 @@ export interface DbBuild {
   user_id: string;
   state: BuildState;
   previous_state: BuildState | null;
+  /** bigint columns (0007), read as numbers by both adapters (postgres.ts's int8 parser; PGlite's own). */
   estimated_credits: number;
   actual_credits: number | null;
   reservation_id: string | null;
@@ -122,7 +123,7 @@ export async function insertBuild(q: Queryable, build: NewBuild): Promise<DbBuil
   const { rows } = await q.query<DbBuild>(
     `with b as (
        insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata, reservation_id, last_event_seq)
-       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::int, $6::jsonb, $7::text, 1)
+       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::bigint, $6::jsonb, $7::text, 1)
        on conflict (project_id) where state in ('queued', 'building') and exclusive do nothing
        returning *),
      e as (insert into build_events (build_id, seq, type, message) select id, 1, 'queued', 'Build queued' from b)
@@ -263,7 +264,7 @@ export async function transitionBuild(
          reason = coalesce($4::text, reason),
          error = coalesce($5::text, error),
          preview_url = coalesce($6::text, preview_url),
-         actual_credits = coalesce($7::int, actual_credits),
+         actual_credits = coalesce($7::bigint, actual_credits),
          lease_owner = case when $2::text in ('deployed', 'failed', 'cancelled') then null else lease_owner end,
          lease_expires_at = case when $2::text in ('deployed', 'failed', 'cancelled') then null
                                  when $12::int is not null then now() + make_interval(secs => $12::int)
