@@ -307,10 +307,18 @@ export interface NewEvent {
   data?: Record<string, unknown>;
 }
 
-/** Append a progress or log event (numbered after the build's last one) in one statement. */
+/**
+ * Append a progress or log event (numbered after the build's last one) in one statement, only while the build is
+ * queued or building: no event follows a terminal one. The update that numbers the event is conditional on the
+ * state, so a concurrent end either commits first (this statement then re-reads the row, sees it ended and appends
+ * nothing) or waits for this one (and numbers its own event after it). The seq, or undefined when nothing was
+ * appended (the build ended, or there is no such build).
+ */
 export async function appendEvent(q: Queryable, buildId: string, event: NewEvent): Promise<number | undefined> {
   const { rows } = await q.query<{ seq: number }>(
-    `with b as (update builds set last_event_seq = last_event_seq + 1 where id = $1::text returning id, last_event_seq)
+    `with b as (update builds set last_event_seq = last_event_seq + 1
+                 where id = $1::text and state in ('queued', 'building')
+                returning id, last_event_seq)
      insert into build_events (build_id, seq, type, phase, message, progress, data)
      select id, last_event_seq, $2::text, $3::text, $4::text, $5::real, $6::jsonb from b
      returning seq`,
