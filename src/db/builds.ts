@@ -294,9 +294,16 @@ export async function transitionBuild(
   return rows[0];
 }
 
-/** Point a build at a new hold (its first one lapsed before it started). */
-export async function setBuildReservation(q: Queryable, id: string, reservationId: string): Promise<void> {
-  await q.query('update builds set reservation_id = $2::text where id = $1::text', [id, reservationId]);
+/**
+ * Point a build at a new hold (its first one lapsed before it started), only while it is queued or building. False
+ * when the build has ended meanwhile (a cancel that raced its start): the caller must not keep the hold.
+ */
+export async function setBuildReservation(q: Queryable, id: string, reservationId: string): Promise<boolean> {
+  const { rowCount } = await q.query(
+    `update builds set reservation_id = $2::text where id = $1::text and state in ('queued', 'building')`,
+    [id, reservationId],
+  );
+  return rowCount === 1;
 }
 
 export interface NewEvent {

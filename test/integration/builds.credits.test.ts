@@ -1,5 +1,8 @@
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findBuild } from '../../src/db/builds';
 import { registry } from '../../src/metrics';
+import { holdForStart } from '../../src/services/build-credits';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
 
@@ -191,6 +194,30 @@ describe('builds and credits', () => {
     expect(start.statusCode).toBe(409);
     expect(start.json()).toMatchObject({ error: 'RESERVATION_NOT_ACTIVE', data: { state: 'released' } });
     expect(await balance(userId)).toMatchObject({ balance: 1000, reserved: 0 });
+  });
+
+  it('does not hold again a build that ended while it was starting (its hold lapsed, a cancel raced the claim)', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    const db = t.database.db;
+    await db.query("update credit_reservations set expires_at = now() - interval '1 second' where id = $1", [
+      build.reservationId,
+    ]);
+    // A runner claims it (and is about to hold its credits again) while a cancel ends it.
+    await db.query("update builds set state = 'building', started_at = now() where id = $1", [build.id]);
+    const claimed = (await findBuild(db, build.id))!;
+    expect((await call('POST', `/v1/builds/${build.id}/cancel`)).statusCode).toBe(200);
+    const refused = await db
+      .transaction((tx) => holdForStart(tx, claimed, { reservationTtlS: 1800 }, pino({ level: 'silent' })))
+      .catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'INVALID_STATE_TRANSITION', data: { currentState: 'cancelled' } });
+    expect(await balance(userId)).toMatchObject({ balance: 1000, reserved: 0 });
+    const { rows } = await db.query('select id from credit_reservations where build_id = $1 and state = $2', [
+      build.id,
+      'active',
+    ]);
+    expect(rows).toEqual([]);
+    expect((await call('GET', `/v1/builds/${build.id}`)).json().reservationId).toBe(build.reservationId);
   });
 
   it('refuses a build that would hold nothing', async () => {
