@@ -1,4 +1,6 @@
--- Close the holes at the edges of a build's credits (issue 13).
+-- Close the holes at the edges of a build's credits (issue 13): a build's credit figures are bigint; the credits
+-- routes cannot resolve the hold of an active build; and a deployed build's shortfall is recorded, so the audit can
+-- prove what each build paid (with the indexes its build rules read).
 --
 -- A build's credit figures are bigint, like every other credit figure: a command reporting 3 000 000 000 credits
 -- overflowed builds.actual_credits (integer), the transaction that ended the build failed, and the build was reaped
@@ -100,3 +102,16 @@ begin
   return next;
 end;
 $$;
+
+-- The audit proves what a build paid (src/db/credit-audit.ts). A deployed build pays its actual credits less what
+-- the user's balance could not cover; that shortfall is recorded with the build when it is settled. NULL means
+-- unknown: builds that ended before this migration (and a build whose hold was resolved through the credits API
+-- before the rule above), which the audit's "pays what it used" rule skips. Builds still queued or building now
+-- end under the new code, so they start from 0 like new ones.
+alter table builds add column uncollected_credits bigint check (uncollected_credits >= 0);
+alter table builds alter column uncollected_credits set default 0;
+update builds set uncollected_credits = 0 where state in ('queued', 'building');
+
+-- The audit's build rules read a build's ledger entries, and one user's ended builds.
+create index credit_ledger_build on credit_ledger (build_id) where build_id is not null;
+create index builds_user_ended on builds (user_id) where state in ('deployed', 'failed', 'cancelled');

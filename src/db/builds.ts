@@ -306,6 +306,15 @@ export async function setBuildReservation(q: Queryable, id: string, reservationI
   return rowCount === 1;
 }
 
+/**
+ * Record what a deployed build used that the user's balance could not cover (0 by default), or null when that is
+ * unknown (its hold was resolved outside the build). The audit checks that the build paid its actual credits less
+ * this. Call it in the transaction that settles the build.
+ */
+export async function setBuildUncollected(q: Queryable, id: string, credits: number | null): Promise<void> {
+  await q.query('update builds set uncollected_credits = $2::bigint where id = $1::text', [id, credits]);
+}
+
 export interface NewEvent {
   type: 'progress' | 'log';
   phase?: string;

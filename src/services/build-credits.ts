@@ -3,7 +3,7 @@
  * a hold, and when it ends either pays what it used or gets its hold back, in the transaction that ends it.
  */
 import type { CreditPackage } from '../config';
-import { type DbBuild, findBuild, setBuildReservation } from '../db/builds';
+import { type DbBuild, findBuild, setBuildReservation, setBuildUncollected } from '../db/builds';
 import type { Queryable } from '../db/database';
 import { validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
@@ -50,9 +50,18 @@ const resolvedElsewhere = (error: unknown) =>
 
 /**
  * A deployed build pays what it used: from its hold first (the rest of the hold is refunded), and what the hold
- * does not cover — all of it, if the hold lapsed — straight from the available balance, as far as that goes.
+ * does not cover — all of it, if the hold lapsed — straight from the available balance, as far as that goes. What
+ * the balance could not cover is recorded with the build (the audit checks it paid its actual credits less that);
+ * when the hold was resolved outside the build, what it paid is not the build's to say, so that is unknown (null).
  */
 async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>): Promise<Settlement> {
+  const settled = await payDeployed(q, build, actor);
+  if (settled.settledElsewhere) await setBuildUncollected(q, build.id, null);
+  else if (settled.uncollected > 0) await setBuildUncollected(q, build.id, settled.uncollected);
+  return settled;
+}
+
+async function payDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>): Promise<Settlement> {
   const used = build.actual_credits ?? 0;
   const reason = `build ${build.id} deployed`;
   let fromHold = 0;
