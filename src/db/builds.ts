@@ -39,6 +39,7 @@ export interface DbBuild {
   user_id: string;
   state: BuildState;
   previous_state: BuildState | null;
+  /** bigint columns (0008), read as numbers by both adapters (postgres.ts's int8 parser; PGlite's own). */
   estimated_credits: number;
   actual_credits: number | null;
   reservation_id: string | null;
@@ -122,7 +123,7 @@ export async function insertBuild(q: Queryable, build: NewBuild): Promise<DbBuil
   const { rows } = await q.query<DbBuild>(
     `with b as (
        insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata, reservation_id, last_event_seq)
-       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::int, $6::jsonb, $7::text, 1)
+       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::bigint, $6::jsonb, $7::text, 1)
        on conflict (project_id) where state in ('queued', 'building') and exclusive do nothing
        returning *),
      e as (insert into build_events (build_id, seq, type, message) select id, 1, 'queued', 'Build queued' from b)
@@ -263,7 +264,7 @@ export async function transitionBuild(
          reason = coalesce($4::text, reason),
          error = coalesce($5::text, error),
          preview_url = coalesce($6::text, preview_url),
-         actual_credits = coalesce($7::int, actual_credits),
+         actual_credits = coalesce($7::bigint, actual_credits),
          lease_owner = case when $2::text in ('deployed', 'failed', 'cancelled') then null else lease_owner end,
          lease_expires_at = case when $2::text in ('deployed', 'failed', 'cancelled') then null
                                  when $12::int is not null then now() + make_interval(secs => $12::int)
@@ -293,9 +294,25 @@ export async function transitionBuild(
   return rows[0];
 }
 
-/** Point a build at a new hold (its first one lapsed before it started). */
-export async function setBuildReservation(q: Queryable, id: string, reservationId: string): Promise<void> {
-  await q.query('update builds set reservation_id = $2::text where id = $1::text', [id, reservationId]);
+/**
+ * Point a build at a new hold (its first one lapsed before it started), only while it is queued or building. False
+ * when the build has ended meanwhile (a cancel that raced its start): the caller must not keep the hold.
+ */
+export async function setBuildReservation(q: Queryable, id: string, reservationId: string): Promise<boolean> {
+  const { rowCount } = await q.query(
+    `update builds set reservation_id = $2::text where id = $1::text and state in ('queued', 'building')`,
+    [id, reservationId],
+  );
+  return rowCount === 1;
+}
+
+/**
+ * Record what a deployed build used that the user's balance could not cover (0 by default), or null when that is
+ * unknown (its hold was resolved outside the build). The audit checks that the build paid its actual credits less
+ * this. Call it in the transaction that settles the build.
+ */
+export async function setBuildUncollected(q: Queryable, id: string, credits: number | null): Promise<void> {
+  await q.query('update builds set uncollected_credits = $2::bigint where id = $1::text', [id, credits]);
 }
 
 export interface NewEvent {
@@ -306,10 +323,18 @@ export interface NewEvent {
   data?: Record<string, unknown>;
 }
 
-/** Append a progress or log event (numbered after the build's last one) in one statement. */
+/**
+ * Append a progress or log event (numbered after the build's last one) in one statement, only while the build is
+ * queued or building: no event follows a terminal one. The update that numbers the event is conditional on the
+ * state, so a concurrent end either commits first (this statement then re-reads the row, sees it ended and appends
+ * nothing) or waits for this one (and numbers its own event after it). The seq, or undefined when nothing was
+ * appended (the build ended, or there is no such build).
+ */
 export async function appendEvent(q: Queryable, buildId: string, event: NewEvent): Promise<number | undefined> {
   const { rows } = await q.query<{ seq: number }>(
-    `with b as (update builds set last_event_seq = last_event_seq + 1 where id = $1::text returning id, last_event_seq)
+    `with b as (update builds set last_event_seq = last_event_seq + 1
+                 where id = $1::text and state in ('queued', 'building')
+                returning id, last_event_seq)
      insert into build_events (build_id, seq, type, phase, message, progress, data)
      select id, last_event_seq, $2::text, $3::text, $4::text, $5::real, $6::jsonb from b
      returning seq`,

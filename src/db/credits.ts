@@ -130,8 +130,9 @@ export async function insertReservation(
 }
 
 export interface ResolveOutcome {
-  outcome: 'ok' | 'repeat' | 'not_found' | 'not_active' | 'exceeds' | 'build_mismatch';
-  state: ReservationState | null;
+  outcome: 'ok' | 'repeat' | 'not_found' | 'not_active' | 'held_by_build' | 'exceeds' | 'build_mismatch';
+  /** The hold's state; for held_by_build, the state of the build holding it (queued or building). */
+  state: ReservationState | 'queued' | 'building' | null;
   amount: number | null;
   charged: number | null;
   available: number | null;
@@ -139,7 +140,10 @@ export interface ResolveOutcome {
   userId: string | null;
 }
 
-/** Commit (charge `actual`, refund the rest) or release (refund all) a hold, once. */
+/**
+ * Commit (charge `actual`, refund the rest) or release (refund all) a hold, once. The hold of a queued or building
+ * build is refused (held_by_build, with that build's id and state): the build's own end settles it.
+ */
 export async function resolveReservation(
   q: Queryable,
   input: {
@@ -167,7 +171,7 @@ export async function resolveReservation(
   const row = rows[0];
   return {
     outcome: row.outcome as ResolveOutcome['outcome'],
-    state: (row.state as ReservationState | null) ?? null,
+    state: (row.state as ResolveOutcome['state']) ?? null,
     amount: numOrNull(row.amount),
     charged: numOrNull(row.charged),
     available: numOrNull(row.available),

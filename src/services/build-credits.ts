@@ -3,8 +3,9 @@
  * a hold, and when it ends either pays what it used or gets its hold back, in the transaction that ends it.
  */
 import type { CreditPackage } from '../config';
-import { type DbBuild, setBuildReservation } from '../db/builds';
+import { type DbBuild, findBuild, setBuildReservation, setBuildUncollected } from '../db/builds';
 import type { Queryable } from '../db/database';
+import { validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
 import { creditsUncollected } from '../metrics';
 import {
@@ -49,9 +50,18 @@ const resolvedElsewhere = (error: unknown) =>
 
 /**
  * A deployed build pays what it used: from its hold first (the rest of the hold is refunded), and what the hold
- * does not cover — all of it, if the hold lapsed — straight from the available balance, as far as that goes.
+ * does not cover — all of it, if the hold lapsed — straight from the available balance, as far as that goes. What
+ * the balance could not cover is recorded with the build (the audit checks it paid its actual credits less that);
+ * when the hold was resolved outside the build, what it paid is not the build's to say, so that is unknown (null).
  */
 async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>): Promise<Settlement> {
+  const settled = await payDeployed(q, build, actor);
+  if (settled.settledElsewhere) await setBuildUncollected(q, build.id, null);
+  else if (settled.uncollected > 0) await setBuildUncollected(q, build.id, settled.uncollected);
+  return settled;
+}
+
+async function payDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>): Promise<Settlement> {
   const used = build.actual_credits ?? 0;
   const reason = `build ${build.id} deployed`;
   let fromHold = 0;
@@ -151,9 +161,10 @@ export interface HoldContext {
 /**
  * A build starts only with its credits held: renew its hold, and if the hold lapsed while it waited (no process was
  * up to renew it), hold its estimate again — 402 INSUFFICIENT_CREDITS, nothing changed, when the user can no
- * longer afford it. A hold someone else resolved stays resolved: 409 RESERVATION_NOT_ACTIVE. Returns the build as
- * it now stands (with its new hold's id when there is one). Call it in a transaction: the new hold and the build's
- * pointer to it are written together.
+ * longer afford it. A hold someone else resolved stays resolved: 409 RESERVATION_NOT_ACTIVE; a build that ended
+ * meanwhile (a cancel raced its start) is not held again: 409 INVALID_STATE_TRANSITION. Returns the build as it now
+ * stands (with its new hold's id when there is one). Call it in a transaction: the new hold and the build's pointer
+ * to it are written together, or not at all.
  */
 export async function holdForStart(
   q: Queryable,
@@ -179,7 +190,17 @@ export async function holdForStart(
     packages: context.packages,
     reason: `hold for build ${build.id} (its first hold lapsed before it started)`,
   });
-  await setBuildReservation(q, build.id, reservationId);
+  if (!(await setBuildReservation(q, build.id, reservationId))) {
+    // It ended (a cancel raced its start) after its old hold was settled: the new hold must not outlive it. Thrown
+    // so that the caller's transaction, and the hold with it, rolls back.
+    const now = await findBuild(q, build.id);
+    const state = now?.state ?? build.state;
+    throw new ApiError(
+      'INVALID_STATE_TRANSITION',
+      `Build ${build.id} is ${state}; it cannot become building. It has ended; start a new build.`,
+      { buildId: build.id, currentState: state, requestedState: 'building', validNextStates: validNextStates(state) },
+    );
+  }
   log.warn(
     { buildId: build.id, lapsedReservationId: build.reservation_id, reservationId },
     'build hold had lapsed before it started; held its estimate again',

@@ -114,6 +114,12 @@ function refusal(reservationId: string, result: ResolveOutcome, requested: numbe
         `Cannot charge ${requested} credits against a hold of ${result.amount}; commit at most ${result.amount}, and grant or reserve more for the rest.`,
         { reservationId, reserved: result.amount, requested },
       );
+    case 'held_by_build':
+      return new ApiError(
+        'RESERVATION_HELD_BY_BUILD',
+        `Reservation ${reservationId} is the credit hold of build ${result.buildId}, which is ${result.state}; the build's end settles it. To give the credits back, cancel the build with POST /v1/builds/${result.buildId}/cancel.`,
+        { reservationId, buildId: result.buildId, state: result.state },
+      );
     case 'build_mismatch':
       return new ApiError(
         'VALIDATION_ERROR',
@@ -129,7 +135,10 @@ function refusal(reservationId: string, result: ResolveOutcome, requested: numbe
   }
 }
 
-/** Charge `actualCredits` (≤ the hold) and refund the rest. A repeat with the same arguments answers as the first. */
+/**
+ * Charge `actualCredits` (≤ the hold) and refund the rest. A repeat with the same arguments answers as the first.
+ * The hold of a queued or building build → 409 RESERVATION_HELD_BY_BUILD (cancel the build instead).
+ */
 export async function commitReservation(
   q: Queryable,
   input: { reservationId: string; actualCredits: number; buildId?: string | null; reason?: string } & Partial<Actor>,
@@ -157,7 +166,10 @@ export async function commitReservation(
   };
 }
 
-/** Give the whole hold back. A repeat with the same reason answers as the first. */
+/**
+ * Give the whole hold back. A repeat with the same reason answers as the first. The hold of a queued or building
+ * build → 409 RESERVATION_HELD_BY_BUILD (cancel the build instead).
+ */
 export async function releaseReservation(
   q: Queryable,
   input: { reservationId: string; reason: string } & Partial<Actor>,

@@ -1,5 +1,8 @@
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findBuild } from '../../src/db/builds';
 import { registry } from '../../src/metrics';
+import { holdForStart } from '../../src/services/build-credits';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
 
@@ -137,14 +140,45 @@ describe('builds and credits', () => {
     expect(await uncollected()).toBe(before + 400);
   });
 
-  it("charges nothing more when the web app already committed the build's hold itself", async () => {
+  it("refuses to commit or release an active build's hold through the credits API (RESERVATION_HELD_BY_BUILD)", async () => {
     const { userId, projectId } = await newUserAndProject(1000);
     const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    const released = await call('POST', '/v1/credits/release', {
+      reservationId: build.reservationId,
+      reason: 'web app',
+    });
+    expect(released.statusCode).toBe(409);
+    expect(released.json()).toMatchObject({
+      error: 'RESERVATION_HELD_BY_BUILD',
+      data: { reservationId: build.reservationId, buildId: build.id, state: 'queued' },
+    });
     await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
     const committed = await call('POST', '/v1/credits/commit', {
       reservationId: build.reservationId,
       actualCredits: 80,
     });
+    expect(committed.json()).toMatchObject({ error: 'RESERVATION_HELD_BY_BUILD', data: { state: 'building' } });
+    const done = await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 90 });
+    expect(done.json()).toMatchObject({ state: 'deployed' });
+    expect(await balance(userId)).toMatchObject({ balance: 910, reserved: 0 });
+  });
+
+  /**
+   * Before 0008 the credits API could resolve an active build's hold. Such a hold (simulated here by resolving it
+   * while the build does not point at it) stays as it was: the build is not charged again, nor started.
+   */
+  const resolveBehindTheBuild = async (build: { id: string; reservationId: string }, path: string, body: object) => {
+    await t.database.db.query('update builds set reservation_id = null where id = $1', [build.id]);
+    const res = await call('POST', path, { reservationId: build.reservationId, ...body });
+    await t.database.db.query('update builds set reservation_id = $2 where id = $1', [build.id, build.reservationId]);
+    return res;
+  };
+
+  it("charges nothing more when the web app committed the build's hold itself (before 0008 refused that)", async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
+    const committed = await resolveBehindTheBuild(build, '/v1/credits/commit', { actualCredits: 80 });
     expect(committed.statusCode).toBe(200);
     const done = await call('PATCH', `/v1/builds/${build.id}`, { state: 'deployed', actualCredits: 100 });
     expect(done.json()).toMatchObject({ state: 'deployed' });
@@ -152,14 +186,38 @@ describe('builds and credits', () => {
     expect((await ledger(userId)).filter((e) => e.type === 'charge')).toEqual([]);
   });
 
-  it('will not start a build whose hold was already released through the credits API', async () => {
+  it('will not start a build whose hold was released through the credits API (before 0008 refused that)', async () => {
     const { userId, projectId } = await newUserAndProject(1000);
     const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
-    await call('POST', '/v1/credits/release', { reservationId: build.reservationId, reason: 'web app' });
+    await resolveBehindTheBuild(build, '/v1/credits/release', { reason: 'web app' });
     const start = await call('PATCH', `/v1/builds/${build.id}`, { state: 'building' });
     expect(start.statusCode).toBe(409);
     expect(start.json()).toMatchObject({ error: 'RESERVATION_NOT_ACTIVE', data: { state: 'released' } });
     expect(await balance(userId)).toMatchObject({ balance: 1000, reserved: 0 });
+  });
+
+  it('does not hold again a build that ended while it was starting (its hold lapsed, a cancel raced the claim)', async () => {
+    const { userId, projectId } = await newUserAndProject(1000);
+    const build = (await call('POST', '/v1/builds', { projectId, userId, estimatedCredits: 100 })).json();
+    const db = t.database.db;
+    await db.query("update credit_reservations set expires_at = now() - interval '1 second' where id = $1", [
+      build.reservationId,
+    ]);
+    // A runner claims it (and is about to hold its credits again) while a cancel ends it.
+    await db.query("update builds set state = 'building', started_at = now() where id = $1", [build.id]);
+    const claimed = (await findBuild(db, build.id))!;
+    expect((await call('POST', `/v1/builds/${build.id}/cancel`)).statusCode).toBe(200);
+    const refused = await db
+      .transaction((tx) => holdForStart(tx, claimed, { reservationTtlS: 1800 }, pino({ level: 'silent' })))
+      .catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'INVALID_STATE_TRANSITION', data: { currentState: 'cancelled' } });
+    expect(await balance(userId)).toMatchObject({ balance: 1000, reserved: 0 });
+    const { rows } = await db.query('select id from credit_reservations where build_id = $1 and state = $2', [
+      build.id,
+      'active',
+    ]);
+    expect(rows).toEqual([]);
+    expect((await call('GET', `/v1/builds/${build.id}`)).json().reservationId).toBe(build.reservationId);
   });
 
   it('refuses a build that would hold nothing', async () => {

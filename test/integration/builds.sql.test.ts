@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findBuild, insertBuild, toBuild, transitionBuild } from '../../src/db/builds';
 import { sqlState } from '../../src/db/database';
 import { BUILD_STATES, canTransition } from '../../src/domain/build-states';
 import { openTestDatabase, type TestDatabase } from '../helpers/db';
@@ -118,5 +119,35 @@ describe('builds schema', () => {
       .query("insert into build_events (build_id, seq, type) values ($1, 1, 'log')", [id])
       .catch((e: unknown) => e);
     expect(sqlState(dup)).toBe('23505');
+  });
+
+  it('stores credit figures beyond 2^31 and reads them back as numbers (a command reported 3 000 000 000)', async () => {
+    const id = `b_sql_big_${++n}`;
+    const inserted = await insertBuild(t.db, {
+      id,
+      reservationId: null,
+      projectId: 'p_sql',
+      userId: 'u',
+      exclusive: false,
+      estimatedCredits: 2_500_000_000,
+      metadata: {},
+    });
+    expect(inserted?.estimated_credits).toBe(2_500_000_000);
+    const event = { message: 'step' };
+    expect(await transitionBuild(t.db, id, { from: 'queued', to: 'building', event })).toBeDefined();
+    const deployed = await transitionBuild(t.db, id, {
+      from: 'building',
+      to: 'deployed',
+      actualCredits: 3_000_000_000,
+      event,
+    });
+    expect(deployed?.actual_credits).toBe(3_000_000_000);
+    const read = await findBuild(t.db, id);
+    expect(typeof read?.actual_credits).toBe('number');
+    expect(toBuild(read!)).toMatchObject({
+      state: 'deployed',
+      estimatedCredits: 2_500_000_000,
+      actualCredits: 3_000_000_000,
+    });
   });
 });

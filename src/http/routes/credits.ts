@@ -121,6 +121,7 @@ const AuditSchema = Type.Object(
         check: Type.String(),
         userId: NullableText,
         reservationId: NullableText,
+        buildId: Type.Optional(NullableText),
         expected: Type.Union([Type.Integer(), Type.Null()]),
         actual: Type.Union([Type.Integer(), Type.Null()]),
       }),
