@@ -140,11 +140,12 @@ export class Runner {
       // An event written while the database is away waits for it (in order), so the build's record stays whole.
       events = events
         .then(async () => {
-          await untilAnswered(
+          const seq = await untilAnswered(
             () => appendEvent(db, claimed.id, written),
             () => log.warn('the database is unavailable; build events wait for it'),
           );
-          signals.send('events', claimed.id);
+          // Nothing is appended once the build has ended (cancelled meanwhile): nothing to wake streams for.
+          if (seq !== undefined) signals.send('events', claimed.id);
         })
         .catch((error: unknown) => log.warn({ err: error }, 'could not write a build event'));
     };
