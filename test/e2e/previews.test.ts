@@ -14,7 +14,7 @@ const SECRET_MARK = 'outside-secret-3f9a1c';
  * (served), and out of the directory to a secret next to DATA_DIR's hmac-secret, to a file under /etc, to /etc
  * itself, to DATA_DIR — plus a directory and a fifo, which are not files.
  */
-const BUILD_COMMAND = [
+const PREVIEW_COMMAND = [
   'cd "$KILN_PREVIEW_DIR"',
   `printf '<h1>%s</h1>' "$KILN_BUILD_ID" > index.html`,
   'echo inside-file > inside.txt',
@@ -29,33 +29,48 @@ const BUILD_COMMAND = [
   'mkfifo fifo',
 ].join(' && ');
 
-describe('previews serve only regular files inside the preview directory', () => {
+/** A build whose metadata says `report` only prints a result line out of bounds (credits past int4, `//host`). */
+const BUILD_COMMAND = `if grep -q '"report":true'; then echo '{"type":"result","credits":3000000000,"previewUrl":"//evil.example.com/x"}'; else ${PREVIEW_COMMAND}; fi`;
+
+type Build = {
+  id: string;
+  state: string;
+  error: string | null;
+  actualCredits: number | null;
+  previewUrl: string | null;
+};
+
+describe('what a build command leaves behind', () => {
   let shared: Shared;
   let kiln: KilnProcess;
   let buildId: string;
+  let api: ReturnType<typeof createKilnClient>;
+  let projects = 0;
+  const runBuild = async (metadata: Record<string, unknown> = {}): Promise<Build> => {
+    const project = { id: `prj_preview_${++projects}_${Date.now()}`, ownerId: 'u', name: 'preview' };
+    expect((await api('POST', '/v1/projects', project)).status).toBe(201);
+    const created = await api<Build>('POST', '/v1/builds', { projectId: project.id, userId: 'user_preview', metadata });
+    expect(created.status).toBe(201);
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const build = await api<Build>('GET', `/v1/builds/${created.body.id}`);
+      if (build.body.state === 'deployed') return build.body;
+      if (build.body.state === 'failed' || Date.now() > deadline) {
+        throw new Error(`build did not deploy: ${JSON.stringify(build.body)}`);
+      }
+      await sleep(100);
+    }
+  };
   beforeAll(async () => {
     shared = await sharedEnvironment();
     // A secret beside Kiln's own files, and an hmac-secret file where a generated one would be.
     await writeFile(join(shared.env.DATA_DIR, 'outside-secret.txt'), `${SECRET_MARK}\n`);
     await writeFile(join(shared.env.DATA_DIR, 'hmac-secret'), `${SECRET_MARK}-hmac\n`);
     kiln = await spawnKiln({ ...shared.env, RUNNER_CONCURRENCY: '1', BUILD_COMMAND });
-    const api = createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
+    api = createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
     const grant = { userId: 'user_preview', credits: 1000, reason: 'test budget', source: 'test' };
     expect((await api('POST', '/v1/credits/grant', grant)).status).toBe(200);
-    const project = { id: `prj_preview_${Date.now()}`, ownerId: 'u', name: 'preview' };
-    expect((await api('POST', '/v1/projects', project)).status).toBe(201);
-    const created = await api<{ id: string }>('POST', '/v1/builds', { projectId: project.id, userId: 'user_preview' });
-    expect(created.status).toBe(201);
-    buildId = created.body.id;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const build = await api<{ state: string; error: string | null }>('GET', `/v1/builds/${buildId}`);
-      if (build.body.state === 'deployed') break;
-      if (build.body.state === 'failed' || Date.now() > deadline) {
-        throw new Error(`build did not deploy: ${JSON.stringify(build.body)}`);
-      }
-      await sleep(100);
-    }
+    buildId = (await runBuild()).id;
   }, 60_000);
   afterAll(async () => {
     await kiln?.stop('SIGKILL');
@@ -113,5 +128,16 @@ describe('previews serve only regular files inside the preview directory', () =>
     expect(res.body).not.toContain(SECRET_MARK);
     expect(JSON.parse(res.body).error).toBe('NOT_FOUND');
     expect(res.headers['x-request-id']).toBeTruthy();
+  });
+
+  it('ignores a reported credits figure past its bound and a protocol-relative preview URL, and says so', async () => {
+    // 3000000000 does not fit the final transaction's int4: before the bound the build never finished.
+    const build = await runBuild({ report: true });
+    expect(build.actualCredits).toBe(10); // priced from its duration: one started minute at CREDITS_PER_BUILD_MINUTE
+    expect(build.previewUrl).toBeNull();
+    const events = await api<{ events: { type: string; message?: string }[] }>('GET', `/v1/builds/${build.id}/events`);
+    expect(events.body.events.map((e) => e.message)).toContain(
+      'credits 3000000000 out of range 0..10000000; ignored; previewUrl "//evil.example.com/x" is not an http:// or https:// URL or a path under /previews/; ignored',
+    );
   });
 });

@@ -1,6 +1,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import { createBuildReader, toBuild } from '../../db/builds';
+import { MAX_BUILD_CREDITS, MAX_PREVIEW_URL_LENGTH, PREVIEW_URL_PATTERN } from '../../domain/build-pricing';
 import { BUILD_STATES } from '../../domain/build-states';
 import { reportSettlement } from '../../services/build-credits';
 import {
@@ -61,7 +62,7 @@ export const CreateBuildSchema = Type.Object(
     projectId: Id,
     userId: Token,
     id: Type.Optional(Id),
-    estimatedCredits: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000_000 })),
+    estimatedCredits: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_BUILD_CREDITS })),
     metadata: Type.Optional(
       Type.Record(Type.String(), Type.Unknown(), { maxProperties: 100, propertyNames: { maxLength: 128 } }),
     ),
@@ -74,8 +75,15 @@ const PatchBuildSchema = Type.Object(
   {
     state: State,
     reason: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PlainText })),
-    actualCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
-    previewUrl: Type.Optional(Type.String({ minLength: 1, maxLength: 2048, pattern: '^(https?://|/)[^\\s]*$' })),
+    actualCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_BUILD_CREDITS })),
+    previewUrl: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: MAX_PREVIEW_URL_LENGTH,
+        pattern: PREVIEW_URL_PATTERN,
+        description: 'An absolute http:// or https:// URL with a host, or a path under /previews/',
+      }),
+    ),
     error: Type.Optional(Type.String({ minLength: 1, maxLength: 4000 })),
   },
   { additionalProperties: false },
