@@ -34,12 +34,13 @@ export function sendError(request: FastifyRequest, reply: FastifyReply, error: A
 
 const RETRY_AFTER_S = 5;
 
-function unavailable(dependency: 'database' | 'store', cause: Error): ApiError {
+/** 503 naming the dependency; the cause's text (host names, SQL states, …) goes to the log, not to the client. */
+function unavailable(dependency: 'database' | 'store'): ApiError {
   const name = dependency === 'database' ? 'The database' : 'The ephemeral store (Redis)';
   return new ApiError(
     'SERVICE_UNAVAILABLE',
     `${name} is not answering; nothing was changed. Retry after ${RETRY_AFTER_S} s.`,
-    { dependency, reason: cause.message.slice(0, 200) },
+    { dependency },
     { 'retry-after': RETRY_AFTER_S },
   );
 }
@@ -63,8 +64,8 @@ function validationIssues(error: FastifyError): { path: string; message: string 
 /** Turn anything thrown while handling a request into an ApiError; unknown errors become a bare 500. */
 export function toApiError(error: unknown, bodyLimit: number): ApiError {
   if (error instanceof ApiError) return error;
-  if (error instanceof DatabaseUnavailableError) return unavailable('database', error);
-  if (error instanceof StoreUnavailableError) return unavailable('store', error);
+  if (error instanceof DatabaseUnavailableError) return unavailable('database');
+  if (error instanceof StoreUnavailableError) return unavailable('store');
   const fastifyError = error as FastifyError;
   if (fastifyError.validation) {
     const issues = validationIssues(fastifyError);
@@ -101,15 +102,25 @@ export function toApiError(error: unknown, bodyLimit: number): ApiError {
   );
 }
 
+/**
+ * A 503 may name the dependency, never echo its error text (hosts, SQL, driver messages): a `reason` some layer put
+ * into the data is kept for the log only.
+ */
+function withoutRawReason(error: ApiError): ApiError {
+  if (error.code !== 'SERVICE_UNAVAILABLE' || error.data?.reason === undefined) return error;
+  const { reason: _reason, ...data } = error.data;
+  return Object.assign(new ApiError(error.code, error.message, data, error.headers), { cause: error });
+}
+
 /** Install the one error handler and the 404 handler. */
 export function registerErrorHandling(app: App, bodyLimit: number): void {
   app.setErrorHandler((error, request, reply) => {
-    const apiError = toApiError(error, bodyLimit);
+    const apiError = withoutRawReason(toApiError(error, bodyLimit));
     if (apiError.code === 'INTERNAL_ERROR') {
       request.log.error({ err: error, code: apiError.code }, 'request failed');
     } else if (apiError.status >= 500) {
       request.log.warn(
-        { code: apiError.code, reason: apiError.message, data: apiError.data },
+        { code: apiError.code, reason: apiError.message, data: apiError.data, err: error },
         'dependency unavailable',
       );
     } else {
