@@ -27,8 +27,42 @@ export function envelope(request: FastifyRequest, error: ApiError): ErrorEnvelop
   };
 }
 
+const positive = (value: unknown): number | undefined => {
+  const n = typeof value === 'string' ? Number(value) : value;
+  return typeof n === 'number' && Number.isFinite(n) && n > 0 ? Math.ceil(n) : undefined;
+};
+
+/**
+ * The headers every 429 carries (SPEC section 2), whatever refused the request: `Retry-After`, `x-ratelimit-limit`,
+ * `x-ratelimit-remaining: 0`, `x-ratelimit-reset` (seconds, = Retry-After), `RateLimit` and `RateLimit-Policy`.
+ * Those the error gives are kept; the others are derived from them and its data (a limit of 1 when none is said:
+ * one active build per project).
+ */
+export function tooManyHeaders(error: ApiError): Record<string, string | number> {
+  const given = Object.fromEntries(Object.entries(error.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v]));
+  const data = error.data ?? {};
+  const reset =
+    positive(given['retry-after']) ??
+    positive(given['x-ratelimit-reset']) ??
+    positive(data.retryAfterSeconds) ??
+    positive(data.etaSeconds) ??
+    1;
+  const limit = positive(given['x-ratelimit-limit']) ?? positive(data.limit) ?? 1;
+  const window = positive(data.windowSeconds) ?? reset;
+  return {
+    'retry-after': reset,
+    'x-ratelimit-limit': limit,
+    'x-ratelimit-remaining': 0,
+    'x-ratelimit-reset': reset,
+    ratelimit: `limit=${limit}, remaining=0, reset=${reset}`,
+    'ratelimit-policy': `${limit};w=${window}`,
+    ...given,
+  };
+}
+
 export function sendError(request: FastifyRequest, reply: FastifyReply, error: ApiError): FastifyReply {
-  if (error.headers) reply.headers(error.headers);
+  if (error.status === 429) reply.headers(tooManyHeaders(error));
+  else if (error.headers) reply.headers(error.headers);
   return reply.code(error.status).type('application/json; charset=utf-8').send(envelope(request, error));
 }
 
