@@ -81,7 +81,8 @@ function unavailable(dependency: 'database' | 'store'): ApiError {
 
 /** AJV paths look like "/name" or "/items/0"; the client gets "body.name", "query.limit", … */
 function validationIssues(error: FastifyError): { path: string; message: string }[] {
-  const context = error.validationContext ?? 'body';
+  // Fastify says "querystring"; the client reads "query.limit", as the hand-made issues say.
+  const context = error.validationContext === 'querystring' ? 'query' : (error.validationContext ?? 'body');
   return (error.validation ?? []).map((issue) => {
     const params = issue.params as Record<string, unknown>;
     const base = `${context}${issue.instancePath.replaceAll('/', '.')}`;
