@@ -17,7 +17,14 @@ import type { BuildSignals } from '../runner/signals';
 import type { EphemeralStore } from '../store/store';
 import { registerJsonBody, throwBodyError } from './body';
 import { registerContext, requestIdFrom } from './context';
-import { registerErrorHandling } from './errors';
+import {
+  clientErrorHandler,
+  connectHandler,
+  expectationHandler,
+  frameworkErrorHandler,
+  MAX_PARAM_LENGTH,
+  registerErrorHandling,
+} from './errors';
 import { isSignedPath, signatureGuard } from './guard';
 import { idempotencyHooks, isMutatingMethod, storedResponseKey } from './idempotency';
 import { readIdempotencyKey } from './idempotency-key';
@@ -53,10 +60,22 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     logController: new LogController({ requestIdLogLabel: 'requestId', disableRequestLogging: true }),
     bodyLimit: deps.config.bodyLimitBytes,
     forceCloseConnections: 'idle',
-    return503OnClosing: true,
+    // Every error in the envelope with the context headers, including those raised before any route runs:
+    // a request arriving while closing (registerContext answers 503), a malformed URL or an over-long path
+    // parameter (frameworkErrors), what Node's parser refuses (clientErrorHandler), an HTTP/1.1 request without
+    // Host (Node would answer a bare 400; registerContext answers it instead).
+    return503OnClosing: false,
+    frameworkErrors: frameworkErrorHandler(deps.version, deps.config.bodyLimitBytes),
+    clientErrorHandler: clientErrorHandler(deps.version, deps.logger as FastifyBaseLogger),
+    http: { requireHostHeader: false },
+    // Ids are up to 128 characters: the schemas bound them, the router only refuses what no schema would take.
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     trustProxy: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validatorCompiler());
+  // CONNECT and unmet Expect headers are answered by Node itself (a closed socket, a bare 417) unless heard.
+  app.server.on('connect', connectHandler(deps.version, deps.logger as FastifyBaseLogger));
+  app.server.on('checkExpectation', expectationHandler(deps.version, deps.logger as FastifyBaseLogger));
 
   registerContext(app, deps.version);
   registerErrorHandling(app, deps.config.bodyLimitBytes);

@@ -57,7 +57,8 @@ async function alreadyRunning(q: Queryable, active: DbBuild): Promise<ApiError> 
       estimatedCompletionAt: new Date(now.getTime() + eta * 1000).toISOString(),
       basedOn: typical === undefined ? 'default' : 'project history',
     },
-    { 'retry-after': eta },
+    // One active build per project: the HTTP layer derives x-ratelimit-reset, RateLimit and RateLimit-Policy.
+    { 'retry-after': eta, 'x-ratelimit-limit': 1 },
   );
 }
 

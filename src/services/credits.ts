@@ -239,6 +239,9 @@ export async function getReservation(q: Queryable, reservationId: string): Promi
   return reservation;
 }
 
+/** A ledger cursor is an entry id: a positive bigint, at most 18 digits (far below 2^63). */
+const LEDGER_CURSOR = /^[1-9][0-9]{0,17}$/;
+
 /** A page of the ledger, newest first; `nextCursor` is null on the last page. */
 export async function getLedger(
   q: Queryable,
@@ -246,6 +249,11 @@ export async function getLedger(
   cursor: string | undefined,
   limit: number,
 ): Promise<{ entries: LedgerEntry[]; nextCursor: string | null }> {
+  if (cursor !== undefined && !LEDGER_CURSOR.test(cursor)) {
+    throw new ApiError('VALIDATION_ERROR', 'The cursor is not one Kiln gave; pass nextCursor from the previous page.', {
+      issues: [{ path: 'query.cursor', message: 'must be the nextCursor of a previous page (an entry id)' }],
+    });
+  }
   const entries = await listLedger(q, userId, cursor, limit + 1);
   const page = entries.slice(0, limit);
   return { entries: page, nextCursor: entries.length > limit ? page[page.length - 1].id : null };

@@ -69,8 +69,8 @@ describe('Kiln as a process', () => {
       }, 300);
     });
     const { status, body } = await response;
-    expect(status).toBe(404);
-    expect(JSON.parse(body).error).toBe('NOT_FOUND');
+    expect(status).toBe(405); // /healthz answers GET and HEAD only
+    expect(JSON.parse(body).error).toBe('METHOD_NOT_ALLOWED');
     expect(await kiln.exited).toBe(0);
     expect(kiln.output()).toContain('SIGTERM received');
     expect(kiln.output()).toContain('stopped cleanly');

@@ -24,7 +24,7 @@ describe.skipIf(!hasRedisServer())('readiness with Redis stopped', () => {
     expect(body.message).toContain('Redis');
     expect(body.data.dependency).toBe('store');
     expect(body.data.checks.database).toBe('ok');
-    expect(body.data.checks.store).toMatch(/^down/);
+    expect(body.data.checks.store).toMatch(/^(down|timeout)$/); // the error text itself is only logged
     const health = await fetch(`${setup.kiln.url}/healthz`);
     expect(health.status).toBe(200);
   });

@@ -169,8 +169,9 @@ describe('signed requests (dual mode)', () => {
     expect(unsignedHead.statusCode).toBe(401);
     const nonce = `options-nonce-${Date.now()}`;
     const options = await signedInject(t.app, { method: 'OPTIONS', url: '/v1/ping', sign: { nonce } });
-    expect(options.statusCode).toBe(404);
-    expect(options.json().error).toBe('NOT_FOUND');
+    expect(options.statusCode).toBe(405); // /v1/ping answers GET, HEAD and POST
+    expect(options.json().error).toBe('METHOD_NOT_ALLOWED');
+    expect(options.headers.allow).toBe('GET, HEAD, POST');
     expect((await signedInject(t.app, { method: 'GET', url: '/v1/ping', sign: { nonce } })).statusCode).toBe(200);
   });
 

@@ -1,7 +1,9 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { type BuildEvent, listEvents } from '../../db/builds';
+import { DatabaseUnavailableError } from '../../db/database';
 import { isTerminal } from '../../domain/build-states';
 import { getBuild } from '../../services/builds';
+import { envelope, toApiError } from '../errors';
 import type { App, AppDeps } from '../server';
 
 const HEARTBEAT_MS = 15_000;
@@ -28,7 +30,9 @@ function frame(event: BuildEvent): string {
 /**
  * Server-Sent Events for one build: everything after Last-Event-ID (or ?after), then live events as they are
  * written — woken by the `events` signal, with a slow poll as the safety net — heartbeats every 15 s, and the
- * end of the stream after the build's final event. Each event is sent once, in seq order.
+ * end of the stream after the build's final event. Each event is sent once, in seq order. A read that fails
+ * because the database is unavailable is retried on the poll; any other failure is sent as a final
+ * `event: error` frame holding the error envelope, and the stream ends.
  */
 export async function streamBuildEvents(
   request: FastifyRequest,
@@ -39,9 +43,9 @@ export async function streamBuildEvents(
 ): Promise<void> {
   const { db, signals } = deps;
   const build = await getBuild(db, buildId); // 404 before the stream opens
-  const resumeHeader = request.headers['last-event-id'];
-  const resumeFrom =
-    typeof resumeHeader === 'string' && /^\d{1,9}$/.test(resumeHeader) ? Number(resumeHeader) : undefined;
+  // The route's schema bounds Last-Event-ID to 0..2147483647 and coerces it to a number.
+  const resumeHeader: unknown = request.headers['last-event-id'];
+  const resumeFrom = typeof resumeHeader === 'number' ? resumeHeader : undefined;
   let last = resumeFrom ?? after ?? 0;
 
   reply.hijack();
@@ -109,7 +113,18 @@ export async function streamBuildEvents(
         end();
       }
     } catch (error) {
-      request.log.warn({ err: error, buildId: build.id }, 'event stream read failed; will retry on the next poll');
+      if (error instanceof DatabaseUnavailableError) {
+        request.log.warn({ err: error, buildId: build.id }, 'event stream read failed; will retry on the next poll');
+      } else {
+        // Anything else will fail the same way on every poll: say so in a last frame and end the stream.
+        const apiError = toApiError(error, deps.config.bodyLimitBytes);
+        request.log.error(
+          { err: error, buildId: build.id, code: apiError.code },
+          'event stream read failed; ending it',
+        );
+        if (!ended) raw.write(`event: error\ndata: ${JSON.stringify(envelope(request, apiError))}\n\n`);
+        end();
+      }
     } finally {
       running = false;
     }

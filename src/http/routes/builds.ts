@@ -1,6 +1,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import { createBuildReader, toBuild } from '../../db/builds';
+import { MAX_BUILD_CREDITS, MAX_PREVIEW_URL_LENGTH, PREVIEW_URL_PATTERN } from '../../domain/build-pricing';
 import { BUILD_STATES } from '../../domain/build-states';
 import { reportSettlement } from '../../services/build-credits';
 import {
@@ -11,6 +12,7 @@ import {
   readBuild,
   requestTransition,
 } from '../../services/builds';
+import { ApiError } from '../errors';
 import { afterCommit, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import type { App, AppDeps } from '../server';
@@ -61,7 +63,7 @@ export const CreateBuildSchema = Type.Object(
     projectId: Id,
     userId: Token,
     id: Type.Optional(Id),
-    estimatedCredits: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000_000 })),
+    estimatedCredits: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_BUILD_CREDITS })),
     metadata: Type.Optional(
       Type.Record(Type.String(), Type.Unknown(), { maxProperties: 100, propertyNames: { maxLength: 128 } }),
     ),
@@ -74,8 +76,15 @@ const PatchBuildSchema = Type.Object(
   {
     state: State,
     reason: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PlainText })),
-    actualCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
-    previewUrl: Type.Optional(Type.String({ minLength: 1, maxLength: 2048, pattern: '^(https?://|/)[^\\s]*$' })),
+    actualCredits: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_BUILD_CREDITS })),
+    previewUrl: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: MAX_PREVIEW_URL_LENGTH,
+        pattern: PREVIEW_URL_PATTERN,
+        description: 'An absolute http:// or https:// URL with a host, or a path under /previews/',
+      }),
+    ),
     error: Type.Optional(Type.String({ minLength: 1, maxLength: 4000 })),
   },
   { additionalProperties: false },
@@ -83,6 +92,34 @@ const PatchBuildSchema = Type.Object(
 
 const IdParams = Type.Object({ id: Id });
 const errors = ERROR_RESPONSES;
+
+/** Event sequence numbers are int4 in the database: `after` and Last-Event-ID are bounded by the schema. */
+const MAX_SEQ = 2_147_483_647;
+const After = (options: { default?: number } = {}) =>
+  Type.Integer({ minimum: 0, maximum: MAX_SEQ, description: `Events after this seq (0..${MAX_SEQ})`, ...options });
+const StreamHeaders = Type.Object({
+  'last-event-id': Type.Optional(
+    Type.Integer({ minimum: 0, maximum: MAX_SEQ, description: `Resume after this seq (0..${MAX_SEQ})` }),
+  ),
+});
+
+/** `created_at|id` as encodeCursor writes it: a date PostgreSQL can hold, and a build id. */
+const CURSOR = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\|[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * preHandler of GET /v1/builds: a cursor must decode to what Kiln gave (decodeCursor accepts any date JavaScript
+ * parses and any id, and a year PostgreSQL cannot store or a NUL in the id would reach the query as a 500).
+ */
+async function checkCursor(request: FastifyRequest): Promise<void> {
+  const { cursor } = request.query as { cursor?: string };
+  if (cursor === undefined) return;
+  const text = Buffer.from(cursor, 'base64url').toString('utf8');
+  if (!CURSOR.test(text) || Number.isNaN(new Date(text.slice(0, 24)).getTime())) {
+    throw new ApiError('VALIDATION_ERROR', 'The cursor is not one Kiln gave; pass nextCursor from the previous page.', {
+      issues: [{ path: 'query.cursor', message: 'is not a valid cursor' }],
+    });
+  }
+}
 
 /** Builds (SPEC section 5): create, read, list, transition, cancel, events, live events. */
 export function registerBuildRoutes(app: App, deps: AppDeps): void {
@@ -135,6 +172,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
   app.get(
     '/v1/builds',
     {
+      preHandler: checkCursor,
       schema: {
         tags: ['builds'],
         summary: 'List builds, newest first (cursor pages)',
@@ -144,7 +182,9 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
             userId: Type.Optional(Token),
             state: Type.Optional(State),
             limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
-            cursor: Type.Optional(Type.String({ maxLength: 200 })),
+            cursor: Type.Optional(
+              Type.String({ pattern: '^[A-Za-z0-9_-]{1,200}$', description: 'nextCursor of the previous page' }),
+            ),
           },
           { additionalProperties: false },
         ),
@@ -228,7 +268,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
         params: IdParams,
         querystring: Type.Object(
           {
-            after: Type.Integer({ minimum: 0, default: 0 }),
+            after: After({ default: 0 }),
             limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
           },
           { additionalProperties: false },
@@ -248,10 +288,8 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
         tags: ['builds'],
         summary: 'The events as Server-Sent Events: live, resumable with Last-Event-ID, closed when the build ends',
         params: IdParams,
-        querystring: Type.Object(
-          { after: Type.Optional(Type.Integer({ minimum: 0 })) },
-          { additionalProperties: false },
-        ),
+        querystring: Type.Object({ after: Type.Optional(After()) }, { additionalProperties: false }),
+        headers: StreamHeaders,
         response: { ...errors },
       },
     },

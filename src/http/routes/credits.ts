@@ -272,7 +272,12 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
         params: UserParams,
         querystring: Type.Object(
           {
-            cursor: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,17}$' })),
+            cursor: Type.Optional(
+              Type.String({
+                pattern: '^[1-9][0-9]{0,17}$',
+                description: 'nextCursor of the previous page (an entry id)',
+              }),
+            ),
             limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
           },
           { additionalProperties: false },

@@ -14,18 +14,23 @@ function bearerMatches(header: string | undefined, token: string): boolean {
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
-async function check(name: string, probe: () => Promise<unknown>): Promise<string> {
+class CheckTimeout extends Error {}
+
+type CheckResult = { status: 'ok' } | { status: 'down' | 'timeout'; error: unknown };
+
+/** Probe one dependency: `ok`, `down` (it failed) or `timeout` (no answer in time), and the error for the log. */
+async function check(probe: () => Promise<unknown>): Promise<CheckResult> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
       probe(),
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
+        timer = setTimeout(() => reject(new CheckTimeout(`no answer within ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
       }),
     ]);
-    return 'ok';
+    return { status: 'ok' };
   } catch (error) {
-    return `down: ${(error as Error).message.slice(0, 160)}`.replace(`${name} unavailable: `, '');
+    return { status: error instanceof CheckTimeout ? 'timeout' : 'down', error };
   } finally {
     clearTimeout(timer);
   }
@@ -39,7 +44,7 @@ const HealthSchema = Type.Object({
 
 const ReadySchema = Type.Object({
   status: Type.Literal('ready'),
-  checks: Type.Object({ database: Type.String(), store: Type.String() }),
+  checks: Type.Object({ database: Type.Literal('ok'), store: Type.Literal('ok') }),
 });
 
 /** Liveness and readiness: unsigned, for load balancers and orchestrators. */
@@ -62,18 +67,34 @@ export function registerOpsRoutes(app: App, deps: AppDeps): void {
         response: { 200: ReadySchema, 503: ErrorEnvelopeSchema },
       },
     },
-    async () => {
+    async (request) => {
       const [database, store] = await Promise.all([
-        check('database', () => deps.db.query('select 1')),
-        check('store', () => deps.store.ping()),
+        check(() => deps.db.query('select 1')),
+        check(() => deps.store.ping()),
       ]);
-      if (database === 'ok' && store === 'ok') return { status: 'ready' as const, checks: { database, store } };
-      const storeName = deps.store.kind === 'redis' ? 'Redis' : 'the in-process store';
-      const failing = [database !== 'ok' && 'the database', store !== 'ok' && storeName].filter(Boolean).join(' and ');
+      if (database.status === 'ok' && store.status === 'ok') {
+        return { status: 'ready' as const, checks: { database: 'ok' as const, store: 'ok' as const } };
+      }
+      // The raw error text stays in the log (under the request id), never in the answer.
+      for (const [dependency, result] of [
+        ['database', database],
+        ['store', store],
+      ] as const) {
+        if (result.status !== 'ok') {
+          request.log.warn({ dependency, check: result.status, err: result.error }, 'readiness check failed');
+        }
+      }
+      const storeName = deps.store.kind === 'redis' ? 'Redis' : 'the store tables of the database';
+      const failing = [database.status !== 'ok' && 'the database', store.status !== 'ok' && storeName]
+        .filter(Boolean)
+        .join(' and ');
       throw new ApiError(
         'SERVICE_UNAVAILABLE',
         `Not ready: ${failing} not answering. Check it is running and reachable; retry after 5 s.`,
-        { dependency: database !== 'ok' ? 'database' : 'store', checks: { database, store } },
+        {
+          dependency: database.status !== 'ok' ? 'database' : 'store',
+          checks: { database: database.status, store: store.status },
+        },
         { 'retry-after': 5 },
       );
     },

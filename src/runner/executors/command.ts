@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { NewEvent } from '../../db/builds';
+import { isBuildCredits, isPreviewUrl, MAX_BUILD_CREDITS } from '../../domain/build-pricing';
 import type { ExecutionContext, ExecutionResult, Executor, StopReason } from './types';
 
 const STDERR_TAIL = 4_000;
@@ -8,8 +9,24 @@ const MAX_LINE = 2_000;
 const KILL_GRACE_MS = 3_000;
 const STRAGGLER_GRACE_MS = 1_000;
 
-/** One JSON line from the command, turned into an event or the final result; anything else becomes a log line. */
-export function parseLine(line: string): { event?: NewEvent; result?: { previewUrl?: string; credits?: number } } {
+/** A reported value, as a log line may show it (JSON, cut short). */
+function shown(value: unknown): string {
+  const json = typeof value === 'number' ? String(value) : (JSON.stringify(value) ?? String(value));
+  return json.length > 80 ? `${json.slice(0, 80)}…` : json;
+}
+
+/** What a command may report in its result line; a field it got wrong is left out. */
+export interface ReportedResult {
+  previewUrl?: string;
+  credits?: number;
+}
+
+/**
+ * One JSON line from the command, turned into an event or the final result; anything else becomes a log line. A
+ * result with a field out of bounds (credits outside 0..MAX_BUILD_CREDITS, a previewUrl that is not an http(s) URL
+ * or a /previews/ path) keeps its other fields and comes with a `log` event saying what was ignored.
+ */
+export function parseLine(line: string): { event?: NewEvent; result?: ReportedResult } {
   const text = line.length > MAX_LINE ? `${line.slice(0, MAX_LINE)}…` : line;
   let value: unknown;
   try {
@@ -21,10 +38,23 @@ export function parseLine(line: string): { event?: NewEvent; result?: { previewU
   if (!v || typeof v !== 'object' || Array.isArray(v)) return { event: { type: 'log', message: text } };
   const str = (x: unknown) => (typeof x === 'string' ? x.slice(0, MAX_LINE) : undefined);
   if (v.type === 'result') {
-    const credits = Number.isInteger(v.credits) && (v.credits as number) >= 0 ? (v.credits as number) : undefined;
-    const previewUrl =
-      typeof v.previewUrl === 'string' && /^(https?:\/\/|\/)\S{0,2000}$/.test(v.previewUrl) ? v.previewUrl : undefined;
-    return { result: { previewUrl, credits } };
+    const result: ReportedResult = {};
+    const ignored: string[] = [];
+    if (isBuildCredits(v.credits)) result.credits = v.credits;
+    else if (v.credits !== undefined && v.credits !== null) {
+      ignored.push(
+        typeof v.credits === 'number' && Number.isInteger(v.credits)
+          ? `credits ${v.credits} out of range 0..${MAX_BUILD_CREDITS}; ignored`
+          : `credits ${shown(v.credits)} is not an integer in 0..${MAX_BUILD_CREDITS}; ignored`,
+      );
+    }
+    if (isPreviewUrl(v.previewUrl)) result.previewUrl = v.previewUrl;
+    else if (v.previewUrl !== undefined && v.previewUrl !== null) {
+      ignored.push(
+        `previewUrl ${shown(v.previewUrl)} is not an http:// or https:// URL or a path under /previews/; ignored`,
+      );
+    }
+    return ignored.length ? { result, event: { type: 'log', message: ignored.join('; ') } } : { result };
   }
   if (v.type === 'progress') {
     const progress = typeof v.progress === 'number' && v.progress >= 0 && v.progress <= 1 ? v.progress : undefined;
@@ -62,7 +92,7 @@ export class CommandExecutor implements Executor {
         },
       });
       let stderr = '';
-      let result: { previewUrl?: string; credits?: number } = {};
+      let result: ReportedResult = {};
       let stopped: StopReason | undefined;
       let killTimer: NodeJS.Timeout | undefined;
       const killGroup = (sig: NodeJS.Signals) => {
