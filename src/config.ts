@@ -4,6 +4,11 @@
  * A value that was given but is wrong stops start-up: we never fall back to a default for it.
  */
 
+import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from './domain/recommendation';
+
+export type { CreditPackage };
+export { DEFAULT_CREDIT_PACKAGES };
+
 export type HmacMode = 'v1' | 'dual' | 'v2';
 export type BuildExecutor = 'command' | 'external';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -63,20 +68,6 @@ export interface Config {
   bodyLimitBytes: number;
   shutdownTimeoutS: number;
 }
-
-/** A package of credits for sale (SPEC section 2's recommendation). */
-export interface CreditPackage {
-  name: string;
-  /** Price in the operator's currency, e.g. 29.99. */
-  price: number;
-  credits: number;
-}
-
-export const DEFAULT_CREDIT_PACKAGES: CreditPackage[] = [
-  { name: 'starter', price: 9.99, credits: 250 },
-  { name: 'pro', price: 29.99, credits: 1000 },
-  { name: 'team', price: 99.99, credits: 5000 },
-];
 
 /** A configuration value that cannot be used; the message names the variable. */
 export class ConfigError extends Error {

@@ -113,3 +113,16 @@ export async function purgeExpired(q: Queryable, limit = 1000): Promise<number> 
   );
   return result.rowCount;
 }
+
+/**
+ * Mark where a keyed request's effect begins in its transaction, so that an error can undo the effect and still keep
+ * the error's record (SPEC section 4). In: the request's open transaction. Out: nothing. Errors: the database's own.
+ */
+export async function markEffectStart(tx: Queryable): Promise<void> {
+  await tx.query('savepoint kiln_effect');
+}
+
+/** Undo everything since markEffectStart, keeping the transaction (and the key's lock) open. Errors: the database's. */
+export async function undoEffect(tx: Queryable): Promise<void> {
+  await tx.query('rollback to savepoint kiln_effect');
+}

@@ -1,7 +1,21 @@
 /**
- * What to buy when credits run short (SPEC section 2, the 402 body). Pure: prices and packages come from config.
+ * What to buy when credits run short (SPEC section 2, the 402 body). Pure: the catalog is given by the caller (the
+ * operator configures it with CREDIT_PACKAGES).
  */
-import type { CreditPackage } from '../config';
+
+/** A package of credits for sale (SPEC section 2's recommendation). */
+export interface CreditPackage {
+  name: string;
+  /** Price in the operator's currency, e.g. 29.99. */
+  price: number;
+  credits: number;
+}
+
+export const DEFAULT_CREDIT_PACKAGES: CreditPackage[] = [
+  { name: 'starter', price: 9.99, credits: 250 },
+  { name: 'pro', price: 29.99, credits: 1000 },
+  { name: 'team', price: 99.99, credits: 5000 },
+];
 
 /** The package to buy, how many, what it costs, and why it is a good deal. */
 export interface Recommendation {

@@ -1,4 +1,4 @@
-import type { IdempotencyRecord } from '../db/idempotency';
+import type { IdempotencyRecord } from '../services/idempotency';
 
 /** A record as replayed: from the database, or the store's copy (which may carry the original body's text). */
 export type CachedRecord = Omit<IdempotencyRecord, 'expiresAt'> & { rawBody?: string };

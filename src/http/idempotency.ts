@@ -1,8 +1,8 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { OpenTransaction, Queryable } from '../db/database';
-import { findRecord, insertRecord, tryLockKey } from '../db/idempotency';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
+import { findRecord, markEffectStart, recordResponse, tryLockKey, undoEffect } from '../services/idempotency';
 import { ApiError } from './errors';
 import { type CachedRecord, decodeCopy, encodeCopy, RAW_BODY_COPY_MAX } from './idempotency-copy';
 import type { KeyRead } from './idempotency-key';
@@ -202,109 +202,25 @@ export interface IdempotencyHooks {
  * - onSend: record the serialized response in that same transaction and commit, before the response leaves.
  */
 export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
-  const { db, store, config } = deps;
-  const ttlMs = config.idempotencyTtlS * 1000;
-
   const preValidation: IdempotencyHooks['preValidation'] =
     (singleStatement) => async (request, reply, read, stored) => {
       if (read.error) throw read.error;
       const key = read.key;
-      if (key !== undefined) {
-        const keyed = Object.assign(request, { idempotency: { key } });
-        // Normally read by the signature guard in its one store round trip; read here only if it did not.
-        const cached =
-          stored !== undefined
-            ? stored
-            : await store.get(CACHE_PREFIX + key).catch((error: unknown) => {
-                request.log.warn({ err: error }, 'idempotency cache unavailable; using the database');
-                return null;
-              });
-        const copy = cached ? readCopy(request, cached) : undefined;
-        if (copy) return replay(keyed, reply, copy, 'store');
-      }
-      // The fingerprint the record keeps is taken now, before validation (which may fill in defaults) and the handler
-      // see the body, as a replay's is: the two compare the same thing.
-      if (key !== undefined) fingerprintOf(request as KeyedRequest);
-      if (key === undefined && singleStatement) {
-        request.autocommit = db;
+      if (key === undefined) {
+        if (singleStatement) request.autocommit = deps.db;
+        else request.tx = await deps.db.begin();
         return;
       }
-      const tx = await db.begin();
-      try {
-        if (key !== undefined) {
-          if (!(await tryLockKey(tx, key, config.idempotencyLockS))) {
-            throw new ApiError(
-              'IDEMPOTENCY_KEY_IN_USE',
-              `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,
-              { key },
-              { 'retry-after': IN_USE_RETRY_AFTER_S },
-            );
-          }
-          const record = await findRecord(tx, key);
-          if (record) {
-            await tx.rollback();
-            return replay(request as KeyedRequest, reply, record, 'database');
-          }
-          await tx.query('savepoint kiln_effect');
-        }
-      } catch (error) {
-        await tx.rollback();
-        throw error;
-      }
-      request.tx = tx;
+      const keyed = Object.assign(request, { idempotency: { key } }) as KeyedRequest;
+      const copy = await storedCopy(deps, keyed, stored);
+      if (copy) return replay(keyed, reply, copy, 'store');
+      // The fingerprint the record keeps is taken now, before validation (which may fill in defaults) and the handler
+      // see the body, as a replay's is: the two compare the same thing.
+      fingerprintOf(keyed);
+      const opened = await openKeyedTransaction(deps, keyed);
+      if ('record' in opened) return replay(keyed, reply, opened.record, 'database');
+      request.tx = opened.tx;
     };
-
-  /** Commit (or roll back) the request's transaction with its record; the payload goes out unchanged. */
-  const finish = async (request: FastifyRequest, reply: FastifyReply, tx: OpenTransaction, payload: unknown) => {
-    const status = reply.statusCode;
-    const idempotency = request.idempotency;
-    try {
-      if (!idempotency) {
-        if (status < 400) {
-          await tx.commit();
-          runAfterCommit(request);
-        } else await tx.rollback();
-        return payload;
-      }
-      // An error keeps its record (when recordable) but never its effect.
-      if (status >= 400) await tx.query('rollback to savepoint kiln_effect');
-      const errorCode = status >= 400 ? errorCodeOf(payload) : undefined;
-      if (!isRecordable(status, errorCode)) {
-        await tx.rollback();
-        return payload;
-      }
-      const body = recordableBody(payload);
-      const responseHeaders: Record<string, string> = {};
-      for (const name of REPLAYED_HEADERS) {
-        const value = reply.getHeader(name);
-        if (value !== undefined) responseHeaders[name] = String(value);
-      }
-      const record: CachedRecord = {
-        key: idempotency.key,
-        ...fingerprintOf(request as KeyedRequest),
-        statusCode: status,
-        responseBody: body,
-        responseHeaders,
-        requestId: request.id,
-      };
-      const expiresAt = await insertRecord(tx, record, config.idempotencyTtlS);
-      await tx.commit();
-      if (status < 400) runAfterCommit(request);
-      // The copy must not outlive the record (an expired key is free for a new request).
-      const cacheMs = Math.min(ttlMs, expiresAt.getTime() - Date.now()) - CACHE_MARGIN_MS;
-      if (cacheMs > 0) {
-        store
-          .set(CACHE_PREFIX + idempotency.key, encodeCopy(record, smallRawBody(request)), cacheMs)
-          .catch((error: unknown) => {
-            request.log.warn({ err: error }, 'could not cache the idempotent response; replays will read the database');
-          });
-      }
-      return payload;
-    } catch (error) {
-      await tx.rollback();
-      throw error;
-    }
-  };
 
   // Callback-style hooks: most requests that pass them (replays, reads of a key's store copy) have no
   // transaction, and need no promise.
@@ -312,7 +228,7 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
     const tx = request.tx;
     if (!tx) return done(null, payload);
     request.tx = undefined;
-    finish(request, reply, tx, payload).then((sent) => done(null, sent), done);
+    finish(deps, request, reply, tx, payload).then((sent) => done(null, sent), done);
   };
 
   // Safety net: a request that ends without passing onSend (client gone mid-way) must not keep its transaction.
@@ -324,4 +240,119 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
     tx.rollback().then(() => done(), done);
   };
   return { preValidation, onSend, onResponse };
+}
+
+/**
+ * The store's copy of the key's record: as the signature guard read it in its one store round trip (`stored`), or
+ * read now if it did not. Undefined when there is none or it cannot be read (the database then answers).
+ */
+async function storedCopy(
+  deps: AppDeps,
+  request: KeyedRequest,
+  stored: string | null | undefined,
+): Promise<CachedRecord | undefined> {
+  const cached =
+    stored !== undefined
+      ? stored
+      : await deps.store.get(CACHE_PREFIX + request.idempotency.key).catch((error: unknown) => {
+          request.log.warn({ err: error }, 'idempotency cache unavailable; using the database');
+          return null;
+        });
+  return cached ? readCopy(request, cached) : undefined;
+}
+
+/**
+ * Open a keyed request's transaction: take its key's lock (held elsewhere → 409 IDEMPOTENCY_KEY_IN_USE), answer
+ * the committed record if there is one (the transaction is then over), else mark where the effect begins.
+ */
+async function openKeyedTransaction(
+  deps: AppDeps,
+  request: KeyedRequest,
+): Promise<{ tx: OpenTransaction } | { record: CachedRecord }> {
+  const { key } = request.idempotency;
+  const tx = await deps.db.begin();
+  try {
+    if (!(await tryLockKey(tx, key, deps.config.idempotencyLockS))) {
+      throw new ApiError(
+        'IDEMPOTENCY_KEY_IN_USE',
+        `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,
+        { key },
+        { 'retry-after': IN_USE_RETRY_AFTER_S },
+      );
+    }
+    const record = await findRecord(tx, key);
+    if (record) {
+      await tx.rollback();
+      return { record };
+    }
+    await markEffectStart(tx);
+    return { tx };
+  } catch (error) {
+    await tx.rollback();
+    throw error;
+  }
+}
+
+/** Commit (or roll back) the request's transaction, with its record when it has a key; the payload goes out unchanged. */
+async function finish(
+  deps: AppDeps,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  tx: OpenTransaction,
+  payload: unknown,
+): Promise<unknown> {
+  const status = reply.statusCode;
+  try {
+    if (!request.idempotency) {
+      if (status < 400) {
+        await tx.commit();
+        runAfterCommit(request);
+      } else await tx.rollback();
+      return payload;
+    }
+    // An error keeps its record (when recordable) but never its effect.
+    if (status >= 400) await undoEffect(tx);
+    if (!isRecordable(status, status >= 400 ? errorCodeOf(payload) : undefined)) {
+      await tx.rollback();
+      return payload;
+    }
+    const record = recordOf(request as KeyedRequest, reply, payload);
+    const expiresAt = await recordResponse(tx, record, deps.config.idempotencyTtlS);
+    await tx.commit();
+    if (status < 400) runAfterCommit(request);
+    keepCopy(deps, request, record, expiresAt);
+    return payload;
+  } catch (error) {
+    await tx.rollback();
+    throw error;
+  }
+}
+
+/** The record of a finished keyed request: its fingerprint, status, serialized body and replayed headers. */
+function recordOf(request: KeyedRequest, reply: FastifyReply, payload: unknown): CachedRecord {
+  const responseHeaders: Record<string, string> = {};
+  for (const name of REPLAYED_HEADERS) {
+    const value = reply.getHeader(name);
+    if (value !== undefined) responseHeaders[name] = String(value);
+  }
+  return {
+    key: request.idempotency.key,
+    ...fingerprintOf(request),
+    statusCode: reply.statusCode,
+    responseBody: recordableBody(payload),
+    responseHeaders,
+    requestId: request.id,
+  };
+}
+
+/** Keep a copy of a committed record in the store, for replays without the database; never longer than the record. */
+function keepCopy(deps: AppDeps, request: FastifyRequest, record: CachedRecord, expiresAt: Date): void {
+  // The copy must not outlive the record (an expired key is free for a new request).
+  const cacheMs = Math.min(deps.config.idempotencyTtlS * 1000, expiresAt.getTime() - Date.now()) - CACHE_MARGIN_MS;
+  if (cacheMs <= 0) return;
+  deps.store
+    .set(CACHE_PREFIX + record.key, encodeCopy(record, smallRawBody(request)), cacheMs)
+    .catch((error: unknown) => {
+      request.log.warn({ err: error }, 'could not cache the idempotent response; replays will read the database');
+    });
 }

@@ -2,11 +2,12 @@
  * A build's credits (SPEC sections 5 and 6): it holds its estimate from the moment it is queued, starts only with
  * a hold, and when it ends either pays what it used or gets its hold back, in the transaction that ends it.
  */
-import type { CreditPackage } from '../config';
+
 import { type DbBuild, findBuild, setBuildReservation, setBuildUncollected } from '../db/builds';
 import type { Queryable } from '../db/database';
 import { validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
+import type { CreditPackage } from '../domain/recommendation';
 import { creditsUncollected } from '../metrics';
 import {
   type Actor,

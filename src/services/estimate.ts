@@ -1,8 +1,9 @@
 /** Estimates (SPEC section 7): what an operation will likely cost, and whether the user can afford it. */
-import type { CreditPackage } from '../config';
+
 import type { Queryable } from '../db/database';
 import { deployedUsage } from '../db/usage';
 import { type EstimateFigures, estimateFrom, MIN_PROJECT_SAMPLES } from '../domain/estimate';
+import type { CreditPackage } from '../domain/recommendation';
 import { type Recommendation, recommendPackage } from '../domain/recommendation';
 import { getBalance } from './credits';
 

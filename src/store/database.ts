@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Database, ListenConnectionEvent } from '../db/database';
-import { purgeStore, storeClaim, storeDelete, storeGet, storeSet } from '../db/ephemeral';
+import { notify, ping, purgeStore, storeClaim, storeDelete, storeGet, storeSet } from '../db/ephemeral';
 import type { ClaimResult, EphemeralStore, WindowCount } from './store';
 
 export interface DatabaseStoreOptions {
@@ -60,7 +60,7 @@ export function openDatabaseStore(options: DatabaseStoreOptions): EphemeralStore
     },
     async publish(channel, message) {
       if (background.kind === 'postgres') {
-        await background.query('select pg_notify($1::text, $2::text)', [options.channelPrefix + channel, message]);
+        await notify(background, options.channelPrefix + channel, message);
       } else local.emit(channel, message);
     },
     async subscribe(channel, onMessage) {
@@ -72,9 +72,7 @@ export function openDatabaseStore(options: DatabaseStoreOptions): EphemeralStore
       local.on(channel, onMessage);
       return async () => void local.off(channel, onMessage);
     },
-    async ping() {
-      await db.query('select 1');
-    },
+    ping: () => ping(db),
     purge: (limit) => purgeStore(background, limit),
     async close() {
       local.removeAllListeners();

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { renderOpenApi } from '../../src/http/openapi';
+import { renderOpenApi } from '../../src/openapi';
 import { VERSION } from '../../src/version';
 
 describe('docs/openapi.json', () => {
