@@ -2,6 +2,7 @@ import pg from 'pg';
 import {
   type Database,
   DatabaseUnavailableError,
+  type ListenConnectionEvent,
   type OpenTransaction,
   type QueryResult,
   quoteIdent,
@@ -112,155 +113,12 @@ function adapter(pool: pg.Pool, listenPool: pg.Pool, backgroundDb?: Database): D
     },
     lastUnavailableAt: () => health.lastUnavailableAt,
     query: (sql, params) => run(pool, health, sql, params),
-    async begin(): Promise<OpenTransaction> {
-      let client: pg.PoolClient;
-      try {
-        client = await pool.connect();
-      } catch (error) {
-        throw failure(error, health);
-      }
-      let ended = false;
-      // A checked-out client whose session the server ends (idle-in-transaction lease, restart) emits 'error';
-      // without a listener that would crash the process. The next query fails instead, and the client is discarded.
-      let lost = false;
-      const onError = () => {
-        lost = true;
-      };
-      client.on('error', onError);
-      const end = (broken: boolean) => {
-        if (ended) return;
-        ended = true;
-        client.off('error', onError);
-        client.release(broken || lost);
-      };
-      try {
-        await client.query('begin');
-      } catch (error) {
-        end(true);
-        throw failure(error, health);
-      }
-      const open = () => {
-        if (ended) throw new Error('transaction already ended');
-        return client;
-      };
-      return {
-        query: async (sql, params) => run(open(), health, sql, params),
-        exec: async (sql) => void (await run(open(), health, sql)),
-        async commit() {
-          if (ended) throw new Error('transaction already ended');
-          try {
-            await client.query('commit');
-            end(false);
-          } catch (error) {
-            end(true);
-            throw failure(error, health);
-          }
-        },
-        async rollback() {
-          if (ended) return;
-          try {
-            await client.query('rollback');
-            end(false);
-          } catch {
-            end(true); // the connection itself is gone; the pool must not reuse it
-          }
-        },
-      };
-    },
+    begin: () => openTransaction(pool, health),
     transaction: (fn) => runInTransaction(() => db.begin(), fn),
     async exec(sql) {
       await run(pool, health, sql);
     },
-    async listen(channel, onNotify, onConnection) {
-      // One dedicated connection. When it is lost (PostgreSQL restarted, the backend terminated) it is replaced,
-      // with backoff, until unsubscribed; a notification sent meanwhile is lost, so `onNotify('')` is called once
-      // the new connection listens, and the caller catches up as after any wake-up.
-      let stopped = false;
-      let current: Listening | undefined;
-      let retry: NodeJS.Timeout | undefined;
-      interface Listening {
-        client: pg.PoolClient;
-        /** Take our listeners off; `broken`: the client is being destroyed, and a late socket error on it must
-         * still find a listener. */
-        detach(broken: boolean): void;
-      }
-      const handler = (message: pg.Notification) => {
-        if (message.channel === channel) onNotify(message.payload ?? '');
-      };
-      const giveBack = (listening: Listening, broken: boolean) => {
-        listening.detach(broken);
-        listening.client.release(broken);
-      };
-      const connect = async (): Promise<Listening> => {
-        const client = await listenPool.connect().catch((error) => {
-          throw failure(error, health);
-        });
-        const onLost = (error?: Error) => lost(listening, error);
-        const listening: Listening = {
-          client,
-          detach(broken) {
-            if (broken) client.on('error', () => {});
-            client.off('notification', handler);
-            client.off('error', onLost);
-            client.off('end', onLost);
-          },
-        };
-        client.on('notification', handler);
-        client.on('error', onLost);
-        client.on('end', onLost);
-        try {
-          await client.query(`listen ${quoteIdent(channel)}`);
-        } catch (error) {
-          giveBack(listening, true);
-          throw failure(error, health);
-        }
-        return listening;
-      };
-      const reconnect = (attempt: number) => {
-        retry = setTimeout(
-          async () => {
-            if (stopped) return;
-            let listening: Listening;
-            try {
-              listening = await connect();
-            } catch {
-              reconnect(attempt + 1);
-              return;
-            }
-            // Unsubscribed while this connection was being made: give it back instead of listening forever.
-            if (stopped) return giveBack(listening, true);
-            current = listening;
-            onConnection?.({ state: 'restored', attempt });
-            onNotify('');
-          },
-          Math.min(100 * 2 ** attempt, 5_000),
-        );
-        retry.unref();
-      };
-      const lost = (listening: Listening, error?: Error) => {
-        if (current !== listening) return;
-        current = undefined;
-        giveBack(listening, true);
-        if (stopped) return;
-        onConnection?.({ state: 'lost', error: error?.message ?? 'connection ended' });
-        reconnect(0);
-      };
-      current = await connect();
-      return async () => {
-        stopped = true;
-        clearTimeout(retry);
-        const listening = current;
-        current = undefined;
-        if (!listening) return;
-        // Detached only after the last query: a checked-out client with no 'error' listener would crash the process.
-        try {
-          await listening.client.query(`unlisten ${quoteIdent(channel)}`);
-          giveBack(listening, false);
-        } catch {
-          giveBack(listening, true);
-        }
-      };
-    },
+    listen: (channel, onNotify, onConnection) => listenOn(listenPool, health, channel, onNotify, onConnection),
     async close() {
       await pool.end();
       if (backgroundDb) {
@@ -270,4 +128,160 @@ function adapter(pool: pg.Pool, listenPool: pg.Pool, backgroundDb?: Database): D
     },
   };
   return db;
+}
+
+/** A transaction on a client of its own, ended by exactly one of commit or rollback (see OpenTransaction). */
+async function openTransaction(pool: pg.Pool, health: Health): Promise<OpenTransaction> {
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    throw failure(error, health);
+  }
+  let ended = false;
+  // A checked-out client whose session the server ends (idle-in-transaction lease, restart) emits 'error';
+  // without a listener that would crash the process. The next query fails instead, and the client is discarded.
+  let lost = false;
+  const onError = () => {
+    lost = true;
+  };
+  client.on('error', onError);
+  const end = (broken: boolean) => {
+    if (ended) return;
+    ended = true;
+    client.off('error', onError);
+    client.release(broken || lost);
+  };
+  try {
+    await client.query('begin');
+  } catch (error) {
+    end(true);
+    throw failure(error, health);
+  }
+  const open = () => {
+    if (ended) throw new Error('transaction already ended');
+    return client;
+  };
+  return {
+    query: async (sql, params) => run(open(), health, sql, params),
+    exec: async (sql) => void (await run(open(), health, sql)),
+    async commit() {
+      if (ended) throw new Error('transaction already ended');
+      try {
+        await client.query('commit');
+        end(false);
+      } catch (error) {
+        end(true);
+        throw failure(error, health);
+      }
+    },
+    async rollback() {
+      if (ended) return;
+      try {
+        await client.query('rollback');
+        end(false);
+      } catch {
+        end(true); // the connection itself is gone; the pool must not reuse it
+      }
+    },
+  };
+}
+
+/**
+ * LISTEN on one dedicated connection. When it is lost (PostgreSQL restarted, the backend terminated) it is replaced,
+ * with backoff, until unsubscribed; a notification sent meanwhile is lost, so `onNotify('')` is called once the new
+ * connection listens, and the caller catches up as after any wake-up.
+ */
+async function listenOn(
+  listenPool: pg.Pool,
+  health: Health,
+  channel: string,
+  onNotify: (payload: string) => void,
+  onConnection?: (event: ListenConnectionEvent) => void,
+): Promise<() => Promise<void>> {
+  let stopped = false;
+  let current: Listening | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  interface Listening {
+    client: pg.PoolClient;
+    /** Take our listeners off; `broken`: the client is being destroyed, and a late socket error on it must
+     * still find a listener. */
+    detach(broken: boolean): void;
+  }
+  const handler = (message: pg.Notification) => {
+    if (message.channel === channel) onNotify(message.payload ?? '');
+  };
+  const giveBack = (listening: Listening, broken: boolean) => {
+    listening.detach(broken);
+    listening.client.release(broken);
+  };
+  const connect = async (): Promise<Listening> => {
+    const client = await listenPool.connect().catch((error) => {
+      throw failure(error, health);
+    });
+    const onLost = (error?: Error) => lost(listening, error);
+    const listening: Listening = {
+      client,
+      detach(broken) {
+        if (broken) client.on('error', () => {});
+        client.off('notification', handler);
+        client.off('error', onLost);
+        client.off('end', onLost);
+      },
+    };
+    client.on('notification', handler);
+    client.on('error', onLost);
+    client.on('end', onLost);
+    try {
+      await client.query(`listen ${quoteIdent(channel)}`);
+    } catch (error) {
+      giveBack(listening, true);
+      throw failure(error, health);
+    }
+    return listening;
+  };
+  const reconnect = (attempt: number) => {
+    retry = setTimeout(
+      async () => {
+        if (stopped) return;
+        let listening: Listening;
+        try {
+          listening = await connect();
+        } catch {
+          reconnect(attempt + 1);
+          return;
+        }
+        // Unsubscribed while this connection was being made: give it back instead of listening forever.
+        if (stopped) return giveBack(listening, true);
+        current = listening;
+        onConnection?.({ state: 'restored', attempt });
+        onNotify('');
+      },
+      Math.min(100 * 2 ** attempt, 5_000),
+    );
+    retry.unref();
+  };
+  const lost = (listening: Listening, error?: Error) => {
+    if (current !== listening) return;
+    current = undefined;
+    giveBack(listening, true);
+    if (stopped) return;
+    onConnection?.({ state: 'lost', error: error?.message ?? 'connection ended' });
+    reconnect(0);
+  };
+  current = await connect();
+  return async () => {
+    stopped = true;
+    clearTimeout(retry);
+    const listening = current;
+    current = undefined;
+    if (!listening) return;
+    // Detached only after the last query: a checked-out client with no 'error' listener would crash the process.
+    try {
+      await listening.client.query(`unlisten ${quoteIdent(channel)}`);
+      giveBack(listening, false);
+    } catch {
+      giveBack(listening, true);
+    }
+  };
 }

@@ -151,15 +151,48 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
   const [epoch, fresh] = await wrap(scripts.kilnEpoch(EPOCH_KEY));
   if (fresh === 1) await new Promise((resolve) => setTimeout(resolve, 1000 - (Number(epoch) % 1000) + 5));
   await warnOnEviction(client, options.warn);
-  const handlers = new Map<string, Set<(message: string) => void>>();
-  subscriber.on('message', (channel: string, message: string) => {
-    for (const handler of handlers.get(channel) ?? []) handler(message);
-  });
-  let subscriberConnected = false;
+  const subscribe = subscriptions(subscriber, options.prefix);
+  const claims = claimBatcher(scripts);
 
-  // Claims made while the event loop handles one batch of I/O leave together: one script, one socket write and one
-  // reply for all of them. A write to Redis's socket was the largest single cost of a signed request (one per
-  // request); batched, it is one per loop turn. A lone request waits for nothing but the end of its loop turn.
+  return {
+    kind: 'redis',
+    async setIfAbsent(key, value, ttlMs) {
+      return (await wrap(client.set(key, value, 'PX', ttlMs, 'NX'))) === 'OK';
+    },
+    get: (key) => wrap(client.get(key)),
+    async set(key, value, ttlMs) {
+      await wrap(client.set(key, value, 'PX', ttlMs));
+    },
+    async delete(key) {
+      await wrap(client.del(key));
+    },
+    async hit(key, windowMs): Promise<WindowCount> {
+      const now = Date.now();
+      const windowStart = now - (now % windowMs);
+      const [count, ttl] = await wrap(scripts.kilnHit(`${key}:${windowStart}`, windowStart + windowMs - now));
+      return { count, resetMs: Math.max(0, ttl) };
+    },
+    claimNonceAndHit: claims,
+    async publish(channel, message) {
+      await wrap(client.publish(options.prefix + channel, message));
+    },
+    subscribe,
+    async ping() {
+      await wrap(client.ping());
+    },
+    async close() {
+      client.disconnect();
+      subscriber.disconnect();
+    },
+  };
+}
+
+/**
+ * The guard's claims, batched: the claims made while the event loop handles one batch of I/O leave together, as one
+ * script, one socket write and one reply. A write to Redis's socket was the largest single cost of a signed request
+ * (one per request); batched, it is one per loop turn. A lone request waits for nothing but the end of its loop turn.
+ */
+function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit'] {
   let pending: PendingClaim[] = [];
   const sendClaims = () => {
     const claims = pending;
@@ -216,75 +249,54 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
       }, failed);
     }
   };
-
-  return {
-    kind: 'redis',
-    async setIfAbsent(key, value, ttlMs) {
-      return (await wrap(client.set(key, value, 'PX', ttlMs, 'NX'))) === 'OK';
-    },
-    get: (key) => wrap(client.get(key)),
-    async set(key, value, ttlMs) {
-      await wrap(client.set(key, value, 'PX', ttlMs));
-    },
-    async delete(key) {
-      await wrap(client.del(key));
-    },
-    async hit(key, windowMs): Promise<WindowCount> {
-      const now = Date.now();
+  return (nonce, counters, read) => {
+    const now = Date.now();
+    const windows = counters.map(({ key, windowMs }) => {
       const windowStart = now - (now % windowMs);
-      const [count, ttl] = await wrap(scripts.kilnHit(`${key}:${windowStart}`, windowStart + windowMs - now));
-      return { count, resetMs: Math.max(0, ttl) };
-    },
-    claimNonceAndHit(nonce, counters, read) {
-      const now = Date.now();
-      const windows = counters.map(({ key, windowMs }) => {
-        const windowStart = now - (now % windowMs);
-        return { key: `${key}:${windowStart}`, ttlMs: windowStart + windowMs - now };
+      return { key: `${key}:${windowStart}`, ttlMs: windowStart + windowMs - now };
+    });
+    return new Promise((resolve, reject) => {
+      if (pending.length === 0) setImmediate(sendClaims);
+      pending.push({
+        nonceKeys: nonce.keys,
+        markKeys: nonce.marks ?? [],
+        nonceValue: nonce.value,
+        nonceTtlMs: nonce.ttlMs,
+        counters: windows,
+        read,
+        resolve,
+        reject,
       });
-      return new Promise((resolve, reject) => {
-        if (pending.length === 0) setImmediate(sendClaims);
-        pending.push({
-          nonceKeys: nonce.keys,
-          markKeys: nonce.marks ?? [],
-          nonceValue: nonce.value,
-          nonceTtlMs: nonce.ttlMs,
-          counters: windows,
-          read,
-          resolve,
-          reject,
-        });
-      });
-    },
-    async publish(channel, message) {
-      await wrap(client.publish(options.prefix + channel, message));
-    },
-    async subscribe(channel, onMessage) {
-      if (!subscriberConnected) {
-        await wrap(subscriber.connect());
-        subscriberConnected = true;
+    });
+  };
+}
+
+/** Pub/sub on one connection of its own, made on the first subscription; one Redis subscription per channel. */
+function subscriptions(subscriber: Redis, prefix: string): EphemeralStore['subscribe'] {
+  const handlers = new Map<string, Set<(message: string) => void>>();
+  subscriber.on('message', (channel: string, message: string) => {
+    for (const handler of handlers.get(channel) ?? []) handler(message);
+  });
+  let subscriberConnected = false;
+  return async (channel, onMessage) => {
+    if (!subscriberConnected) {
+      await wrap(subscriber.connect());
+      subscriberConnected = true;
+    }
+    const full = prefix + channel;
+    let set = handlers.get(full);
+    if (!set) {
+      set = new Set();
+      handlers.set(full, set);
+      await wrap(subscriber.subscribe(full));
+    }
+    set.add(onMessage);
+    return async () => {
+      set.delete(onMessage);
+      if (set.size === 0 && handlers.get(full) === set) {
+        handlers.delete(full);
+        await subscriber.unsubscribe(full).catch(() => {});
       }
-      const full = options.prefix + channel;
-      let set = handlers.get(full);
-      if (!set) {
-        set = new Set();
-        handlers.set(full, set);
-        await wrap(subscriber.subscribe(full));
-      }
-      set.add(onMessage);
-      return async () => {
-        set.delete(onMessage);
-        if (set.size === 0 && handlers.get(full) === set) {
-          handlers.delete(full);
-          await subscriber.unsubscribe(full).catch(() => {});
-        }
-      };
-    },
-    async ping() {
-      await wrap(client.ping());
-    },
-    async close() {
-      client.disconnect();
-      subscriber.disconnect();
-    },
+    };
   };
 }
