@@ -7,12 +7,12 @@ import { buildApp } from './http/server';
 import { createLogger } from './log';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
-import { BuildSignals } from './runner/signals';
 import { resolveHmacSecrets } from './secrets';
 import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
 import { startMaintenance } from './services/maintenance';
 import { deploymentId, recordedV1Retirement, settleV1Retirement } from './services/settings';
+import { BuildSignals } from './store/signals';
 import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
 

@@ -1,9 +1,9 @@
 import pino from 'pino';
 import { loadConfig } from './config';
 import { openPglite } from './db/pglite';
-import { BuildSignals } from './runner/signals';
-import { openDatabaseStore } from './store/database';
 import { buildApp } from './http/server';
+import { openDatabaseStore } from './store/database';
+import { BuildSignals } from './store/signals';
 
 /** The OpenAPI 3.1 document generated from the route schemas, as committed in docs/openapi.json. */
 export async function renderOpenApi(version: string): Promise<string> {

@@ -130,8 +130,3 @@ export async function purgeStore(q: Queryable, limit = 1000): Promise<number> {
 export async function notify(q: Queryable, channel: string, payload: string): Promise<void> {
   await q.query('select pg_notify($1::text, $2::text)', [channel, payload]);
 }
-
-/** In: nothing. Out: resolves when the database answers a trivial statement. Errors: only the database's own. */
-export async function ping(q: Queryable): Promise<void> {
-  await q.query('select 1');
-}

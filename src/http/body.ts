@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
+import type { App } from './app';
 import { ApiError } from './errors';
-import type { App } from './server';
 
 declare module 'fastify' {
   interface FastifyRequest {

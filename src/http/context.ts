@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import { ApiError } from '../domain/errors';
 import { randomToken } from '../services/ids';
-import type { App } from './server';
+import type { App } from './app';
 
 declare module 'fastify' {
   interface FastifyRequest {

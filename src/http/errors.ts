@@ -5,8 +5,8 @@ import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } fr
 import { DatabaseUnavailableError } from '../db/database';
 import { ApiError, type ErrorCode } from '../domain/errors';
 import { StoreUnavailableError } from '../store/store';
+import type { App } from './app';
 import { contextHeaders, correlationIdFrom, newRequestId, requestIdFrom } from './context';
-import type { App } from './server';
 
 export { ApiError, ERROR_STATUS, type ErrorCode } from '../domain/errors';
 

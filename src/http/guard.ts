@@ -2,9 +2,9 @@ import type { FastifyRequest } from 'fastify';
 import { DatabaseUnavailableError } from '../db/database';
 import { countSignatureOutcome, rateLimited } from '../metrics';
 import { type ClaimResult, StoreUnavailableError } from '../store/store';
+import type { AppDeps } from './app';
 import { ApiError } from './errors';
 import { enforceLimit, userIdOf, WINDOW_MS } from './rate-limit';
-import type { AppDeps } from './server';
 import { verifySignature } from './signature';
 
 declare module 'fastify' {

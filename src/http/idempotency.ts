@@ -3,10 +3,10 @@ import type { OpenTransaction, Queryable } from '../db/database';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { findRecord, markEffectStart, recordResponse, tryLockKey, undoEffect } from '../services/idempotency';
+import type { AppDeps } from './app';
 import { ApiError } from './errors';
 import { type CachedRecord, decodeCopy, encodeCopy, RAW_BODY_COPY_MAX } from './idempotency-copy';
 import type { KeyRead } from './idempotency-key';
-import type { AppDeps } from './server';
 
 declare module 'fastify' {
   interface FastifyRequest {

@@ -1,20 +1,14 @@
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, {
   type FastifyBaseLogger,
-  type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
   LogController,
   type RouteOptions,
 } from 'fastify';
-import type { Logger } from 'pino';
-import type { Config } from '../config';
-import type { Database } from '../db/database';
-import type { BuildSignals } from '../runner/signals';
-import type { EphemeralStore } from '../store/store';
+import type { App, AppDeps } from './app';
 import { registerJsonBody, throwBodyError } from './body';
 import { registerContext, requestIdFrom } from './context';
 import {
@@ -37,19 +31,7 @@ import { registerPreviewRoutes } from './routes/previews';
 import { registerProjectRoutes } from './routes/projects';
 import { validatorCompiler } from './validation';
 
-/** What the HTTP layer needs from the process: configuration, stores and identity. */
-export interface AppDeps {
-  config: Config;
-  db: Database;
-  store: EphemeralStore;
-  logger: Logger;
-  version: string;
-  /** Wake-ups between processes (runners, live event streams). */
-  signals: BuildSignals;
-}
-
-/** The Fastify instance with TypeBox types, as every route module receives it. */
-export type App = FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
+export type { App, AppDeps };
 
 /** Build the Fastify application (not listening yet). */
 export async function buildApp(deps: AppDeps): Promise<App> {

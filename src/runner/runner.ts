@@ -8,8 +8,8 @@ import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
 import { holdForStart, reportSettlement, type Settlement, settleBuildCredits } from '../services/build-credits';
 import { internalActor, renewReservation } from '../services/credits';
+import type { BuildSignals } from '../store/signals';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
-import type { BuildSignals } from './signals';
 
 /** Events one build may write; past this its log lines are dropped (with one note saying so). */
 const MAX_EVENTS_PER_BUILD = 2_000;

@@ -1,4 +1,3 @@
-import type { CreditPackage } from '../config';
 import {
   type Build,
   type BuildEvent,
@@ -18,10 +17,14 @@ import { findProject } from '../db/projects';
 import { creditsForDuration } from '../domain/build-pricing';
 import { type BuildState, canTransition, etaSeconds, validNextStates } from '../domain/build-states';
 import { ApiError } from '../domain/errors';
+import type { CreditPackage } from '../domain/recommendation';
 import { type CreditLog, holdForStart, type Settlement, settleBuildCredits } from './build-credits';
 import { type Actor, newReservationId, reserveCredits } from './credits';
 import { estimate } from './estimate';
 import { randomToken } from './ids';
+
+/** A build and its events as the API shows them, converted from rows by the repository (db/builds.ts). */
+export { type Build, type BuildEvent, type BuildReader, createBuildReader, toBuild } from '../db/builds';
 
 /** Without history, a build is expected to take this long (seconds) for ETAs. */
 export const DEFAULT_BUILD_SECONDS = 120;
@@ -271,5 +274,10 @@ export async function listBuildPage(
 
 export async function getBuildEvents(q: Queryable, id: string, after: number, limit: number): Promise<BuildEvent[]> {
   await getBuild(q, id);
+  return listEvents(q, id, after, limit);
+}
+
+/** The build's events after `after`, at most `limit`, in seq order (no check that the build exists: a stream's reads). */
+export function eventsAfter(q: Queryable, id: string, after: number, limit: number): Promise<BuildEvent[]> {
   return listEvents(q, id, after, limit);
 }

@@ -2,7 +2,7 @@
  * Credit use cases (SPEC section 6) over a Queryable, so builds can call them inside their own transaction.
  * Each operation is one round trip (a plpgsql function); refusals become ApiErrors here.
  */
-import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from '../config';
+
 import { type AuditReport, auditCredits } from '../db/credit-audit';
 import { type AuditRun, type AuditSource, latestAuditRun, recordAuditRun } from '../db/credit-audit-runs';
 import {
@@ -22,7 +22,7 @@ import {
 } from '../db/credits';
 import type { Queryable } from '../db/database';
 import { ApiError } from '../domain/errors';
-import { insufficientCredits } from '../domain/recommendation';
+import { type CreditPackage, DEFAULT_CREDIT_PACKAGES, insufficientCredits } from '../domain/recommendation';
 import { randomToken } from './ids';
 
 export type { Actor, AuditReport, CreditAccount, LedgerEntry, Reservation };

@@ -11,6 +11,8 @@ import { ApiError } from '../domain/errors';
 import { mergePatch } from '../domain/merge-patch';
 import { randomToken } from './ids';
 
+export type { Project };
+
 /** Input of create and replace: every writable field, optional ones defaulted. */
 export interface ProjectInput {
   id?: string;

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Database, ListenConnectionEvent } from '../db/database';
-import { notify, ping, purgeStore, storeClaim, storeDelete, storeGet, storeSet } from '../db/ephemeral';
+import { notify, purgeStore, storeClaim, storeDelete, storeGet, storeSet } from '../db/ephemeral';
+import { ping } from '../db/health';
 import type { ClaimResult, EphemeralStore, WindowCount } from './store';
 
 export interface DatabaseStoreOptions {

@@ -1,7 +1,7 @@
 import pino from 'pino';
 import { type Config, loadConfig } from '../../src/config';
 import { type App, buildApp } from '../../src/http/server';
-import { BuildSignals } from '../../src/runner/signals';
+import { BuildSignals } from '../../src/store/signals';
 import { openTestDatabase, type TestDatabase } from './db';
 import { openTestStore, type TestStore } from './store';
 

@@ -6,9 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registry } from '../../src/metrics';
 import { CommandExecutor } from '../../src/runner/executors/command';
 import { Runner } from '../../src/runner/runner';
-import { BuildSignals } from '../../src/runner/signals';
 import { startCreditAuditor } from '../../src/services/credit-auditor';
 import { audit, commitReservation, grant, reserveCredits } from '../../src/services/credits';
+import { BuildSignals } from '../../src/store/signals';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
 

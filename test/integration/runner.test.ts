@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { failLapsedBuilds } from '../../src/db/build-queue';
 import { CommandExecutor } from '../../src/runner/executors/command';
 import { Runner } from '../../src/runner/runner';
-import { BuildSignals } from '../../src/runner/signals';
+import { BuildSignals } from '../../src/store/signals';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
 

@@ -1,10 +1,9 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { type BuildEvent, listEvents } from '../../db/builds';
 import { DatabaseUnavailableError } from '../../db/database';
 import { isTerminal } from '../../domain/build-states';
-import { getBuild } from '../../services/builds';
+import { type BuildEvent, eventsAfter, getBuild } from '../../services/builds';
+import type { App, AppDeps } from '../app';
 import { envelope, toApiError } from '../errors';
-import type { App, AppDeps } from '../server';
 
 const HEARTBEAT_MS = 15_000;
 const POLL_MS = 1_000;
@@ -80,9 +79,9 @@ export async function streamBuildEvents(
   /** Send every event after `last`; true once the final event went out. */
   const drain = async (): Promise<boolean> => {
     for (
-      let events = await listEvents(db, build.id, last, BATCH);
+      let events = await eventsAfter(db, build.id, last, BATCH);
       events.length > 0 && !ended;
-      events = await listEvents(db, build.id, last, BATCH)
+      events = await eventsAfter(db, build.id, last, BATCH)
     ) {
       for (const event of events) {
         raw.write(frame(event));

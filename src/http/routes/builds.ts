@@ -1,21 +1,23 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
-import { createBuildReader, toBuild } from '../../db/builds';
 import { MAX_BUILD_CREDITS, MAX_PREVIEW_URL_LENGTH, PREVIEW_URL_PATTERN } from '../../domain/build-pricing';
 import { BUILD_STATES } from '../../domain/build-states';
 import { reportSettlement } from '../../services/build-credits';
 import {
   type BuildContext,
+  type BuildReader,
   createBuild,
+  createBuildReader,
   getBuildEvents,
   listBuildPage,
   readBuild,
   requestTransition,
+  toBuild,
 } from '../../services/builds';
+import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { afterCommit, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
-import type { App, AppDeps } from '../server';
 import { optionalBody } from '../validation';
 import { registerStreamShutdown, streamBuildEvents } from './build-stream';
 
@@ -123,8 +125,7 @@ async function checkCursor(request: FastifyRequest): Promise<void> {
 
 /** Builds (SPEC section 5): create, read, list, transition, cancel, events, live events. */
 export function registerBuildRoutes(app: App, deps: AppDeps): void {
-  const { db, signals, config } = deps;
-  // GET /v1/builds/:id: the reads of one event-loop turn share one statement.
+  const { db, config } = deps;
   const readBuildById = createBuildReader(db);
   registerStreamShutdown(app);
   const buildContext = (request: FastifyRequest): BuildContext => ({
@@ -136,7 +137,30 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     actor: { requestId: request.id, correlationId: request.correlationId },
     log: request.log,
   });
+  const shared: Shared = { deps, readBuildById, buildContext };
+  createBuildRoute(app, shared);
+  getBuildRoute(app, shared);
+  listBuildsRoute(app, shared);
+  transitionBuildRoute(app, shared);
+  cancelBuildRoute(app, shared);
+  buildEventsRoute(app, shared);
+  buildEventStreamRoute(app, shared);
+}
 
+/** What the routes of this file share, made once when they are registered. */
+interface Shared {
+  deps: AppDeps;
+  /** GET /v1/builds/:id: the reads of one event-loop turn share one statement. */
+  readBuildById: BuildReader;
+  buildContext: (request: FastifyRequest) => BuildContext;
+}
+
+/** POST /v1/builds */
+function createBuildRoute(app: App, shared: Shared): void {
+  const {
+    deps: { signals },
+    buildContext,
+  } = shared;
   app.post(
     '/v1/builds',
     {
@@ -155,7 +179,11 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
       return toBuild(build);
     },
   );
+}
 
+/** GET /v1/builds/:id */
+function getBuildRoute(app: App, shared: Shared): void {
+  const { readBuildById } = shared;
   app.get(
     '/v1/builds/:id',
     {
@@ -168,7 +196,13 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => toBuild(await readBuild(readBuildById, request.params.id)),
   );
+}
 
+/** GET /v1/builds */
+function listBuildsRoute(app: App, shared: Shared): void {
+  const {
+    deps: { db },
+  } = shared;
   app.get(
     '/v1/builds',
     {
@@ -196,7 +230,14 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => listBuildPage(db, request.query),
   );
+}
 
+/** PATCH /v1/builds/:id */
+function transitionBuildRoute(app: App, shared: Shared): void {
+  const {
+    deps: { signals },
+    buildContext,
+  } = shared;
   app.patch(
     '/v1/builds/:id',
     {
@@ -224,7 +265,14 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
       return toBuild(after);
     },
   );
+}
 
+/** POST /v1/builds/:id/cancel */
+function cancelBuildRoute(app: App, shared: Shared): void {
+  const {
+    deps: { signals },
+    buildContext,
+  } = shared;
   app.post(
     '/v1/builds/:id/cancel',
     {
@@ -258,7 +306,13 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
       return toBuild(after);
     },
   );
+}
 
+/** GET /v1/builds/:id/events */
+function buildEventsRoute(app: App, shared: Shared): void {
+  const {
+    deps: { db },
+  } = shared;
   app.get(
     '/v1/builds/:id/events',
     {
@@ -280,7 +334,11 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
       events: await getBuildEvents(db, request.params.id, request.query.after, request.query.limit),
     }),
   );
+}
 
+/** GET /v1/builds/:id/events/stream */
+function buildEventStreamRoute(app: App, shared: Shared): void {
+  const { deps } = shared;
   app.get(
     '/v1/builds/:id/events/stream',
     {

@@ -10,9 +10,9 @@ import {
   releaseReservation,
   reserveCredits,
 } from '../../services/credits';
+import type { App, AppDeps } from '../app';
 import { transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
-import type { App, AppDeps } from '../server';
 
 /** Largest single figure a request may carry; the database stores bigint, this keeps sums far from any limit. */
 const MAX_CREDITS = 1_000_000_000;
@@ -131,6 +131,7 @@ const AuditSchema = Type.Object(
 );
 const UserParams = Type.Object({ userId: Token });
 const errors = ERROR_RESPONSES;
+const tags = ['credits'];
 
 const actor = (request: FastifyRequest) => ({
   requestId: request.id,
@@ -139,9 +140,18 @@ const actor = (request: FastifyRequest) => ({
 
 /** Credits (SPEC section 6): grant, balance, reserve, commit, release, reservation, ledger, audit. */
 export function registerCreditRoutes(app: App, deps: AppDeps): void {
-  const { config } = deps;
-  const tags = ['credits'];
+  grantRoute(app);
+  balanceRoute(app, deps);
+  reserveRoute(app, deps);
+  commitRoute(app);
+  releaseRoute(app);
+  reservationRoute(app, deps);
+  ledgerRoute(app, deps);
+  auditRoute(app, deps);
+}
 
+/** POST /v1/credits/grant */
+function grantRoute(app: App): void {
   app.post(
     '/v1/credits/grant',
     {
@@ -158,7 +168,10 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
       return grant(transactionOf(request), { ...body, ...actor(request) });
     },
   );
+}
 
+/** GET /v1/credits/balance/:userId */
+function balanceRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/credits/balance/:userId',
     {
@@ -171,7 +184,11 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => getBalance(deps.db, request.params.userId),
   );
+}
 
+/** POST /v1/credits/reserve */
+function reserveRoute(app: App, deps: AppDeps): void {
+  const { config } = deps;
   app.post(
     '/v1/credits/reserve',
     {
@@ -203,7 +220,10 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
       };
     },
   );
+}
 
+/** POST /v1/credits/commit */
+function commitRoute(app: App): void {
   app.post(
     '/v1/credits/commit',
     {
@@ -227,7 +247,10 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
       return { charged, refunded, newBalance };
     },
   );
+}
 
+/** POST /v1/credits/release */
+function releaseRoute(app: App): void {
   app.post(
     '/v1/credits/release',
     {
@@ -249,7 +272,10 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
       return { released, newBalance };
     },
   );
+}
 
+/** GET /v1/credits/reservations/:id */
+function reservationRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/credits/reservations/:id',
     {
@@ -262,7 +288,10 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => getReservation(deps.db, request.params.id),
   );
+}
 
+/** GET /v1/credits/ledger/:userId */
+function ledgerRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/credits/ledger/:userId',
     {
@@ -290,7 +319,10 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => getLedger(deps.db, request.params.userId, request.query.cursor, request.query.limit),
   );
+}
 
+/** GET /v1/credits/audit */
+function auditRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/credits/audit',
     {

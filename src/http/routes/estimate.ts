@@ -1,8 +1,8 @@
 import { type Static, Type } from '@sinclair/typebox';
 import { estimate } from '../../services/estimate';
+import type { App, AppDeps } from '../app';
 import { transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, Token } from '../schemas';
-import type { App, AppDeps } from '../server';
 
 const EstimateBody = Type.Object(
   {

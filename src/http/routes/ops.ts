@@ -2,9 +2,10 @@ import { timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import { readLatestAuditFrom, registry } from '../../metrics';
 import { latestAudit } from '../../services/credits';
+import { databaseAnswers } from '../../services/health';
+import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { ErrorEnvelopeSchema } from '../schemas';
-import type { App, AppDeps } from '../server';
 
 const CHECK_TIMEOUT_MS = 1_500;
 
@@ -69,7 +70,7 @@ export function registerOpsRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => {
       const [database, store] = await Promise.all([
-        check(() => deps.db.query('select 1')),
+        check(() => databaseAnswers(deps.db)),
         check(() => deps.store.ping()),
       ]);
       if (database.status === 'ok' && store.status === 'ok') {

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
+import type { App } from '../app';
 import { ERROR_RESPONSES } from '../schemas';
-import type { App } from '../server';
 
 const PingSchema = Type.Object({
   ok: Type.Literal(true),

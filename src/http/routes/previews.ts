@@ -2,9 +2,9 @@ import { constants } from 'node:fs';
 import { type FileHandle, open, readlink, realpath } from 'node:fs/promises';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 import { Type } from '@sinclair/typebox';
+import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { Id } from '../schemas';
-import type { App, AppDeps } from '../server';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',

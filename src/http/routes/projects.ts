@@ -1,18 +1,18 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyReply } from 'fastify';
-import type { Project } from '../../db/projects';
 import {
   createProject,
   getProject,
   getProjectsBatch,
+  type Project,
   type ProjectInput,
   patchProject,
   replaceProject,
 } from '../../services/projects';
+import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
-import type { App, AppDeps } from '../server';
 
 const Framework = Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: PlainText }), Type.Null()]);
 // TypeBox drops a Record key schema's limits (the keys become a pattern): propertyNames keeps the key length checked.
@@ -82,6 +82,15 @@ function withEtag(reply: FastifyReply, project: Project): Project {
 
 /** Projects (SPEC section 5): create, read with ETag, replace, merge-patch, batch read. */
 export function registerProjectRoutes(app: App, deps: AppDeps): void {
+  createProjectRoute(app);
+  projectsBatchRoute(app, deps);
+  getProjectRoute(app, deps);
+  replaceProjectRoute(app);
+  patchProjectRoute(app);
+}
+
+/** POST /v1/projects */
+function createProjectRoute(app: App): void {
   app.post(
     '/v1/projects',
     {
@@ -98,7 +107,10 @@ export function registerProjectRoutes(app: App, deps: AppDeps): void {
       return withEtag(reply, project);
     },
   );
+}
 
+/** GET /v1/projects/batch */
+function projectsBatchRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/projects/batch',
     {
@@ -133,7 +145,10 @@ export function registerProjectRoutes(app: App, deps: AppDeps): void {
       return getProjectsBatch(deps.db, ids);
     },
   );
+}
 
+/** GET /v1/projects/:id */
+function getProjectRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/projects/:id',
     {
@@ -146,7 +161,10 @@ export function registerProjectRoutes(app: App, deps: AppDeps): void {
     },
     async (request, reply) => withEtag(reply, await getProject(deps.db, request.params.id)),
   );
+}
 
+/** PUT /v1/projects/:id */
+function replaceProjectRoute(app: App): void {
   app.put(
     '/v1/projects/:id',
     {
@@ -170,7 +188,10 @@ export function registerProjectRoutes(app: App, deps: AppDeps): void {
       return withEtag(reply, project);
     },
   );
+}
 
+/** PATCH /v1/projects/:id */
+function patchProjectRoute(app: App): void {
   app.patch(
     '/v1/projects/:id',
     {

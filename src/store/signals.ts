@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { EphemeralStore } from '../store/store';
+import type { EphemeralStore } from './store';
 
 type Topic = 'queued' | 'events' | 'cancelled';
 
