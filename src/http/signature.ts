@@ -134,7 +134,8 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
   }
   if (v2Ok || v1Ok) {
     countSignatureOutcome(v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1');
-    const v1Key = v1Ok ? `v1sig:${(v1 as string).toLowerCase()}` : undefined;
+    // 128 bits of the signature name the request: as unique as the whole, half the bytes in every claim.
+    const v1Key = v1Ok ? `v1:${(v1 as string).slice(0, 32).toLowerCase()}` : undefined;
     return {
       version: v2Ok ? 'v2' : 'v1',
       nonce,
