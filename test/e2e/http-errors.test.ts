@@ -1,28 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKilnClient } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
+import { expectContextHeaders, expectEnvelopeBody } from '../helpers/envelope';
 import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
 import { type RawResponse, rawExchange, rawRequest } from '../helpers/raw-http';
-
-const ENVELOPE_KEYS = ['correlationId', 'error', 'message', 'requestId', 'timestamp'];
 
 /** The envelope with exactly its keys, and the four context headers matching it. */
 function expectEnvelope(res: RawResponse, status: number, code: string) {
   expect(res.status, res.text.slice(0, 400)).toBe(status);
   expect(res.headers['content-type']).toBe('application/json; charset=utf-8');
   const body = JSON.parse(res.body) as Record<string, unknown>;
-  expect(body.error).toBe(code);
-  expect(
-    Object.keys(body)
-      .filter((k) => k !== 'data')
-      .sort(),
-  ).toEqual(ENVELOPE_KEYS);
-  expect(typeof body.message).toBe('string');
-  expect(res.headers['x-request-id']).toMatch(/^\S+$/);
-  expect(body.requestId).toBe(res.headers['x-request-id']);
-  expect(body.correlationId).toBe(res.headers['x-correlation-id']);
-  expect(res.headers['x-worker-version']).toMatch(/^\d+\.\d+\.\d+/);
-  expect(res.headers['x-processing-time-ms']).toMatch(/^\d+(\.\d+)?$/);
+  expectEnvelopeBody(body, code);
+  expectContextHeaders(res.headers, body, /^\d+\.\d+\.\d+/);
   return body as {
     error: string;
     message: string;

@@ -1,25 +1,16 @@
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestApp, type TestApp } from '../helpers/app';
+import { expectContextHeaders, expectEnvelopeBody } from '../helpers/envelope';
 import { parseResponses } from '../helpers/raw-http';
 import { signedInject } from '../helpers/signed';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const ENVELOPE_KEYS = ['correlationId', 'error', 'message', 'requestId', 'timestamp'];
-
 function expectEnvelope(res: { headers: Record<string, unknown>; json(): Record<string, unknown> }, code: string) {
   const body = res.json();
-  expect(body.error).toBe(code);
-  expect(
-    Object.keys(body)
-      .filter((k) => k !== 'data')
-      .sort(),
-  ).toEqual(ENVELOPE_KEYS);
-  expect(res.headers['x-request-id']).toBe(body.requestId);
-  expect(res.headers['x-correlation-id']).toBe(body.correlationId);
-  expect(res.headers['x-worker-version']).toBe('0.0.0-test');
-  expect(String(res.headers['x-processing-time-ms'])).toMatch(/^\d+(\.\d+)?$/);
+  expectEnvelopeBody(body, code);
+  expectContextHeaders(res.headers, body);
   return body;
 }
 

@@ -3,26 +3,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DatabaseUnavailableError } from '../../src/db/database';
 import { openPostgres } from '../../src/db/postgres';
 import { startTestApp, type TestApp } from '../helpers/app';
+import { expectContextHeaders, expectEnvelopeBody } from '../helpers/envelope';
 
-const ENVELOPE_KEYS = ['correlationId', 'error', 'message', 'requestId', 'timestamp'];
-
-function expectEnvelope(body: Record<string, unknown>, code: string) {
-  expect(body.error).toBe(code);
-  expect(
-    Object.keys(body)
-      .filter((k) => k !== 'data')
-      .sort(),
-  ).toEqual(ENVELOPE_KEYS);
-  expect(typeof body.message).toBe('string');
-  expect(new Date(body.timestamp as string).toISOString()).toBe(body.timestamp);
-}
-
-function expectContextHeaders(headers: Record<string, unknown>) {
-  expect(headers['x-request-id']).toMatch(/^\S+$/);
-  expect(headers['x-correlation-id']).toMatch(/^\S+$/);
-  expect(headers['x-worker-version']).toBe('0.0.0-test');
-  expect(String(headers['x-processing-time-ms'])).toMatch(/^\d+(\.\d+)?$/);
-}
+const expectEnvelope = expectEnvelopeBody;
 
 describe('HTTP foundation', () => {
   let t: TestApp;
