@@ -32,17 +32,18 @@ create table store_counters (
 );
 create index store_counters_expiry on store_counters (expires_at);
 
--- store_claim(nonce keys, mark keys, value, ttl ms, counter keys, counter window ms, read key?, async commit)
+-- store_claim(nonce keys, mark keys, check keys, value, ttl ms, counter keys, counter window ms, read key?, async)
 -- → (fresh, counts, resets_ms, read_value, epoch_ms).
--- The signed-request guard's one round trip: stores every nonce key with the value for the ttl unless any of them is
--- held (fresh = all were free; nothing is stored otherwise) and, when fresh, the mark keys too (held or not), counts one hit in the current fixed window of each
+-- The signed-request guard's one round trip: stores every nonce key with the value for the ttl unless any of them or
+-- of the check keys is held (fresh = all were free; nothing is stored otherwise; check keys are never stored) and,
+-- when fresh, the mark keys too (held or not), counts one hit in the current fixed window of each
 -- counter (windows are aligned to the database clock, so every process agrees), and reads the read key (null when
 -- absent or expired). With async commit the transaction does not wait for its WAL flush: the row locks of a hot
 -- counter are held for microseconds instead of a disk flush. A crash can then lose the last claims, so epoch_ms is the
 -- instant the server started: the guard refuses requests signed before it. Without async commit epoch_ms is 0 (the
 -- claims are as durable as any commit). Empty key or a window <= 0 → KS001.
-create function store_claim(p_nonces text[], p_marks text[], p_value text, p_ttl_ms bigint, p_counters text[],
-                            p_windows_ms bigint[], p_read text, p_async boolean)
+create function store_claim(p_nonces text[], p_marks text[], p_checks text[], p_value text, p_ttl_ms bigint,
+                            p_counters text[], p_windows_ms bigint[], p_read text, p_async boolean)
 returns table (fresh boolean, counts bigint[], resets_ms bigint[], read_value text, epoch_ms bigint)
 language plpgsql as $$
 declare
@@ -59,7 +60,8 @@ begin
   if coalesce(array_length(p_counters, 1), 0) <> coalesce(array_length(p_windows_ms, 1), 0) then
     raise exception 'counters and windows differ in number' using errcode = 'KS001';
   end if;
-  fresh := not exists (select 1 from store_entries e where e.key = any(p_nonces) and e.expires_at > v_now);
+  fresh := not exists (select 1 from store_entries e
+                        where e.key = any(p_nonces || p_checks) and e.expires_at > v_now);
   if fresh and coalesce(array_length(p_nonces, 1), 0) > 0 then
     insert into store_entries (key, value, expires_at)
     select k, p_value, v_now + make_interval(secs => p_ttl_ms / 1000.0) from unnest(p_nonces) as k

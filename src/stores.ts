@@ -32,7 +32,8 @@ export async function openDatabase(config: Config): Promise<Database> {
       })
     : await openPglite({ dataDir: resolve(join(config.dataDir, 'pgdata')), schema: config.databaseSchema });
   try {
-    await migrate(db, config.databaseSchema);
+    // On the background pool: a migration rewriting a large table must not hit the request statements' time limit.
+    await migrate(db.background, config.databaseSchema);
   } catch (error) {
     await db.close().catch(() => {});
     throw error;

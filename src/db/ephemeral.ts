@@ -30,6 +30,8 @@ export async function storeClaim(
     nonceKeys: readonly string[];
     /** Stored with the nonce keys when the claim is fresh, whether or not they exist. */
     marks?: readonly string[];
+    /** Keys that must be absent for the claim to be fresh; never stored. */
+    checks?: readonly string[];
     value: string;
     ttlMs: number;
     counters: readonly { key: string; windowMs: number }[];
@@ -45,10 +47,12 @@ export async function storeClaim(
     epoch_ms: number | string;
   }>(
     `select fresh, counts, resets_ms, read_value, epoch_ms
-       from store_claim($1::text[], $2::text[], $3::text, $4::bigint, $5::text[], $6::bigint[], $7::text, $8::boolean)`,
+       from store_claim($1::text[], $2::text[], $3::text[], $4::text, $5::bigint, $6::text[], $7::bigint[], $8::text,
+                        $9::boolean)`,
     [
       claim.nonceKeys,
       claim.marks ?? [],
+      claim.checks ?? [],
       claim.value,
       claim.ttlMs,
       claim.counters.map((c) => c.key),

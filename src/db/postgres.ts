@@ -78,6 +78,8 @@ function newPool(options: PostgresOptions, max: number, name: string, statementT
     max,
     connectionTimeoutMillis: options.poolTimeoutMs ?? 5_000,
     idleTimeoutMillis: 30_000,
+    // A peer that vanished without closing (a dropped network) is noticed by TCP keepalive, not after minutes.
+    keepAlive: true,
     application_name: name,
     options: settings.join(' '),
   });

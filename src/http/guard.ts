@@ -47,6 +47,7 @@ export function signatureGuard(
         {
           keys: [verified.replayKey],
           ...(verified.markKey ? { marks: [verified.markKey] } : {}),
+          ...(verified.checkKey ? { checks: [verified.checkKey] } : {}),
           value: request.id,
           ttlMs: nonceTtlMs,
         },

@@ -17,11 +17,17 @@ export interface VerifiedSignature {
    */
   replayKey: string;
   /**
-   * When both versions verified: the v1 signature, remembered too (but not checked), so that the captured request
-   * cannot be sent again stripped of its v2 signature. Not checked, because two different requests of a client that
-   * signs both (same second, same body: two GETs) share their v1 signature.
+   * Remembered with the replay key but not checked. When both versions verified: the v1 signature, so that the
+   * captured request cannot be sent again stripped of its v2 signature (not checked, because two different requests
+   * of a client that signs both — same second, same body: two GETs — share their v1 signature). When v1 alone
+   * verified: a v1-only mark of it, which a dual-signed request with that v1 signature checks.
    */
-  markKey?: string;
+  markKey: string | undefined;
+  /**
+   * Checked (it must be absent) but not remembered: for a dual-signed request, the v1-only mark of its v1 signature,
+   * so that a copy stripped of v2 and sent first makes the original refused, not accepted a second time.
+   */
+  checkKey: string | undefined;
 }
 
 const NONCE = /^[\x21-\x7e]{8,128}$/;
@@ -135,14 +141,35 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
   if (v2Ok || v1Ok) {
     countSignatureOutcome(v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1');
     // 128 bits of the signature name the request: as unique as the whole, half the bytes in every claim.
-    const v1Key = v1Ok ? `v1:${(v1 as string).slice(0, 32).toLowerCase()}` : undefined;
-    return {
-      version: v2Ok ? 'v2' : 'v1',
-      nonce,
-      timestamp: Number(timestamp),
-      replayKey: v2Ok ? `nonce:${nonce}` : (v1Key as string),
-      ...(v2Ok && v1Key ? { markKey: v1Key } : {}),
-    };
+    const v1Id = v1Ok ? (v1 as string).slice(0, 32).toLowerCase() : undefined;
+    const version = v2Ok ? 'v2' : 'v1';
+    if (v1Id === undefined) {
+      return {
+        version,
+        nonce,
+        timestamp: Number(timestamp),
+        replayKey: `nonce:${nonce}`,
+        markKey: undefined,
+        checkKey: undefined,
+      };
+    }
+    return v2Ok
+      ? {
+          version,
+          nonce,
+          timestamp: Number(timestamp),
+          replayKey: `nonce:${nonce}`,
+          markKey: `v1:${v1Id}`,
+          checkKey: `v1only:${v1Id}`,
+        }
+      : {
+          version,
+          nonce,
+          timestamp: Number(timestamp),
+          replayKey: `v1:${v1Id}`,
+          markKey: `v1only:${v1Id}`,
+          checkKey: undefined,
+        };
   }
   const checked = [v2 && v2Allowed && names.v2, v1 && v1Allowed && names.v1].filter(Boolean) as string[];
   return fail(

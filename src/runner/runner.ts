@@ -238,7 +238,11 @@ export class Runner {
   private async holdCredits(build: DbBuild, log: Logger): Promise<DbBuild | 'hold_expired' | 'hold_resolved'> {
     const context = { reservationTtlS: this.options.reservationTtlS, actor: internalActor('runner') };
     try {
-      return await this.options.db.transaction((tx) => holdForStart(tx, build, context, log));
+      // A database briefly away must not fail a build that was just claimed: its lease is kept meanwhile.
+      return await untilAnswered(
+        () => this.options.db.transaction((tx) => holdForStart(tx, build, context, log)),
+        () => log.warn('the database is unavailable; the build waits for it to hold its credits'),
+      );
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       if (error.code === 'INSUFFICIENT_CREDITS') {

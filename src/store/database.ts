@@ -45,6 +45,7 @@ export function openDatabaseStore(options: DatabaseStoreOptions): EphemeralStore
       const row = await storeClaim(db, {
         nonceKeys: nonce.keys,
         marks: nonce.marks,
+        checks: nonce.checks,
         value: nonce.value,
         ttlMs: nonce.ttlMs,
         counters,

@@ -8,16 +8,23 @@ if count == 1 then redis.call('pexpire', KEYS[1], ARGV[1]) end
 local ttl = redis.call('pttl', KEYS[1])
 return {count, ttl}`;
 
-// The instant (ms, Redis's clock) since which this Redis holds every claim: set when absent, which is at the first
-// start and again whenever Redis lost its data (restarted without persistence, flushed). Answers it and whether it was
-// set now.
+// The instant (ms, Redis's clock) since which this Redis holds every claim, kept with the run id of the Redis server
+// that set it: set again when absent (the first start; a restart without persistence; a flush) and when the server is
+// another one (a restart that reloaded a snapshot or an AOF, which brings the old epoch back without the nonces
+// written since; a replica promoted). Answers it and whether it was set now.
 const EPOCH_LUA = `
-local epoch = redis.call('get', KEYS[1])
+local run = string.match(redis.call('info', 'server'), 'run_id:(%w+)')
+local stored = redis.call('get', KEYS[1])
+local epoch
 local fresh = 0
+if stored then
+  local ms, id = string.match(stored, '^(%d+):(%w+)$')
+  if id == run then epoch = ms end
+end
 if not epoch then
   local t = redis.call('time')
   epoch = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  redis.call('set', KEYS[1], epoch)
+  redis.call('set', KEYS[1], epoch .. ':' .. run)
   fresh = 1
 end`;
 const EPOCH_SCRIPT = `${EPOCH_LUA}
@@ -25,9 +32,9 @@ return {epoch, fresh}`;
 
 // The signed-request guard's check-and-count for a batch of requests in one command. KEYS: the epoch key, then each
 // claim's nonce keys and mark keys, then each distinct counter key of the batch, then the keys to read. ARGV: the
-// number of claims, of counters and of reads; per claim the number of its nonce keys and of its marks, their value and
-// TTL (ms); per counter the hits to add and the ms left in its window. A claim's nonce keys are stored (SET PX)
-// together only when none exists, and its marks with them (existing or not); each
+// number of claims, of counters and of reads; per claim the number of its nonce keys, marks and checks, their value
+// and TTL (ms); per counter the hits to add and the ms left in its window. A claim's nonce keys are stored (SET PX)
+// together only when none of them nor of its checks exists, and its marks with them (existing or not); each
 // counter is counted once for all its hits in the batch (INCRBY, with the window's expiry when the batch created it),
 // which is what that many INCRs in a row would leave. Returns the epoch, then per claim 1|0 (stored or not), per
 // counter its new count and PTTL, per read its value (nil when absent).
@@ -36,17 +43,20 @@ local claims, counters, reads = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(A
 local out = {epoch}
 local k, a = 2, 4
 for i = 1, claims do
-  local n, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local n, m, c = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local free = true
   for j = k, k + n - 1 do
     if redis.call('exists', KEYS[j]) == 1 then free = false end
   end
+  for j = k + n + m, k + n + m + c - 1 do
+    if redis.call('exists', KEYS[j]) == 1 then free = false end
+  end
   if free then
-    for j = k, k + n + m - 1 do redis.call('set', KEYS[j], ARGV[a + 2], 'PX', ARGV[a + 3]) end
+    for j = k, k + n + m - 1 do redis.call('set', KEYS[j], ARGV[a + 3], 'PX', ARGV[a + 4]) end
   end
   out[#out + 1] = free and 1 or 0
-  k = k + n + m
-  a = a + 4
+  k = k + n + m + c
+  a = a + 5
 end
 for i = 1, counters do
   local key = KEYS[k]
@@ -70,6 +80,7 @@ const CLAIM_BATCH = 64;
 interface PendingClaim {
   nonceKeys: readonly string[];
   markKeys: readonly string[];
+  checkKeys: readonly string[];
   nonceValue: string;
   nonceTtlMs: number;
   /** Window keys (counter key and window start) with the ms left in each window. */
@@ -214,10 +225,21 @@ function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit']
         }
       }
       const reads = batch.filter((c) => c.read !== undefined).map((c) => c.read as string);
-      const keys = [EPOCH_KEY, ...batch.flatMap((c) => [...c.nonceKeys, ...c.markKeys]), ...hits.keys(), ...reads];
+      const keys = [
+        EPOCH_KEY,
+        ...batch.flatMap((c) => [...c.nonceKeys, ...c.markKeys, ...c.checkKeys]),
+        ...hits.keys(),
+        ...reads,
+      ];
       const args: (string | number)[] = [batch.length, hits.size, reads.length];
       for (const claim of batch) {
-        args.push(claim.nonceKeys.length, claim.markKeys.length, claim.nonceValue, claim.nonceTtlMs);
+        args.push(
+          claim.nonceKeys.length,
+          claim.markKeys.length,
+          claim.checkKeys.length,
+          claim.nonceValue,
+          claim.nonceTtlMs,
+        );
       }
       for (const { hits: n, ttlMs } of hits.values()) args.push(n, ttlMs);
       let sent: Promise<(number | string | null)[]>;
@@ -260,6 +282,7 @@ function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit']
       pending.push({
         nonceKeys: nonce.keys,
         markKeys: nonce.marks ?? [],
+        checkKeys: nonce.checks ?? [],
         nonceValue: nonce.value,
         nonceTtlMs: nonce.ttlMs,
         counters: windows,

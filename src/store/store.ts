@@ -20,14 +20,21 @@ export interface EphemeralStore {
   /**
    * The signed-request guard's one round trip: store `nonce.value` under every key of `nonce.keys` for `nonce.ttlMs`
    * unless one of them exists (then none is stored and the claim is not fresh; one key is exactly `setIfAbsent`); a
-   * fresh claim also stores `nonce.marks` (whether or not they exist: they are remembered, not checked); count one hit in each of `counters` (exactly `hit`, counted whether or
+   * fresh claim also stores `nonce.marks` (whether or not they exist: they are remembered, not checked), and any of
+   * `nonce.checks` that exists makes the claim not fresh (they are checked, not stored); count one hit in each of `counters` (exactly `hit`, counted whether or
    * not the nonce was fresh). On Redis it is one script, so one command and one round trip whatever the counters;
    * the claims made in the same event-loop turn share that one command. `counts` are in the order of `counters`.
    * With `read`, the same operation also reads that key (exactly `get`) and answers its value as `read`: a replay
    * of an idempotent request finds its stored response in the guard's round trip.
    */
   claimNonceAndHit(
-    nonce: { keys: readonly string[]; marks?: readonly string[]; value: string; ttlMs: number },
+    nonce: {
+      keys: readonly string[];
+      marks?: readonly string[];
+      checks?: readonly string[];
+      value: string;
+      ttlMs: number;
+    },
     counters: readonly { key: string; windowMs: number }[],
     read?: string,
   ): Promise<ClaimResult>;

@@ -24,12 +24,16 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A private, disposable redis-server on a free port (or `port`), so a test can stop it without touching anyone else's. */
+/**
+ * A private, disposable redis-server on a free port (or `port`), so a test can stop it without touching anyone else's.
+ * With `dir` it loads and saves its snapshot there (only when told to SAVE), as a Redis with persistence would.
+ */
 export async function startPrivateRedis(
   port?: number,
+  dir?: string,
 ): Promise<{ url: string; port: number; stop(): Promise<void>; restart(): Promise<void> }> {
   const chosen = port ?? (await freePort());
-  let child = await spawnRedis(chosen);
+  let child = await spawnRedis(chosen, dir);
   const stop = () =>
     new Promise<void>((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
@@ -40,18 +44,18 @@ export async function startPrivateRedis(
     url: `redis://127.0.0.1:${chosen}`,
     port: chosen,
     stop,
-    /** Kill it and start a new one on the same port: what a restart without persistence does (all data gone). */
+    /** Kill it and start a new one on the same port: all data gone, or with `dir` back to the last SAVE. */
     async restart() {
       await stop();
-      child = await spawnRedis(chosen);
+      child = await spawnRedis(chosen, dir);
     },
   };
 }
 
-async function spawnRedis(port: number): Promise<ChildProcess> {
+async function spawnRedis(port: number, dir?: string): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...(dir ? ['--dir', dir] : [])],
     { stdio: ['ignore', 'pipe', 'ignore'] },
   );
   await new Promise<void>((resolve, reject) => {

@@ -36,7 +36,12 @@ export async function openTestRedis(url = REDIS_URL!): Promise<TestStore> {
   const prefix = `${uniqueName('test')}:`;
   const redis = new Redis(url, { lazyConnect: true });
   await redis.connect();
-  await redis.set(`${prefix}epoch`, '0').finally(() => redis.disconnect());
+  try {
+    const runId = /run_id:(\w+)/.exec(await redis.info('server'))?.[1];
+    await redis.set(`${prefix}epoch`, `0:${runId}`);
+  } finally {
+    redis.disconnect();
+  }
   const store = await openRedisStore({ url, prefix });
   return {
     store,

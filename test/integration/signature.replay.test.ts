@@ -91,6 +91,21 @@ describe('a captured v1-signed request is accepted once, whatever nonce it carri
     expect(await balance('u_dual_strip')).toBe(30);
   });
 
+  it('the copy stripped of v2 and sent first makes the original refused: accepted once, whichever comes first', async () => {
+    const body = JSON.stringify({ userId: 'u_dual_first', credits: 30, reason: 'top-up', source: 'purchase' });
+    const original: Record<string, string> = {
+      ...signRequest({ secret: TEST_SECRET, method: 'POST', path: '/v1/credits/grant', body }),
+      'content-type': 'application/json',
+    };
+    const stripped: Record<string, string> = withNonce({ ...original }, 'nonce-stripped-first');
+    delete stripped['x-sheen-sig-v2'];
+    const copy = await t.app.inject({ method: 'POST', url: '/v1/credits/grant', headers: stripped, payload: body });
+    expect(copy.statusCode).toBe(200);
+    const late = await t.app.inject({ method: 'POST', url: '/v1/credits/grant', headers: original, payload: body });
+    expect(late.statusCode).toBe(409);
+    expect(await balance('u_dual_first')).toBe(30);
+  });
+
   it('two different requests signed with both versions in one second share a v1 signature and both pass', async () => {
     const timestamp = Math.floor(Date.now() / 1000);
     // Empty bodies and one timestamp: the v1 signatures are equal, the nonces (signed by v2) differ.

@@ -202,6 +202,13 @@ function contract(name: string, open: () => Promise<TestStore> | TestStore) {
       // A refused claim stores no marks.
       expect((await claim(['multi:a'], ['multi:mark-2'])).fresh).toBe(false);
       expect(await t.store.get('multi:mark-2')).toBeNull();
+      // A check that exists refuses the claim; a check is never stored.
+      const checked = (keys: string[], checks: string[]) =>
+        t.store.claimNonceAndHit({ keys, checks, value: 'v', ttlMs: 5_000 }, []);
+      expect((await checked(['multi:e'], ['multi:mark'])).fresh).toBe(false);
+      expect(await t.store.get('multi:e')).toBeNull();
+      expect((await checked(['multi:f'], ['multi:absent'])).fresh).toBe(true);
+      expect(await t.store.get('multi:absent')).toBeNull();
     });
 
     it('answers the same epoch claim after claim while it keeps its data', async () => {
