@@ -70,6 +70,7 @@ export const B_COLUMNS = BUILD_COLUMNS.split(',')
   .map((c) => `b.${c.trim()}`)
   .join(', ');
 
+/** A build row as the API shows it (camelCase, its valid next states, its duration). Pure. */
 export function toBuild(row: DbBuild): Build {
   return {
     id: row.id,
@@ -141,6 +142,7 @@ export async function insertBuild(q: Queryable, build: NewBuild): Promise<DbBuil
   return rows[0];
 }
 
+/** In: a build id. Out: its row, or undefined when there is none. Errors: only the database's own. */
 export async function findBuild(q: Queryable, id: string): Promise<DbBuild | undefined> {
   const { rows } = await q.query<DbBuild>(`select ${BUILD_COLUMNS} from builds where id = $1::text`, [id]);
   return rows[0];
@@ -207,6 +209,10 @@ export interface BuildListFilter {
   after?: { createdAt: Date; id: string };
 }
 
+/**
+ * In: optional project, state and user filters, a limit and a (createdAt, id) to continue after. Out: up to `limit`
+ * rows, newest first (index builds_created or builds_project_created). Errors: only the database's own.
+ */
 export async function listBuilds(q: Queryable, filter: BuildListFilter): Promise<DbBuild[]> {
   const { rows } = await q.query<DbBuild>(
     `select ${BUILD_COLUMNS} from builds
@@ -350,6 +356,10 @@ export async function appendEvent(q: Queryable, buildId: string, event: NewEvent
   return rows[0]?.seq;
 }
 
+/**
+ * In: a build id, the seq to read after and a limit. Out: its events after that seq, in seq order (nothing for an
+ * unknown build). Errors: only the database's own (the route bounds `afterSeq` to int4).
+ */
 export async function listEvents(
   q: Queryable,
   buildId: string,

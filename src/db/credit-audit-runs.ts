@@ -10,6 +10,7 @@ export interface AuditRun {
   problems: number;
 }
 
+/** In: a full audit's report and who ran it. Out: nothing; one row in credit_audit_runs. Errors: the database's own. */
 export async function recordAuditRun(q: Queryable, report: AuditReport, source: AuditSource): Promise<void> {
   await q.query(
     `insert into credit_audit_runs (ok, problems, checked_users, checked_reservations, ledger_entries, source)
@@ -18,6 +19,7 @@ export async function recordAuditRun(q: Queryable, report: AuditReport, source: 
   );
 }
 
+/** In: nothing. Out: the latest recorded full audit (time and problems), if any. Errors: only the database's own. */
 export async function latestAuditRun(q: Queryable): Promise<AuditRun | undefined> {
   const { rows } = await q.query<{ ran_at: Date; problems: number }>(
     'select ran_at, problems from credit_audit_runs order by ran_at desc limit 1',

@@ -61,6 +61,11 @@ const num = (value: unknown): number => Number(value);
 const numOrNull = (value: unknown): number | null => (value === null || value === undefined ? null : Number(value));
 const iso = (value: unknown): string => new Date(value as Date | string).toISOString();
 
+/**
+ * One call of credit_grant: add credits (creating the account, setting the plan when given) with its ledger entry.
+ * In: user, credits > 0, plan?, reason, source, and who asked. Out: the account after it. Errors: KC001 for credits
+ * <= 0 (the route's schema refuses them first), and the database's own.
+ */
 export async function grantCredits(
   q: Queryable,
   input: { userId: string; credits: number; plan?: string; reason: string; source: string },
@@ -96,6 +101,11 @@ export interface ReserveOutcome {
   reserved: number;
 }
 
+/**
+ * One call of credit_reserve: hold `amount` for `ttlS` under the given id, with its ledger entry. In: the hold and who
+ * asked. Out: 'ok' with the expiry, or 'insufficient' (nothing written), with balance and reserved. Errors: KC001 for
+ * an amount or TTL <= 0, and the database's own.
+ */
 export async function insertReservation(
   q: Queryable,
   input: { id: string; userId: string; amount: number; buildId: string | null; ttlS: number; reason: string },
@@ -210,6 +220,11 @@ export async function chargeAvailable(
   };
 }
 
+/**
+ * One call of credit_renew: extend an active hold to at least now + `seconds`. In: the hold's id, seconds and who
+ * asked. Out: 'ok' with the new expiry, 'not_found', or 'not_active' with its state (a lapsed hold is expired
+ * first). Errors: KC001 for seconds <= 0, and the database's own.
+ */
 export async function extendReservation(
   q: Queryable,
   reservationId: string,

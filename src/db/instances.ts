@@ -12,6 +12,7 @@ export async function registerInstance(
   );
 }
 
+/** In: this process's instance id. Out: nothing; its last_seen_at is now. Errors: only the database's own. */
 export async function touchInstance(db: Queryable, id: string): Promise<void> {
   await db.query('update service_instances set last_seen_at = now() where id = $1::text', [id]);
 }

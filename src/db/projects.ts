@@ -62,6 +62,10 @@ export async function insertProject(q: Queryable, id: string, fields: ProjectFie
   return rows[0] ? toProject(rows[0]) : undefined;
 }
 
+/**
+ * In: a project id; `forUpdate` locks its row for the caller's transaction. Out: the project, or undefined.
+ * Errors: only the database's own.
+ */
 export async function findProject(q: Queryable, id: string, forUpdate = false): Promise<Project | undefined> {
   const { rows } = await q.query<DbProject>(
     `select ${COLUMNS} from projects where id = $1::text${forUpdate ? ' for update' : ''}`,
@@ -70,6 +74,7 @@ export async function findProject(q: Queryable, id: string, forUpdate = false): 
   return rows[0] ? toProject(rows[0]) : undefined;
 }
 
+/** In: project ids. Out: those that exist, in no particular order. Errors: only the database's own. */
 export async function findProjects(q: Queryable, ids: string[]): Promise<Project[]> {
   const { rows } = await q.query<DbProject>(`select ${COLUMNS} from projects where id = any($1::text[])`, [ids]);
   return rows.map(toProject);

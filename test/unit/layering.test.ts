@@ -96,6 +96,19 @@ describe('the layering of src/', () => {
     expect(outside).toEqual([]);
   });
 
+  it('gives every exported function of db/ a header comment (inputs, outputs, errors)', () => {
+    const bare = sourceFiles(join(SRC, 'db')).flatMap((file) => {
+      const lines = readFileSync(file, 'utf8').split('\n');
+      return lines.flatMap((line, i) => {
+        if (!/^export (async )?function /.test(line)) return [];
+        let above = i - 1;
+        while (above >= 0 && lines[above].trim() === '') above--;
+        return above >= 0 && lines[above].trim().endsWith('*/') ? [] : [`${relative(SRC, file)}:${i + 1}`];
+      });
+    });
+    expect(bare).toEqual([]);
+  });
+
   it('has no import cycle', () => {
     const graph = new Map<string, string[]>();
     for (const a of all) graph.set(a.from, [...(graph.get(a.from) ?? []), `${a.to}.ts`]);
