@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { failLapsedBuilds } from '../../src/db/build-queue';
@@ -13,7 +16,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe('runner edge cases', () => {
   let t: TestApp;
   let n = 0;
+  // The runners' workspaces: a temp directory of this file's own, never ./.kiln.
+  let workspaces: string;
   beforeAll(async () => {
+    workspaces = await mkdtemp(join(tmpdir(), 'kiln-runner-test-'));
     t = await startTestApp({
       BUILD_EXECUTOR: 'external',
       RESERVATION_TTL_S: '2',
@@ -26,7 +32,10 @@ describe('runner edge cases', () => {
       body: { userId: 'u_run', credits: 100_000, reason: 'test', source: 'test' },
     });
   });
-  afterAll(() => t.close());
+  afterAll(async () => {
+    await t.close();
+    await rm(workspaces, { recursive: true, force: true });
+  });
 
   const call = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
     signedInject(t.app, { method, url, body });
@@ -47,7 +56,7 @@ describe('runner edge cases', () => {
       concurrency: 1,
       leaseSeconds,
       timeoutSeconds: 30,
-      dataDir: `${t.config.dataDir}/runner-test-${process.pid}`,
+      dataDir: workspaces,
       creditsPerMinute: 1,
       reservationTtlS: 60,
     });
