@@ -1,7 +1,12 @@
 /** What readiness checks: the database answers a trivial statement (the store has its own ping). */
-import type { Queryable } from '../db/database';
+import { DatabaseUnavailableError, type Queryable } from '../db/database';
 import { ping } from '../db/health';
 
 export function databaseAnswers(q: Queryable): Promise<void> {
   return ping(q);
+}
+
+/** True when `error` says the database is away for now (a retry may succeed), not that a statement is wrong. */
+export function isDatabaseAway(error: unknown): boolean {
+  return error instanceof DatabaseUnavailableError;
 }

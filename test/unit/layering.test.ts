@@ -26,7 +26,7 @@ const ALLOWED: Record<string, string[]> = {
   services: ['db', 'store', 'domain', 'top:metrics', 'top:log'],
   runner: ['services', 'store', 'db', 'domain', 'top:metrics'],
   http: ['routes', 'services', 'store', 'domain', 'db/database', 'top:config', 'top:metrics', 'top:version'],
-  routes: ['http', 'services', 'domain', 'db/database', 'top:config', 'top:metrics'],
+  routes: ['http', 'services', 'domain', 'top:config', 'top:metrics'],
   client: ['domain'],
   top: ['*'],
 };

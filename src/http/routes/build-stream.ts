@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { DatabaseUnavailableError } from '../../db/database';
 import { isTerminal } from '../../domain/build-states';
 import { type BuildEvent, eventsAfter, getBuild } from '../../services/builds';
+import { isDatabaseAway } from '../../services/health';
 import type { App, AppDeps } from '../app';
 import { envelope, toApiError } from '../errors';
 
@@ -112,7 +112,7 @@ export async function streamBuildEvents(
         end();
       }
     } catch (error) {
-      if (error instanceof DatabaseUnavailableError) {
+      if (isDatabaseAway(error)) {
         request.log.warn({ err: error, buildId: build.id }, 'event stream read failed; will retry on the next poll');
       } else {
         // Anything else will fail the same way on every poll: say so in a last frame and end the stream.
