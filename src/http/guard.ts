@@ -46,8 +46,8 @@ export function signatureGuard(
       claim = await store.claimNonceAndHit(
         {
           keys: [verified.replayKey],
-          ...(verified.markKey ? { marks: [verified.markKey] } : {}),
-          ...(verified.checkKey ? { checks: [verified.checkKey] } : {}),
+          marks: verified.markKey ? [verified.markKey] : undefined,
+          checks: verified.checkKey ? [verified.checkKey] : undefined,
           value: request.id,
           ttlMs: nonceTtlMs,
         },

@@ -142,34 +142,14 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
     countSignatureOutcome(v1Ok && v2Ok ? 'both' : v2Ok ? 'v2' : 'v1');
     // 128 bits of the signature name the request: as unique as the whole, half the bytes in every claim.
     const v1Id = v1Ok ? (v1 as string).slice(0, 32).toLowerCase() : undefined;
-    const version = v2Ok ? 'v2' : 'v1';
-    if (v1Id === undefined) {
-      return {
-        version,
-        nonce,
-        timestamp: Number(timestamp),
-        replayKey: `nonce:${nonce}`,
-        markKey: undefined,
-        checkKey: undefined,
-      };
-    }
-    return v2Ok
-      ? {
-          version,
-          nonce,
-          timestamp: Number(timestamp),
-          replayKey: `nonce:${nonce}`,
-          markKey: `v1:${v1Id}`,
-          checkKey: `v1only:${v1Id}`,
-        }
-      : {
-          version,
-          nonce,
-          timestamp: Number(timestamp),
-          replayKey: `v1:${v1Id}`,
-          markKey: `v1only:${v1Id}`,
-          checkKey: undefined,
-        };
+    return {
+      version: v2Ok ? 'v2' : 'v1',
+      nonce,
+      timestamp: Number(timestamp),
+      replayKey: v2Ok ? `nonce:${nonce}` : `v1:${v1Id}`,
+      markKey: v1Id === undefined ? undefined : v2Ok ? `v1:${v1Id}` : `v1only:${v1Id}`,
+      checkKey: v1Id !== undefined && v2Ok ? `v1only:${v1Id}` : undefined,
+    };
   }
   const checked = [v2 && v2Allowed && names.v2, v1 && v1Allowed && names.v1].filter(Boolean) as string[];
   return fail(

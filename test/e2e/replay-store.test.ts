@@ -10,6 +10,16 @@ import { hasRedisServer, kilnOnPrivateRedis, startPrivateRedis } from '../helper
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Send until Kiln has reconnected to the restarted Redis (until then signed requests are refused with 503). */
+async function onceReconnected(send: () => Promise<Response>): Promise<Response> {
+  let response = await send();
+  for (let i = 0; i < 50 && response.status === 503; i++) {
+    await sleep(200);
+    response = await send();
+  }
+  return response;
+}
+
 /**
  * SPEC section 3: replay protection must not disappear when the store loses its data. A Redis restarted without
  * persistence forgets every nonce; a captured signed request sent again afterwards, with the exact bytes it was sent
@@ -37,14 +47,9 @@ describe.skipIf(!hasRedisServer())('a captured request replayed after Redis lost
 
     await redis.restart();
     // Kiln reconnects by itself; until then signed requests are refused with 503.
-    let replay: Response | undefined;
-    for (let i = 0; i < 50; i++) {
-      replay = await send();
-      if (replay.status !== 503) break;
-      await sleep(200);
-    }
-    expect(replay?.status).toBe(401);
-    const refused = (await replay?.json()) as { error: string; data: { reason: string; notBefore: number } };
+    const replay = await onceReconnected(send);
+    expect(replay.status).toBe(401);
+    const refused = (await replay.json()) as { error: string; data: { reason: string; notBefore: number } };
     expect(refused).toMatchObject({ error: 'TIMESTAMP_OUT_OF_RANGE', data: { reason: 'signed_before_store_epoch' } });
     expect(refused.data.notBefore).toBeGreaterThan(Number(headers['x-sheen-timestamp']));
     const balance = await client<{ balance: number }>('GET', '/v1/credits/balance/u_restart');
@@ -97,14 +102,9 @@ describe.skipIf(!hasRedisServer())('a captured request replayed after Redis relo
     const send = () => fetch(`${kiln.url}/v1/credits/grant`, { method: 'POST', headers, body });
     expect((await send()).status).toBe(200);
     await redis.restart();
-    let replay: Response | undefined;
-    for (let i = 0; i < 50; i++) {
-      replay = await send();
-      if (replay.status !== 503) break;
-      await sleep(200);
-    }
-    expect(replay?.status).toBe(401);
-    const refused = (await (replay as Response).json()) as { data: { reason: string } };
+    const replay = await onceReconnected(send);
+    expect(replay.status).toBe(401);
+    const refused = (await replay.json()) as { data: { reason: string } };
     expect(refused.data.reason).toBe('signed_before_store_epoch');
     await sleep(1_100);
     const client = createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
