@@ -18,8 +18,12 @@ export interface Measurement {
   non2xx: number;
 }
 
+/** Work running beside a measurement slice (a scrape loop): started before it, stopped (awaited) after it. */
+export type During = () => () => Promise<void>;
+
 export interface LoadOptions {
   url: string;
+  during?: During;
   method?: 'GET' | 'POST' | 'PUT' | 'PATCH';
   connections?: number;
   durationS?: number;
@@ -53,6 +57,15 @@ export async function load(name: string, options: LoadOptions): Promise<Measurem
 }
 
 async function sample(name: string, options: LoadOptions): Promise<Sampled> {
+  const stop = options.during?.();
+  try {
+    return await sampleLoad(name, options);
+  } finally {
+    await stop?.();
+  }
+}
+
+async function sampleLoad(name: string, options: LoadOptions): Promise<Sampled> {
   const latencies: number[] = [];
   let done!: (result: autocannon.Result) => void;
   const finished = new Promise<autocannon.Result>((resolve) => {
@@ -143,6 +156,7 @@ export function compare(
 
 export interface PacedOptions {
   url: string;
+  during?: During;
   /** Requests per second, evenly spaced: request i leaves at start + i / rate. */
   rate: number;
   durationS?: number;
@@ -169,6 +183,15 @@ export function comparePaced(
 }
 
 async function pacedSample(name: string, options: PacedOptions): Promise<Sampled> {
+  const stop = options.during?.();
+  try {
+    return await pacedLoad(name, options);
+  } finally {
+    await stop?.();
+  }
+}
+
+async function pacedLoad(name: string, options: PacedOptions): Promise<Sampled> {
   const durationMs = (options.durationS ?? DEFAULT_DURATION_S) * 1000;
   const total = Math.floor((durationMs / 1000) * options.rate);
   const target = new URL(options.url);

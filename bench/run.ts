@@ -5,6 +5,7 @@ import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
 import { benchIdempotency } from './idempotency';
 import { benchMemory } from './memory';
+import { benchMetricsScrape } from './metrics-scrape';
 import { benchSignedGet } from './signed-get';
 import { benchSignedGetBuild } from './signed-get-build';
 import { benchSubmitToStart } from './submit-to-start';
@@ -16,6 +17,7 @@ const benches: Record<string, () => Promise<void>> = {
   idempotency: benchIdempotency,
   credits: benchCredits,
   'submit-to-start': benchSubmitToStart,
+  'metrics-scrape': benchMetricsScrape,
   memory: benchMemory,
 };
 const only = process.argv[2];

@@ -58,6 +58,8 @@ export interface Config {
   /** Seconds a runner holds a build without renewing; a lapsed lease fails the build as worker_lost. */
   buildLeaseS: number;
   metricsToken: string | undefined;
+  /** Resident memory one process should stay under, in MB (exported for the MemoryNearBudget alert). */
+  memoryBudgetMb: number;
   /** Packages a user can buy; the 402 recommendation picks the cheapest that covers the shortfall. */
   creditPackages: CreditPackage[];
   /** Price of a build without reported credits: credits per started minute of build time. */
@@ -249,6 +251,8 @@ export function loadConfig(env: Env = process.env): Config {
     runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
     buildLeaseS: integer(env, 'BUILD_LEASE_S', 30, 1, 3600),
     metricsToken: given(env, 'METRICS_TOKEN'),
+    // SPEC 8's 200 MB is for PostgreSQL + Redis; embedded, PGlite's own memory lives in the process too.
+    memoryBudgetMb: integer(env, 'MEMORY_BUDGET_MB', given(env, 'DATABASE_URL') ? 200 : 768, 16, 1_048_576),
     creditPackages: packages(env),
     creditsPerBuildMinute: integer(env, 'CREDITS_PER_BUILD_MINUTE', 10, 0, 1_000_000),
     defaultEstimateCredits: integer(env, 'DEFAULT_ESTIMATE_CREDITS', 100, 0, 10_000_000),

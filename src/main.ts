@@ -5,6 +5,7 @@ import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { buildApp } from './http/server';
 import { createLogger } from './log';
+import { countRunningBuildsWith } from './metrics';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
 import { resolveHmacSecrets } from './secrets';
@@ -102,6 +103,7 @@ async function main(): Promise<void> {
     creditsPerMinute: config.creditsPerBuildMinute,
     reservationTtlS: config.reservationTtlS,
   });
+  countRunningBuildsWith(() => runner.activeBuilds);
   const stopCreditSweeper = startCreditSweeper(background, logger, config.creditSweepIntervalS * 1000);
   const stopCreditAuditor =
     config.creditAuditIntervalS > 0 ? startCreditAuditor(background, logger, config.creditAuditIntervalS) : () => {};

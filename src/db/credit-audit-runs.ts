@@ -4,12 +4,6 @@ import type { Queryable } from './database';
 /** Who ran a full audit. */
 export type AuditSource = 'auditor' | 'api' | 'cli';
 
-/** The latest full audit as recorded. */
-export interface AuditRun {
-  ranAt: Date;
-  problems: number;
-}
-
 /** In: a full audit's report and who ran it. Out: nothing; one row in credit_audit_runs. Errors: the database's own. */
 export async function recordAuditRun(q: Queryable, report: AuditReport, source: AuditSource): Promise<void> {
   await q.query(
@@ -17,14 +11,6 @@ export async function recordAuditRun(q: Queryable, report: AuditReport, source: 
      values ($1::boolean, $2::int, $3::int, $4::int, $5::bigint, $6::text)`,
     [report.ok, report.problems.length, report.checkedUsers, report.checkedReservations, report.ledgerEntries, source],
   );
-}
-
-/** In: nothing. Out: the latest recorded full audit (time and problems), if any. Errors: only the database's own. */
-export async function latestAuditRun(q: Queryable): Promise<AuditRun | undefined> {
-  const { rows } = await q.query<{ ran_at: Date; problems: number }>(
-    'select ran_at, problems from credit_audit_runs order by ran_at desc limit 1',
-  );
-  return rows[0] ? { ranAt: new Date(rows[0].ran_at), problems: rows[0].problems } : undefined;
 }
 
 /**

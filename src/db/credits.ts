@@ -62,24 +62,39 @@ const numOrNull = (value: unknown): number | null => (value === null || value ==
 const iso = (value: unknown): string => new Date(value as Date | string).toISOString();
 
 /**
+ * Credits of the account's lapsed holds that an operation wrote as expired before it acted (every credit function
+ * does so under the account's lock; migration 0009), for credit_usage_total.
+ */
+export interface Expired {
+  expired: number;
+}
+
+/**
  * One call of credit_grant: add credits (creating the account, setting the plan when given) with its ledger entry.
- * In: user, credits > 0, plan?, reason, source, and who asked. Out: the account after it. Errors: KC001 for credits
- * <= 0 (the route's schema refuses them first), and the database's own.
+ * In: user, credits > 0, plan?, reason, source, and who asked. Out: the account after it, and the credits it expired.
+ * Errors: KC001 for credits <= 0 (the route's schema refuses them first), and the database's own.
  */
 export async function grantCredits(
   q: Queryable,
   input: { userId: string; credits: number; plan?: string; reason: string; source: string },
   actor: Actor,
-): Promise<CreditAccount> {
-  const { rows } = await q.query<{ plan: string; balance: unknown; reserved: unknown }>(
-    `select plan, balance, reserved
+): Promise<CreditAccount & Expired> {
+  const { rows } = await q.query<{ plan: string; balance: unknown; reserved: unknown; expired: unknown }>(
+    `select plan, balance, reserved, expired
        from credit_grant($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::text, $7::text)`,
     [input.userId, input.credits, input.plan ?? null, input.reason, input.source, actor.requestId, actor.correlationId],
   );
   const row = rows[0];
   const balance = num(row.balance);
   const reserved = num(row.reserved);
-  return { userId: input.userId, plan: row.plan, balance, reserved, available: balance - reserved };
+  return {
+    userId: input.userId,
+    plan: row.plan,
+    balance,
+    reserved,
+    available: balance - reserved,
+    expired: num(row.expired),
+  };
 }
 
 /** The account now (lapsed holds excluded); undefined when the user never had one. */
@@ -94,7 +109,7 @@ export async function findAccount(q: Queryable, userId: string): Promise<CreditA
   return { userId, plan: rows[0].plan, balance, reserved, available: balance - reserved };
 }
 
-export interface ReserveOutcome {
+export interface ReserveOutcome extends Expired {
   outcome: 'ok' | 'insufficient';
   expiresAt: string | null;
   balance: number;
@@ -116,8 +131,9 @@ export async function insertReservation(
     expires_at: unknown;
     balance: unknown;
     reserved: unknown;
+    expired: unknown;
   }>(
-    `select outcome, expires_at, balance, reserved
+    `select outcome, expires_at, balance, reserved, expired
        from credit_reserve($1::text, $2::text, $3::bigint, $4::text, $5::int, $6::text, $7::text, $8::text)`,
     [
       input.id,
@@ -136,10 +152,11 @@ export async function insertReservation(
     expiresAt: row.expires_at ? iso(row.expires_at) : null,
     balance: num(row.balance),
     reserved: num(row.reserved),
+    expired: num(row.expired),
   };
 }
 
-export interface ResolveOutcome {
+export interface ResolveOutcome extends Expired {
   outcome: 'ok' | 'repeat' | 'not_found' | 'not_active' | 'held_by_build' | 'exceeds' | 'build_mismatch';
   /** The hold's state; for held_by_build, the state of the build holding it (queued or building). */
   state: ReservationState | 'queued' | 'building' | null;
@@ -166,7 +183,7 @@ export async function resolveReservation(
   actor: Actor,
 ): Promise<ResolveOutcome> {
   const { rows } = await q.query<Record<string, unknown>>(
-    `select outcome, state, amount, charged, available, build_id, user_id
+    `select outcome, state, amount, charged, available, build_id, user_id, expired
        from credit_resolve($1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text)`,
     [
       input.reservationId,
@@ -187,6 +204,7 @@ export async function resolveReservation(
     available: numOrNull(row.available),
     buildId: (row.build_id as string | null) ?? null,
     userId: (row.user_id as string | null) ?? null,
+    expired: num(row.expired),
   };
 }
 
@@ -198,9 +216,15 @@ export async function chargeAvailable(
   q: Queryable,
   input: { userId: string; credits: number; buildId: string | null; reservationId: string | null; reason: string },
   actor: Actor,
-): Promise<{ charged: number; uncollected: number; available: number }> {
-  const { rows } = await q.query<{ charged: unknown; uncollected: unknown; balance: unknown; reserved: unknown }>(
-    `select charged, uncollected, balance, reserved
+): Promise<{ charged: number; uncollected: number; available: number } & Expired> {
+  const { rows } = await q.query<{
+    charged: unknown;
+    uncollected: unknown;
+    balance: unknown;
+    reserved: unknown;
+    expired: unknown;
+  }>(
+    `select charged, uncollected, balance, reserved, expired
        from credit_charge($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::text, $7::text)`,
     [
       input.userId,
@@ -217,6 +241,7 @@ export async function chargeAvailable(
     charged: num(row.charged),
     uncollected: num(row.uncollected),
     available: num(row.balance) - num(row.reserved),
+    expired: num(row.expired),
   };
 }
 
@@ -230,19 +255,27 @@ export async function extendReservation(
   reservationId: string,
   seconds: number,
   actor: Actor,
-): Promise<{ outcome: 'ok' | 'not_found' | 'not_active'; state: ReservationState | null; expiresAt: string | null }> {
+): Promise<
+  { outcome: 'ok' | 'not_found' | 'not_active'; state: ReservationState | null; expiresAt: string | null } & Expired
+> {
   const { rows } = await q.query<{
     outcome: 'ok' | 'not_found' | 'not_active';
     state: ReservationState | null;
     expires_at: unknown;
-  }>('select outcome, state, expires_at from credit_renew($1::text, $2::int, $3::text, $4::text)', [
+    expired: unknown;
+  }>('select outcome, state, expires_at, expired from credit_renew($1::text, $2::int, $3::text, $4::text)', [
     reservationId,
     seconds,
     actor.requestId,
     actor.correlationId,
   ]);
   const row = rows[0];
-  return { outcome: row.outcome, state: row.state, expiresAt: row.expires_at ? iso(row.expires_at) : null };
+  return {
+    outcome: row.outcome,
+    state: row.state,
+    expiresAt: row.expires_at ? iso(row.expires_at) : null,
+    expired: num(row.expired),
+  };
 }
 
 interface DbReservation {
@@ -341,8 +374,18 @@ export async function listLedger(
   }));
 }
 
-/** Write the expiry of lapsed holds into the ledger for up to `limit` users; returns how many holds expired. */
-export async function sweepLapsedHolds(q: Queryable, limit: number, requestId: string): Promise<number> {
-  const { rows } = await q.query<{ n: unknown }>('select credit_sweep($1::int, $2::text) as n', [limit, requestId]);
-  return num(rows[0].n);
+/**
+ * Write the expiry of lapsed holds into the ledger for up to `limit` users (one call of credit_sweep). In: the limit
+ * and the sweep's request id. Out: how many holds expired, and their credits. Errors: only the database's own.
+ */
+export async function sweepLapsedHolds(
+  q: Queryable,
+  limit: number,
+  requestId: string,
+): Promise<{ holds: number; credits: number }> {
+  const { rows } = await q.query<{ holds: unknown; credits: unknown }>(
+    'select holds, credits from credit_sweep($1::int, $2::text)',
+    [limit, requestId],
+  );
+  return { holds: num(rows[0].holds), credits: num(rows[0].credits) };
 }

@@ -2,7 +2,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { OpenTransaction, Queryable } from '../db/database';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
+import { countIdempotency } from '../metrics';
 import { findRecord, markEffectStart, recordResponse, tryLockKey, undoEffect } from '../services/idempotency';
+import { Tally } from '../services/tally';
 import type { AppDeps } from './app';
 import { ApiError } from './errors';
 import { type CachedRecord, decodeCopy, encodeCopy, RAW_BODY_COPY_MAX } from './idempotency-copy';
@@ -21,6 +23,8 @@ declare module 'fastify' {
     afterCommit?: (() => void)[];
     /** For a single-statement route called without a key: the database itself, no transaction around it. */
     autocommit?: Queryable;
+    /** What the request's transaction moved (credits, builds), counted on /metrics once it commits. */
+    tally?: Tally;
   }
   interface FastifyContextConfig {
     /**
@@ -48,7 +52,15 @@ export function afterCommit(request: FastifyRequest, fn: () => void): void {
   request.afterCommit.push(fn);
 }
 
+/** The tally of the request's transaction: services note what they moved in it (see services/tally.ts). */
+export function tallyOf(request: FastifyRequest): Tally {
+  request.tally ??= new Tally();
+  return request.tally;
+}
+
 function runAfterCommit(request: FastifyRequest): void {
+  request.tally?.commit();
+  request.tally = undefined;
   for (const fn of request.afterCommit ?? []) {
     try {
       fn();
@@ -153,12 +165,14 @@ function recordableBody(payload: unknown): string {
 function replay(request: KeyedRequest, reply: FastifyReply, record: CachedRecord, from: 'store' | 'database') {
   const differs = differencesFrom(request, record);
   if (differs.length > 0) {
+    countIdempotency('key_reused');
     throw new ApiError(
       'IDEMPOTENCY_KEY_REUSED',
       `This Idempotency-Key was first used for a different request (its ${differs.join(', ')} differ${differs.length === 1 ? 's' : ''}); use a new key for a new request.`,
       { key: record.key, differs, originalMethod: record.method, originalPath: record.path },
     );
   }
+  countIdempotency(from === 'store' ? 'replayed_store' : 'replayed_database');
   // Said on the request's one log line (see logFields): a replay is then one line, not two.
   request.logFields = {
     idempotentReplay: true,
@@ -219,6 +233,7 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
       fingerprintOf(keyed);
       const opened = await openKeyedTransaction(deps, keyed);
       if ('record' in opened) return replay(keyed, reply, opened.record, 'database');
+      countIdempotency('executed');
       request.tx = opened.tx;
     };
 
@@ -226,7 +241,15 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
   // transaction, and need no promise.
   const onSend: IdempotencyHooks['onSend'] = (request, reply, payload, done) => {
     const tx = request.tx;
-    if (!tx) return done(null, payload);
+    if (!tx) {
+      // A single statement in autocommit has committed whatever it wrote, even when its answer is an error (a
+      // 402 reserve may have expired lapsed holds first): its tally is counted either way.
+      if (request.autocommit) {
+        request.tally?.commit();
+        if (reply.statusCode < 400) runAfterCommit(request);
+      }
+      return done(null, payload);
+    }
     request.tx = undefined;
     finish(deps, request, reply, tx, payload).then((sent) => done(null, sent), done);
   };
@@ -273,6 +296,7 @@ async function openKeyedTransaction(
   const tx = await deps.db.begin();
   try {
     if (!(await tryLockKey(tx, key, deps.config.idempotencyLockS))) {
+      countIdempotency('key_in_use');
       throw new ApiError(
         'IDEMPOTENCY_KEY_IN_USE',
         `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,

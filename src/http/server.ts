@@ -8,6 +8,8 @@ import Fastify, {
   LogController,
   type RouteOptions,
 } from 'fastify';
+import { describeProcess, observeRequest } from '../metrics';
+import { pipelineReader } from '../services/pipeline';
 import type { App, AppDeps } from './app';
 import { registerJsonBody, throwBodyError } from './body';
 import { registerContext, requestIdFrom } from './context';
@@ -24,6 +26,7 @@ import { idempotencyHooks, isMutatingMethod, storedResponseKey } from './idempot
 import { readIdempotencyKey } from './idempotency-key';
 import { registerBuildRoutes } from './routes/builds';
 import { registerCreditRoutes } from './routes/credits';
+import { registerDashboardRoutes } from './routes/dashboard';
 import { registerEstimateRoutes } from './routes/estimate';
 import { registerOpsRoutes } from './routes/ops';
 import { registerPingRoutes } from './routes/ping';
@@ -64,6 +67,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerJsonBody(app);
   attachRouteHooks(app, deps);
   app.addHook('onResponse', (request, reply, done) => {
+    observeRequest(request.method, request.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
     request.log.info(
       {
         method: request.method,
@@ -89,7 +93,16 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
-  registerOpsRoutes(app, deps);
+  // One reader of the pipeline for /metrics and the live page (background connections: scrapes never wait behind requests).
+  const pipeline = pipelineReader(deps.db.background);
+  describeProcess({
+    version: deps.version,
+    runnerSlots: deps.config.runnerConcurrency,
+    auditIntervalS: deps.config.creditAuditIntervalS,
+    memoryBudgetBytes: deps.config.memoryBudgetMb * 1024 * 1024,
+  });
+  registerOpsRoutes(app, deps, pipeline);
+  registerDashboardRoutes(app, deps, pipeline);
   registerPingRoutes(app);
   registerProjectRoutes(app, deps);
   registerBuildRoutes(app, deps);

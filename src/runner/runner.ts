@@ -8,6 +8,7 @@ import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
 import { holdForStart, reportSettlement, type Settlement, settleBuildCredits } from '../services/build-credits';
 import { internalActor, renewReservation } from '../services/credits';
+import { Tally } from '../services/tally';
 import type { BuildSignals } from '../store/signals';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
 
@@ -91,6 +92,9 @@ export class Runner {
         // Claim as many as there are free slots, in one statement; go on while the queue fills them.
         for (let free = this.freeSlots(); free > 0 && !this.stopping; free = this.freeSlots()) {
           const claimed = await claimBuilds(this.options.db, this.options.owner, this.options.leaseSeconds, free);
+          const tally = new Tally();
+          for (const build of claimed) tally.transition('queued', build);
+          tally.commit();
           for (const build of claimed) {
             this.running.set(build.id, new AbortController());
             this.options.signals.send('events', build.id);
@@ -155,8 +159,12 @@ export class Runner {
       // The build's hold lives as long as the build: renewed with its lease. A hold that is gone (it lapsed while the
       // database was away, say) leaves the build unpaid for: it is stopped rather than run on without credits.
       if (held.reservation_id) {
+        const tally = new Tally();
         try {
-          await renewReservation(db, held.reservation_id, this.options.reservationTtlS, internalActor('runner'));
+          await renewReservation(db, held.reservation_id, this.options.reservationTtlS, {
+            ...internalActor('runner'),
+            tally,
+          });
         } catch (error) {
           if (!(error instanceof ApiError)) throw error;
           log.error(
@@ -164,6 +172,9 @@ export class Runner {
             'build hold could not be kept (it lapsed or was resolved); stopping the build',
           );
           controller.abort('hold_lost' satisfies StopReason);
+        } finally {
+          // One statement in autocommit: what it expired on the way is written even when it refused to renew.
+          tally.commit();
         }
       }
     };
@@ -236,11 +247,18 @@ export class Runner {
    * can no longer afford it (hold_expired), or its hold was resolved through the credits API (hold_resolved).
    */
   private async holdCredits(build: DbBuild, log: Logger): Promise<DbBuild | 'hold_expired' | 'hold_resolved'> {
-    const context = { reservationTtlS: this.options.reservationTtlS, actor: internalActor('runner') };
     try {
       // A database briefly away must not fail a build that was just claimed: its lease is kept meanwhile.
       return await untilAnswered(
-        () => this.options.db.transaction((tx) => holdForStart(tx, build, context, log)),
+        async () => {
+          const tally = new Tally();
+          const actor = { ...internalActor('runner'), tally };
+          const held = await this.options.db.transaction((tx) =>
+            holdForStart(tx, build, { reservationTtlS: this.options.reservationTtlS, actor }, log),
+          );
+          tally.commit();
+          return held;
+        },
         () => log.warn('the database is unavailable; the build waits for it to hold its credits'),
       );
     } catch (error) {
@@ -296,7 +314,12 @@ export class Runner {
                 },
               },
             });
-            return after && { after, settled: await settleBuildCredits(tx, after, internalActor('runner')) };
+            if (!after) return undefined;
+            // Noted afresh on each try: a try that rolled back noted into a tally that is dropped with it.
+            const noted = new Tally();
+            noted.transition('building', after);
+            const settled = await settleBuildCredits(tx, after, { ...internalActor('runner'), tally: noted });
+            return { after, settled, noted };
           }),
         () =>
           log.warn(
@@ -304,6 +327,7 @@ export class Runner {
             'could not record the end of the build: the database is unavailable; retrying until it answers (the lease is kept)',
           ),
       );
+      ended?.noted.commit();
       if (ended) reportSettlement(ended.after, ended.settled, log);
       if (ended) log.info({ state: ended.after.state, durationMs }, 'build finished');
       else log.warn('build was no longer ours to finish (cancelled or reaped)');
@@ -322,13 +346,18 @@ export class Runner {
     const { db, signals, logger, leaseSeconds } = this.options;
     if (Date.now() - db.lastUnavailableAt() < leaseSeconds * 1000) return;
     try {
+      const tally = new Tally();
       const reaped = await db.transaction(async (tx) => {
         // Settle in user order: two processes reaping at once then lock accounts in the same order.
         const failed = (await failLapsedBuilds(tx, leaseSeconds)).sort((a, b) => a.user_id.localeCompare(b.user_id));
         const settlements: (Settlement | undefined)[] = [];
-        for (const build of failed) settlements.push(await settleBuildCredits(tx, build, internalActor('reaper')));
+        for (const build of failed) {
+          tally.transition('building', build);
+          settlements.push(await settleBuildCredits(tx, build, { ...internalActor('reaper'), tally }));
+        }
         return failed.map((build, i) => ({ build, settled: settlements[i] }));
       });
+      tally.commit();
       for (const { build, settled } of reaped) reportSettlement(build, settled, logger);
       for (const { build } of reaped) {
         logger.warn(
@@ -339,9 +368,11 @@ export class Runner {
       }
       const ttl = this.options.reservationTtlS;
       for (const reservationId of await queuedHoldsExpiringSoon(db, Math.ceil(ttl / 2))) {
-        await renewReservation(db, reservationId, ttl, internalActor('reaper')).catch((error: unknown) =>
-          logger.warn({ err: error, reservationId }, 'could not renew the hold of a queued build'),
+        const renewed = new Tally();
+        await renewReservation(db, reservationId, ttl, { ...internalActor('reaper'), tally: renewed }).catch(
+          (error: unknown) => logger.warn({ err: error, reservationId }, 'could not renew the hold of a queued build'),
         );
+        renewed.commit();
       }
     } catch (error) {
       logger.warn({ err: error }, 'reaping lapsed builds failed; will retry');

@@ -10,7 +10,7 @@ import { ApiError } from '../domain/errors';
 import type { CreditPackage } from '../domain/recommendation';
 import { creditsUncollected } from '../metrics';
 import {
-  type Actor,
+  type Caller,
   chargeCredits,
   commitReservation,
   newReservationId,
@@ -55,14 +55,14 @@ const resolvedElsewhere = (error: unknown) =>
  * the balance could not cover is recorded with the build (the audit checks it paid its actual credits less that);
  * when the hold was resolved outside the build, what it paid is not the build's to say, so that is unknown (null).
  */
-async function chargeDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>): Promise<Settlement> {
+async function chargeDeployed(q: Queryable, build: DbBuild, actor: Caller): Promise<Settlement> {
   const settled = await payDeployed(q, build, actor);
   if (settled.settledElsewhere) await setBuildUncollected(q, build.id, null);
   else if (settled.uncollected > 0) await setBuildUncollected(q, build.id, settled.uncollected);
   return settled;
 }
 
-async function payDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>): Promise<Settlement> {
+async function payDeployed(q: Queryable, build: DbBuild, actor: Caller): Promise<Settlement> {
   const used = build.actual_credits ?? 0;
   const reason = `build ${build.id} deployed`;
   let fromHold = 0;
@@ -107,11 +107,7 @@ async function payDeployed(q: Queryable, build: DbBuild, actor: Partial<Actor>):
  * failed or cancelled → its hold is released (a hold that lapsed, or that someone else resolved, has nothing left
  * to give back). Say it with reportSettlement once that transaction has committed.
  */
-export async function settleBuildCredits(
-  q: Queryable,
-  build: DbBuild,
-  actor: Partial<Actor>,
-): Promise<Settlement | undefined> {
+export async function settleBuildCredits(q: Queryable, build: DbBuild, actor: Caller): Promise<Settlement | undefined> {
   if (build.state === 'deployed') return chargeDeployed(q, build, actor);
   if ((build.state === 'failed' || build.state === 'cancelled') && build.reservation_id) {
     try {
@@ -156,7 +152,7 @@ export interface HoldContext {
   reservationTtlS: number;
   /** For the 402's recommendation (default: the built-in catalog). */
   packages?: readonly CreditPackage[];
-  actor?: Partial<Actor>;
+  actor?: Caller;
 }
 
 /**

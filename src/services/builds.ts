@@ -19,7 +19,7 @@ import { type BuildState, canTransition, etaSeconds, validNextStates } from '../
 import { ApiError } from '../domain/errors';
 import type { CreditPackage } from '../domain/recommendation';
 import { type CreditLog, holdForStart, type Settlement, settleBuildCredits } from './build-credits';
-import { type Actor, newReservationId, reserveCredits } from './credits';
+import { type Caller, newReservationId, reserveCredits } from './credits';
 import { estimate } from './estimate';
 import { randomToken } from './ids';
 
@@ -74,7 +74,8 @@ export interface BuildContext {
   creditsPerMinute: number;
   /** Lease of a build moved to building through the API (no runner heartbeats): BUILD_TIMEOUT_S. */
   externalLeaseS: number;
-  actor?: Partial<Actor>;
+  /** Who asks (for the ledger), and the tally of the transaction (what /metrics counts once it commits). */
+  actor?: Caller;
   /** The request's logger: settlements and re-held credits are said there, with its ids. */
   log: CreditLog;
 }
@@ -144,6 +145,7 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
     packages: context.packages,
     reason: `hold for build ${id}`,
   });
+  context.actor?.tally?.transition(null, build);
   return build;
 }
 
@@ -194,7 +196,10 @@ export async function requestTransition(
     if (!canTransition(build.state, change.state)) throw invalidTransition(build, change.state);
     if (change.state === 'building') build = await holdForStart(q, build, context, context.log);
     const after = await tryTransition(q, build, change, context);
-    if (after) return { before: build, after, settled: await settleBuildCredits(q, after, context.actor ?? {}) };
+    if (after) {
+      context.actor?.tally?.transition(build.state, after);
+      return { before: build, after, settled: await settleBuildCredits(q, after, context.actor ?? {}) };
+    }
     // Each retry follows a real state change, and the states only move forward: a few rounds at most.
     if (attempt >= 3) throw invalidTransition(await getBuild(q, id), change.state);
   }

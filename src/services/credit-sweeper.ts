@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { sweepLapsedHolds } from '../db/credits';
 import type { Database } from '../db/database';
+import { countCreditUsage } from '../metrics';
 import { internalActor } from './credits';
 import { startBatchedJob } from './periodic';
 
@@ -17,7 +18,12 @@ export function startCreditSweeper(db: Database, logger: Logger, intervalMs = 15
     everyMs: intervalMs,
     logger,
     startRun: () => ({ requestId: internalActor('sweep').requestId }),
-    batch: (run) => sweepLapsedHolds(db, USERS_PER_BATCH, run.requestId),
+    batch: async (run) => {
+      // Each call commits by itself (autocommit): what it expired is counted at once.
+      const { holds, credits } = await sweepLapsedHolds(db, USERS_PER_BATCH, run.requestId);
+      countCreditUsage('expire', credits);
+      return holds;
+    },
     done: (expired) => [{ expired }, 'expired lapsed credit holds'],
     failure: 'credit hold sweep failed; will retry',
   });

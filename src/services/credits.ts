@@ -4,7 +4,7 @@
  */
 
 import { type AuditReport, auditCredits } from '../db/credit-audit';
-import { type AuditRun, type AuditSource, latestAuditRun, recordAuditRun } from '../db/credit-audit-runs';
+import { type AuditSource, recordAuditRun } from '../db/credit-audit-runs';
 import {
   type Actor,
   type CreditAccount,
@@ -24,8 +24,17 @@ import type { Queryable } from '../db/database';
 import { ApiError } from '../domain/errors';
 import { type CreditPackage, DEFAULT_CREDIT_PACKAGES, insufficientCredits } from '../domain/recommendation';
 import { randomToken } from './ids';
+import type { Tally } from './tally';
 
 export type { Actor, AuditReport, CreditAccount, LedgerEntry, Reservation };
+
+/**
+ * Who asks for a credit operation (for the ledger), and where to note what it moved: the tally of the transaction
+ * it runs in, counted on /metrics once that commits (services/tally.ts). Without a tally nothing is counted.
+ */
+export interface Caller extends Partial<Actor> {
+  tally?: Tally;
+}
 
 /** Ledger text: a reason or source without control characters, as stored. */
 const DEFAULT_TTL_S = 1800;
@@ -41,7 +50,7 @@ export function internalActor(kind: string): Actor {
   return { requestId: id, correlationId: id };
 }
 
-function actorOf(input: Partial<Actor>): Actor {
+function actorOf(input: Caller): Actor {
   const fallback = internalActor('internal');
   return {
     requestId: input.requestId ?? fallback.requestId,
@@ -51,9 +60,12 @@ function actorOf(input: Partial<Actor>): Actor {
 
 export async function grant(
   q: Queryable,
-  input: { userId: string; credits: number; reason: string; source: string; plan?: string } & Partial<Actor>,
+  input: { userId: string; credits: number; reason: string; source: string; plan?: string } & Caller,
 ): Promise<CreditAccount> {
-  return grantCredits(q, input, actorOf(input));
+  const { expired, ...account } = await grantCredits(q, input, actorOf(input));
+  input.tally?.credit('expire', expired);
+  input.tally?.credit('grant', input.credits);
+  return account;
 }
 
 /** The user's figures; a user Kiln never saw has zeros on the free plan. */
@@ -61,7 +73,7 @@ export async function getBalance(q: Queryable, userId: string): Promise<CreditAc
   return (await findAccount(q, userId)) ?? { userId, plan: 'free', balance: 0, reserved: 0, available: 0 };
 }
 
-export interface ReserveInput extends Partial<Actor> {
+export interface ReserveInput extends Caller {
   /** Chosen by the caller when it must store the id first (a build row points at its hold); else generated. */
   reservationId?: string;
   userId: string;
@@ -93,10 +105,12 @@ export async function reserveCredits(
     actorOf(input),
   );
   const available = result.balance - result.reserved;
+  input.tally?.credit('expire', result.expired);
   if (result.outcome === 'insufficient') {
     const { message, data } = insufficientCredits(input.amount, available, input.packages ?? DEFAULT_CREDIT_PACKAGES);
     throw new ApiError('INSUFFICIENT_CREDITS', message, { userId: input.userId, ...data });
   }
+  input.tally?.credit('reserve', input.amount);
   return { reservationId, expiresAt: result.expiresAt as string, reserved: input.amount, available };
 }
 
@@ -141,7 +155,7 @@ function refusal(reservationId: string, result: ResolveOutcome, requested: numbe
  */
 export async function commitReservation(
   q: Queryable,
-  input: { reservationId: string; actualCredits: number; buildId?: string | null; reason?: string } & Partial<Actor>,
+  input: { reservationId: string; actualCredits: number; buildId?: string | null; reason?: string } & Caller,
 ): Promise<{ charged: number; refunded: number; newBalance: number; replayed: boolean }> {
   const result = await resolveReservation(
     q,
@@ -154,13 +168,19 @@ export async function commitReservation(
     },
     actorOf(input),
   );
+  input.tally?.credit('expire', result.expired);
   if (result.outcome !== 'ok' && result.outcome !== 'repeat') {
     throw refusal(input.reservationId, result, input.actualCredits);
   }
   const charged = result.charged ?? 0;
+  const refunded = (result.amount ?? 0) - charged;
+  if (result.outcome === 'ok') {
+    input.tally?.credit('commit', charged);
+    input.tally?.credit('refund', refunded);
+  }
   return {
     charged,
-    refunded: (result.amount ?? 0) - charged,
+    refunded,
     newBalance: result.available ?? 0,
     replayed: result.outcome === 'repeat',
   };
@@ -172,14 +192,16 @@ export async function commitReservation(
  */
 export async function releaseReservation(
   q: Queryable,
-  input: { reservationId: string; reason: string } & Partial<Actor>,
+  input: { reservationId: string; reason: string } & Caller,
 ): Promise<{ released: number; newBalance: number; replayed: boolean }> {
   const result = await resolveReservation(
     q,
     { reservationId: input.reservationId, action: 'release', actual: null, buildId: null, reason: input.reason },
     actorOf(input),
   );
+  input.tally?.credit('expire', result.expired);
   if (result.outcome !== 'ok' && result.outcome !== 'repeat') throw refusal(input.reservationId, result, null);
+  if (result.outcome === 'ok') input.tally?.credit('release', result.amount);
   return { released: result.amount ?? 0, newBalance: result.available ?? 0, replayed: result.outcome === 'repeat' };
 }
 
@@ -187,7 +209,7 @@ export async function releaseReservation(
  * Charge up to `credits` from the user's available balance, with no hold: for a build that used more than it held,
  * or whose hold lapsed. Never overdraws; what the balance cannot cover is answered as `uncollected`.
  */
-export function chargeCredits(
+export async function chargeCredits(
   q: Queryable,
   input: {
     userId: string;
@@ -195,9 +217,9 @@ export function chargeCredits(
     buildId?: string | null;
     reservationId?: string | null;
     reason: string;
-  } & Partial<Actor>,
+  } & Caller,
 ): Promise<{ charged: number; uncollected: number; available: number }> {
-  return chargeAvailable(
+  const { expired, ...result } = await chargeAvailable(
     q,
     {
       userId: input.userId,
@@ -208,6 +230,9 @@ export function chargeCredits(
     },
     actorOf(input),
   );
+  input.tally?.credit('expire', expired);
+  input.tally?.credit('charge', result.charged);
+  return result;
 }
 
 /**
@@ -218,9 +243,10 @@ export async function renewReservation(
   q: Queryable,
   reservationId: string,
   untilSeconds: number,
-  actor: Partial<Actor> = {},
+  actor: Caller = {},
 ): Promise<{ expiresAt: string }> {
   const result = await extendReservation(q, reservationId, untilSeconds, actorOf(actor));
+  actor.tally?.credit('expire', result.expired);
   if (result.outcome === 'ok') return { expiresAt: result.expiresAt as string };
   throw refusal(
     reservationId,
@@ -267,9 +293,4 @@ export async function audit(q: Queryable, userId?: string, source?: AuditSource)
   const report = await auditCredits(q, userId);
   if (userId === undefined && source !== undefined) await recordAuditRun(q, report, source);
   return report;
-}
-
-/** The latest recorded full audit (whichever process ran it), for the audit gauges. */
-export function latestAudit(q: Queryable): Promise<AuditRun | undefined> {
-  return latestAuditRun(q);
 }

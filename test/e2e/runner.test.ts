@@ -8,11 +8,11 @@ import { TEST_SECRET } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
 import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
 import { readEventStream } from '../helpers/sse';
+import { alive, waitFor } from '../helpers/wait';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const run = promisify(execFile);
 const SLOW_BUILD = `sh ${join(ROOT, 'test/fixtures/slow-build.sh')}`;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Build = {
   id: string;
@@ -23,25 +23,6 @@ type Build = {
   previewUrl: string | null;
   actualCredits: number | null;
 };
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    await sleep(100);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 describe('the runner (command executor)', () => {
   let shared: Shared;

@@ -11,6 +11,7 @@ import { audit, commitReservation, grant, reserveCredits } from '../../src/servi
 import { BuildSignals } from '../../src/store/signals';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { signedInject } from '../helpers/signed';
+import { waitFor } from '../helpers/wait';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -27,13 +28,28 @@ describe('the credit audit', () => {
   const sql = (text: string, params: unknown[] = []) => t.database.db.query(text, params);
   const rulesFor = async (userId: string) => (await audit(t.database.db, userId)).problems.map((p) => p.check).sort();
   const gauge = async (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await registry.metrics())?.[1]);
+  /**
+   * The gauge once it shows what `expected` accepts: the shared gauges read the database at most once a second per
+   * process (one read serves every scrape of that second), so a figure written just now shows within about a second.
+   */
+  const gaugeSettles = (name: string, expected: (value: number) => boolean) =>
+    waitFor(
+      `${name} to settle`,
+      async () => {
+        const value = await gauge(name);
+        return expected(value) ? value : undefined;
+      },
+      5_000,
+    );
 
   it('passes balanced books and records a full audit run for the gauges', async () => {
     await grant(t.database.db, { userId: 'u_audit_ok', credits: 100, reason: 'seed', source: 'test' });
     const res = await signedInject(t.app, { method: 'GET', url: '/v1/credits/audit' });
     expect(res.json()).toMatchObject({ ok: true, problems: [] });
+    expect(await gaugeSettles('kiln_credit_audit_last_run_timestamp_seconds', (v) => v > 0)).toBeGreaterThan(
+      Date.now() / 1000 - 60,
+    );
     expect(await gauge('kiln_credit_audit_problems')).toBe(0);
-    expect(await gauge('kiln_credit_audit_last_run_timestamp_seconds')).toBeGreaterThan(Date.now() / 1000 - 60);
   });
 
   it('finds a balance that differs from its ledger', async () => {
@@ -379,7 +395,7 @@ describe('the credit audit', () => {
     const { ok, problems } = res.json();
     expect(ok).toBe(false);
     expect(problems.length).toBeGreaterThanOrEqual(9);
-    expect(await gauge('kiln_credit_audit_problems')).toBe(problems.length);
+    expect(await gaugeSettles('kiln_credit_audit_problems', (v) => v === problems.length)).toBe(problems.length);
   });
 
   it('audits on a timer between processes, about once per interval, and says what it found', async () => {
@@ -399,6 +415,6 @@ describe('the credit audit', () => {
     expect(lines.filter((l) => l.msg.startsWith('credit audit found inconsistencies'))).toHaveLength(
       after.n - before.n,
     );
-    expect(await gauge('kiln_credit_audit_problems')).toBeGreaterThanOrEqual(9);
+    expect(await gaugeSettles('kiln_credit_audit_problems', (v) => v >= 9)).toBeGreaterThanOrEqual(9);
   });
 });

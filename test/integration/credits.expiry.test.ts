@@ -3,7 +3,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sweepLapsedHolds } from '../../src/db/credits';
 import { openPostgres } from '../../src/db/postgres';
 import { startCreditSweeper } from '../../src/services/credit-sweeper';
-import { audit, commitReservation, grant, renewReservation, reserveCredits } from '../../src/services/credits';
+import {
+  audit,
+  chargeCredits,
+  commitReservation,
+  grant,
+  releaseReservation,
+  renewReservation,
+  reserveCredits,
+} from '../../src/services/credits';
+import { Tally } from '../../src/services/tally';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
 import { signedInject } from '../helpers/signed';
@@ -67,13 +76,17 @@ describe('credit expiry and concurrency', () => {
       Array.from({ length: 6 }, (_, i) => sweepLapsedHolds(t.database.db, 3, `sweep_test_${i}`)),
     );
     // The sweeper's loop: keep sweeping until nothing is left.
-    let rest = 0;
-    for (let n = -1; n !== 0; rest += n) n = await sweepLapsedHolds(t.database.db, 100, 'sweep_rest');
+    let rest = { holds: 0, credits: 0 };
+    for (let n = { holds: -1, credits: 0 }; n.holds !== 0; ) {
+      n = await sweepLapsedHolds(t.database.db, 100, 'sweep_rest');
+      rest = { holds: rest.holds + n.holds, credits: rest.credits + n.credits };
+    }
     // Each hold was expired by exactly one of them: what the sweeps say they expired is what they wrote.
-    const written = await t.database.db.query<{ n: number }>(
-      "select count(*)::int as n from credit_ledger where type = 'expire' and request_id like 'sweep\\_%'",
+    const written = await t.database.db.query<{ n: number; credits: number }>(
+      "select count(*)::int as n, coalesce(-sum(reserved_change), 0)::int as credits from credit_ledger where type = 'expire' and request_id like 'sweep\\_%'",
     );
-    expect(counts.reduce((a, b) => a + b, 0) + rest).toBe(written.rows[0].n);
+    expect(counts.reduce((a, b) => a + b.holds, 0) + rest.holds).toBe(written.rows[0].n);
+    expect(counts.reduce((a, b) => a + b.credits, 0) + rest.credits).toBe(written.rows[0].credits);
     expect(written.rows[0].n).toBeGreaterThanOrEqual(ids.length);
     for (const id of ids) expect(await expireEntries(id)).toBe(1);
     expect((await audit(t.database.db)).ok).toBe(true);
@@ -97,6 +110,62 @@ describe('credit expiry and concurrency', () => {
     const balance = (await call('GET', '/v1/credits/balance/u_sweeper')).json();
     expect(balance).toMatchObject({ balance: 30, reserved: 0 });
     expect((await audit(t.database.db, 'u_sweeper')).ok).toBe(true);
+  });
+
+  it('every credit operation says what it expired on the way, and the tally counts it only once committed', async () => {
+    const { registry } = await import('../../src/metrics');
+    const usage = async (operation: string) =>
+      Number(
+        new RegExp(`^credit_usage_total\\{operation="${operation}"\\} (\\S+)$`, 'm').exec(
+          await registry.metrics(),
+        )?.[1],
+      );
+    const before = { expire: await usage('expire'), reserve: await usage('reserve'), grant: await usage('grant') };
+    await grant(t.database.db, { userId: 'u_told', credits: 1000, reason: 'seed', source: 'test' });
+    /** A hold of `amount` that lapses at once, then `operation` on the same account: it reports that hold. */
+    const lapseThen = async (amount: number, operation: (tally: Tally) => Promise<unknown>) => {
+      await reserveCredits(t.database.db, { userId: 'u_told', amount, ttlS: 1 });
+      await sleep(1_100);
+      const tally = new Tally();
+      await operation(tally).catch(() => undefined);
+      return tally;
+    };
+    const other = await reserveCredits(t.database.db, { userId: 'u_told', amount: 5, ttlS: 600 });
+    const spare = await reserveCredits(t.database.db, { userId: 'u_told', amount: 5, ttlS: 600 });
+    const tallies = [
+      await lapseThen(11, (tally) =>
+        grant(t.database.db, { userId: 'u_told', credits: 1, reason: 'r', source: 's', tally }),
+      ),
+      await lapseThen(12, (tally) => reserveCredits(t.database.db, { userId: 'u_told', amount: 3, ttlS: 600, tally })),
+      // refused (402), yet what it expired first is written: it is reported all the same
+      await lapseThen(13, (tally) => reserveCredits(t.database.db, { userId: 'u_told', amount: 1_000_000, tally })),
+      await lapseThen(14, (tally) =>
+        commitReservation(t.database.db, { reservationId: other.reservationId, actualCredits: 2, tally }),
+      ),
+      await lapseThen(15, (tally) =>
+        releaseReservation(t.database.db, { reservationId: spare.reservationId, reason: 'done', tally }),
+      ),
+      await lapseThen(16, (tally) =>
+        chargeCredits(t.database.db, { userId: 'u_told', credits: 4, reason: 'r', tally }),
+      ),
+      await lapseThen(17, (tally) => renewReservation(t.database.db, other.reservationId, 60, { tally })),
+    ];
+    // Nothing is counted before the tallies are committed.
+    expect(await usage('expire')).toBe(before.expire);
+    for (const tally of tallies) tally.commit();
+    expect(await usage('expire')).toBe(before.expire + 11 + 12 + 13 + 14 + 15 + 16 + 17);
+    expect(await usage('grant')).toBe(before.grant + 1);
+    expect(await usage('reserve')).toBe(before.reserve + 3);
+    // A second commit of the same tally counts nothing more.
+    for (const tally of tallies) tally.commit();
+    expect(await usage('expire')).toBe(before.expire + 11 + 12 + 13 + 14 + 15 + 16 + 17);
+    // The ledger agrees: every lapsed hold has one expire entry.
+    const { rows } = await t.database.db.query<{ n: number; credits: number }>(
+      `select count(*)::int as n, (-sum(reserved_change))::int as credits from credit_ledger
+        where user_id = 'u_told' and type = 'expire'`,
+    );
+    expect(rows[0]).toEqual({ n: 7, credits: 11 + 12 + 13 + 14 + 15 + 16 + 17 });
+    expect((await audit(t.database.db, 'u_told')).ok).toBe(true);
   });
 
   it('renewing extends an active hold; a lapsed or resolved one cannot be renewed', async () => {

@@ -28,6 +28,13 @@ describe('config', () => {
     });
   });
 
+  it('budgets memory by mode: the SPEC 200 MB on PostgreSQL, more when PGlite lives in the process', () => {
+    expect(loadConfig({}).memoryBudgetMb).toBe(768);
+    expect(loadConfig({ DATABASE_URL: 'postgres://h/db', HMAC_SECRET: 'x'.repeat(16) }).memoryBudgetMb).toBe(200);
+    expect(loadConfig({ MEMORY_BUDGET_MB: '512' }).memoryBudgetMb).toBe(512);
+    expect(() => loadConfig({ MEMORY_BUDGET_MB: '8' })).toThrow(/MEMORY_BUDGET_MB/);
+  });
+
   it.each([
     ['PORT', 'abc'],
     ['PORT', '70000'],

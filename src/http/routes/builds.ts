@@ -16,7 +16,7 @@ import {
 } from '../../services/builds';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
-import { afterCommit, transactionOf } from '../idempotency';
+import { afterCommit, tallyOf, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import { optionalBody } from '../validation';
 import { registerStreamShutdown, streamBuildEvents } from './build-stream';
@@ -134,7 +134,7 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
     reservationTtlS: config.reservationTtlS,
     creditsPerMinute: config.creditsPerBuildMinute,
     externalLeaseS: config.buildTimeoutS,
-    actor: { requestId: request.id, correlationId: request.correlationId },
+    actor: { requestId: request.id, correlationId: request.correlationId, tally: tallyOf(request) },
     log: request.log,
   });
   const shared: Shared = { deps, readBuildById, buildContext };

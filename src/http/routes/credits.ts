@@ -11,7 +11,7 @@ import {
   reserveCredits,
 } from '../../services/credits';
 import type { App, AppDeps } from '../app';
-import { transactionOf } from '../idempotency';
+import { tallyOf, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 
 /** Largest single figure a request may carry; the database stores bigint, this keeps sums far from any limit. */
@@ -136,6 +136,7 @@ const tags = ['credits'];
 const actor = (request: FastifyRequest) => ({
   requestId: request.id,
   correlationId: request.correlationId || request.id,
+  tally: tallyOf(request),
 });
 
 /** Credits (SPEC section 6): grant, balance, reserve, commit, release, reservation, ledger, audit. */

@@ -1,15 +1,21 @@
 import { timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
-import { readLatestAuditFrom, registry } from '../../metrics';
-import { latestAudit } from '../../services/credits';
+import {
+  OPENMETRICS_CONTENT_TYPE,
+  readSharedStateFrom,
+  registry,
+  toOpenMetrics,
+  wantsOpenMetrics,
+} from '../../metrics';
 import { databaseAnswers } from '../../services/health';
+import type { PipelineSnapshot } from '../../services/pipeline';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { ErrorEnvelopeSchema } from '../schemas';
 
 const CHECK_TIMEOUT_MS = 1_500;
 
-function bearerMatches(header: string | undefined, token: string): boolean {
+export function bearerMatches(header: string | undefined, token: string): boolean {
   const given = Buffer.from(header?.startsWith('Bearer ') ? header.slice(7) : '');
   const expected = Buffer.from(token);
   return given.length === expected.length && timingSafeEqual(given, expected);
@@ -49,10 +55,11 @@ const ReadySchema = Type.Object({
 });
 
 /** Liveness and readiness: unsigned, for load balancers and orchestrators. */
-export function registerOpsRoutes(app: App, deps: AppDeps): void {
+export function registerOpsRoutes(app: App, deps: AppDeps, pipeline: () => Promise<PipelineSnapshot>): void {
   const startedAt = Date.now();
-  // The credit audit gauges show the latest full audit this database recorded, run by any process.
-  readLatestAuditFrom(() => latestAudit(deps.db));
+  // The shared gauges (queue, builds running, holds, the latest audit) read the database at scrape, through the
+  // reader the live page shares; the store's gauge pings it.
+  readSharedStateFrom({ pipeline, store: () => deps.store.ping() });
   app.get(
     '/healthz',
     { schema: { tags: ['ops'], summary: 'The process is alive', response: { 200: HealthSchema } } },
@@ -108,18 +115,29 @@ export function registerOpsRoutes(app: App, deps: AppDeps): void {
     {
       schema: {
         tags: ['ops'],
-        summary: 'Prometheus metrics in the text format (Authorization: Bearer METRICS_TOKEN when set)',
+        summary:
+          'Prometheus metrics: the text format, or OpenMetrics when Accept asks for it (Authorization: Bearer METRICS_TOKEN when set)',
       },
     },
     async (request, reply) => {
-      const token = deps.config.metricsToken;
-      if (token && !bearerMatches(request.headers.authorization, token)) {
-        throw new ApiError('UNAUTHORIZED', 'Send Authorization: Bearer <METRICS_TOKEN> to read the metrics.', {
-          header: 'authorization',
-        });
-      }
+      requireMetricsToken(deps, request.headers.authorization, 'read the metrics');
       const text = await registry.metrics();
+      if (wantsOpenMetrics(request.headers.accept))
+        return reply.type(OPENMETRICS_CONTENT_TYPE).send(toOpenMetrics(text));
       return reply.type(registry.contentType).send(text);
     },
   );
+}
+
+/** 401 unless the request carries METRICS_TOKEN as a bearer token (when one is set): /metrics and the live page. */
+export function requireMetricsToken(deps: AppDeps, authorization: string | undefined, what: string): void {
+  const token = deps.config.metricsToken;
+  if (token && !bearerMatches(authorization, token)) {
+    throw new ApiError(
+      'UNAUTHORIZED',
+      `Send Authorization: Bearer <METRICS_TOKEN> to ${what}.`,
+      { header: 'authorization' },
+      { 'www-authenticate': 'Bearer realm="kiln-metrics"' },
+    );
+  }
 }

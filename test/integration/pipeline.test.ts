@@ -1,0 +1,99 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Queryable } from '../../src/db/database';
+import { pipelineReader } from '../../src/services/pipeline';
+import { openTestDatabase, type TestDatabase } from '../helpers/db';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The pipeline read behind the shared gauges and the live page: one statement, on indexes, shared by scrapes. */
+describe('the pipeline snapshot', () => {
+  let t: TestDatabase;
+  beforeAll(async () => {
+    t = await openTestDatabase();
+  });
+  afterAll(() => t.cleanup());
+
+  /** The database, counting the statements sent through it (and failing the next `failures` of them). */
+  const counting = (failures = 0) => {
+    const sent: string[] = [];
+    let failing = failures;
+    const q: Queryable = {
+      query: async (sql, params) => {
+        sent.push(sql);
+        if (failing > 0) {
+          failing -= 1;
+          throw new Error('the database is away');
+        }
+        return t.db.query(sql, params);
+      },
+    };
+    return { q, sent };
+  };
+
+  it('reads the queue, running builds, holds, instances and the latest audit in one statement', async () => {
+    await t.db.query(`insert into projects (id, owner_id, name) values ('p_pipe', 'o', 'n')`);
+    await t.db.query(
+      `insert into builds (id, project_id, user_id, state, estimated_credits, exclusive, created_at)
+       values ('b_pipe_1', 'p_pipe', 'u', 'queued', 1, false, now() - interval '90 seconds'),
+              ('b_pipe_2', 'p_pipe', 'u', 'queued', 1, false, now() - interval '5 seconds')`,
+    );
+    await t.db.query(`insert into credit_accounts (user_id, balance, reserved) values ('u_pipe', 100, 30)`);
+    await t.db.query(
+      `insert into credit_reservations (id, user_id, amount, expires_at, request_id, correlation_id, reason)
+       values ('r_pipe_1', 'u_pipe', 10, now() + interval '1 hour', 'r', 'c', 'x'),
+              ('r_pipe_2', 'u_pipe', 20, now() + interval '1 hour', 'r', 'c', 'x'),
+              ('r_pipe_3', 'u_pipe', 40, now() - interval '1 second', 'r', 'c', 'lapsed: not counted')`,
+    );
+    await t.db.query(
+      `insert into service_instances (id, hostname, pid, version, last_seen_at)
+       values ('i_live', 'h', 1, 'v', now()), ('i_gone', 'h', 2, 'v', now() - interval '10 minutes')`,
+    );
+    await t.db.query(
+      `insert into credit_audit_runs (ok, problems, checked_users, checked_reservations, ledger_entries, source)
+       values (false, 3, 1, 1, 1, 'cli')`,
+    );
+    const { q, sent } = counting();
+    const snapshot = await pipelineReader(q)();
+    expect(sent).toHaveLength(1);
+    expect(snapshot).toMatchObject({
+      queuedBuilds: 2,
+      buildingBuilds: 0,
+      activeHolds: 2,
+      reservedCredits: 30,
+      liveInstances: 1,
+      audit: { problems: 3 },
+    });
+    expect(snapshot.oldestQueuedAgeSeconds).toBeGreaterThanOrEqual(90);
+    expect(snapshot.oldestQueuedAgeSeconds).toBeLessThan(150);
+  });
+
+  it('serves concurrent and repeated askers from one read for a second, and does not keep a failure', async () => {
+    const { q, sent } = counting(1);
+    const read = pipelineReader(q, 300);
+    await expect(read()).rejects.toThrow(/away/);
+    const first = await Promise.all(Array.from({ length: 20 }, () => read()));
+    expect(sent).toHaveLength(2);
+    expect(new Set(first).size).toBe(1);
+    await read();
+    expect(sent).toHaveLength(2);
+    await sleep(350);
+    await read();
+    expect(sent).toHaveLength(3);
+  });
+
+  it('has an index for each of its parts (no sequential scan when the planner may avoid one)', async () => {
+    const { q, sent } = counting();
+    await pipelineReader(q)();
+    const tx = await t.db.begin();
+    try {
+      await tx.query('set local enable_seqscan = off');
+      const { rows } = await tx.query<Record<string, string>>(`explain ${sent[0].replaceAll('$1::int', '60')}`);
+      const plan = rows.map((r) => Object.values(r)[0]).join('\n');
+      // service_instances has one row per process and no index on last_seen_at: a scan of it is fine.
+      const scans = plan.split('\n').filter((line) => /Seq Scan on (?!service_instances)/.test(line));
+      expect(scans).toEqual([]);
+    } finally {
+      await tx.rollback();
+    }
+  });
+});
