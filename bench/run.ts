@@ -1,6 +1,7 @@
 // `npm run bench [name]`: every benchmark (or one), each comparing Kiln with its baseline in the same run; results
 // in docs/BENCHMARKS.md. The idempotency, credits and submit-to-start benchmarks need PostgreSQL and Redis
 // (DATABASE_URL / REDIS_URL, defaulting to the local ones).
+import { benchAnalytics } from './analytics';
 import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
 import { benchIdempotency } from './idempotency';
@@ -18,6 +19,7 @@ const benches: Record<string, () => Promise<void>> = {
   credits: benchCredits,
   'submit-to-start': benchSubmitToStart,
   'metrics-scrape': benchMetricsScrape,
+  analytics: benchAnalytics,
   memory: benchMemory,
 };
 const only = process.argv[2];

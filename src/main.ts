@@ -9,6 +9,7 @@ import { countRunningBuildsWith } from './metrics';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
 import { resolveHmacSecrets } from './secrets';
+import { startAnalyticsFolder } from './services/analytics';
 import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
 import { startMaintenance } from './services/maintenance';
@@ -105,6 +106,10 @@ async function main(): Promise<void> {
   });
   countRunningBuildsWith(() => runner.activeBuilds);
   const stopCreditSweeper = startCreditSweeper(background, logger, config.creditSweepIntervalS * 1000);
+  const stopAnalyticsFolder =
+    config.analyticsFoldIntervalS > 0
+      ? startAnalyticsFolder(background, logger, config.analyticsFoldIntervalS * 1000)
+      : () => {};
   const stopCreditAuditor =
     config.creditAuditIntervalS > 0 ? startCreditAuditor(background, logger, config.creditAuditIntervalS) : () => {};
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
@@ -115,6 +120,12 @@ async function main(): Promise<void> {
     `Kiln listening on ${address} — ${describeStores(config)}`,
   );
   logger.info(`Try it: npm run demo (a project and a build through the signed API, its events live, its preview)`);
+  if (!config.metricsToken && !/^(127\.|::1$|localhost$)/.test(config.host)) {
+    logger.warn(
+      { host: config.host },
+      'METRICS_TOKEN is not set and Kiln listens beyond this host: /metrics and the live page’s data (/dashboard/data: build, project and user ids, build messages) are open to anyone who reaches it. Set METRICS_TOKEN.',
+    );
+  }
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -132,6 +143,7 @@ async function main(): Promise<void> {
     stopMaintenance();
     stopCreditSweeper();
     stopCreditAuditor();
+    stopAnalyticsFolder();
     await unregisterInstance(background, instanceId).catch((error) =>
       logger.warn({ err: error }, 'could not unregister'),
     );

@@ -450,7 +450,10 @@ function sharedState(): Promise<SharedRead> {
   return inFlight;
 }
 
-/** Where the shared gauges read from. A database that does not answer leaves them as they were; /metrics still works. */
+/**
+ * Where the shared gauges read from. A database that does not answer within 2 s makes them NaN for that scrape (and
+ * kiln_dependency_up{dependency="database"} 0); /metrics itself still answers.
+ */
 export function readSharedStateFrom(given: SharedStateReaders): void {
   readers = given;
 }
@@ -462,8 +465,9 @@ function pipelineGauge(name: string, help: string, pick: (s: PipelineSnapshot) =
     registers: [registry],
     async collect() {
       const { pipeline } = await sharedState();
-      const value = pipeline && pick(pipeline);
-      if (value !== undefined) this.set(value);
+      // Unread (the database did not answer in time): NaN, never a reassuring 0 or a frozen figure. Alerts on the
+      // figure stay quiet; KilnDatabaseUnavailable (kiln_dependency_up) says why.
+      this.set(pipeline ? (pick(pipeline) ?? Number.NaN) : Number.NaN);
     },
   });
 }
@@ -544,10 +548,11 @@ export function toOpenMetrics(text: string): string {
   const lines = text.split('\n').flatMap((line) => {
     if (line === '') return [];
     const meta = /^# (HELP|TYPE) (\S+)(.*)$/.exec(line);
-    if (meta && counters.has(meta[2]) && meta[2].endsWith('_total')) {
-      return [`# ${meta[1]} ${meta[2].slice(0, -'_total'.length)}${meta[3]}`];
-    }
-    return [line];
+    if (!meta) return [line];
+    // OpenMetrics escapes " in HELP text; the text format escapes only \\ and \n, there and here alike.
+    const rest = meta[1] === 'HELP' ? meta[3].replaceAll('"', '\\"') : meta[3];
+    const name = counters.has(meta[2]) && meta[2].endsWith('_total') ? meta[2].slice(0, -'_total'.length) : meta[2];
+    return [`# ${meta[1]} ${name}${rest}`];
   });
   return `${lines.join('\n')}\n# EOF\n`;
 }

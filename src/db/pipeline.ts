@@ -1,4 +1,4 @@
-import type { Queryable } from './database';
+import type { Database, Queryable } from './database';
 
 /** The pipeline as the database sees it, for the shared gauges of /metrics and the live page. */
 export interface PipelineRow {
@@ -15,7 +15,8 @@ export interface PipelineRow {
  * In: nothing. Out: queued and building builds, the oldest queued build's age, active unexpired holds and their
  * credits, live instances (seen within `liveWithinS`) and the latest full audit — in one statement, each part on an
  * index (builds_queued, builds_building_lease, credit_reservations_lapsing, credit_audit_runs_latest), so a scrape
- * costs a few index scans whatever the size of the history. Errors: only the database's own.
+ * costs a few index scans whatever the size of the history (and a read of each active hold's row, for their sum).
+ * Errors: only the database's own.
  */
 export async function readPipeline(q: Queryable, liveWithinS = 60): Promise<PipelineRow> {
   const { rows } = await q.query<{
@@ -51,4 +52,16 @@ export async function readPipeline(q: Queryable, liveWithinS = 60): Promise<Pipe
     liveInstances: row.instances,
     audit: row.audit_at === null ? undefined : { ranAt: new Date(row.audit_at), problems: row.audit_problems ?? 0 },
   };
+}
+
+/**
+ * readPipeline in a transaction of its own whose statements are cancelled after `timeoutMs` (the background pool has
+ * no statement limit): a scrape never leaves a read hanging on a locked or overloaded database. In: the database and
+ * the limit. Out: as readPipeline. Errors: 57014 when cancelled, and the database's own.
+ */
+export function readPipelineWithin(db: Database, timeoutMs: number): Promise<PipelineRow> {
+  return db.transaction(async (tx) => {
+    await tx.query("select set_config('statement_timeout', $1::text, true)", [String(timeoutMs)]);
+    return readPipeline(tx);
+  });
 }

@@ -71,7 +71,9 @@ async function run<R>(
 }
 
 function newPool(options: PostgresOptions, max: number, name: string, statementTimeoutMs: number): pg.Pool {
-  const settings = [`-c search_path=${quoteIdent(options.schema)},public`];
+  // JIT compiles a statement whose estimated cost is high; Kiln's statements run in milliseconds, and the analytics
+  // reads (whose plans cannot know how few rows lie past the fold's cursor) spent over a second compiling.
+  const settings = [`-c search_path=${quoteIdent(options.schema)},public`, '-c jit=off'];
   if (statementTimeoutMs > 0) settings.push(`-c statement_timeout=${statementTimeoutMs}`);
   const pool = new pg.Pool({
     connectionString: options.url,

@@ -88,7 +88,7 @@ function unavailable(dependency: 'database' | 'store'): ApiError {
 }
 
 /** AJV paths look like "/name" or "/items/0"; the client gets "body.name", "query.limit", … */
-function validationIssues(error: FastifyError): { path: string; message: string }[] {
+export function validationIssues(error: FastifyError): { path: string; message: string }[] {
   // Fastify says "querystring"; the client reads "query.limit", as the hand-made issues say.
   const context = error.validationContext === 'querystring' ? 'query' : (error.validationContext ?? 'body');
   return (error.validation ?? []).map((issue) => {

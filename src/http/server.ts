@@ -24,6 +24,7 @@ import {
 import { isSignedPath, signatureGuard } from './guard';
 import { idempotencyHooks, isMutatingMethod, storedResponseKey } from './idempotency';
 import { readIdempotencyKey } from './idempotency-key';
+import { registerAnalyticsRoutes } from './routes/analytics';
 import { registerBuildRoutes } from './routes/builds';
 import { registerCreditRoutes } from './routes/credits';
 import { registerDashboardRoutes } from './routes/dashboard';
@@ -109,6 +110,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   registerPreviewRoutes(app, deps);
   registerCreditRoutes(app, deps);
   registerEstimateRoutes(app, deps);
+  registerAnalyticsRoutes(app, deps);
   return app;
 }
 

@@ -8,14 +8,17 @@ import {
   readRecentBuilds,
 } from '../db/dashboard';
 import type { Queryable } from '../db/database';
+import { ApiError } from '../domain/errors';
 import { requestsByRoute } from '../metrics';
 import type { PipelineSnapshot } from './pipeline';
-import { sharedRead, within } from './shared-read';
+import { sharedRead, TimedOut, within } from './shared-read';
 
 /** The window of the page's "last hour" figures. */
 const LAST_HOUR_S = 3600;
 /** How long one read serves every viewer of this process (the pipeline reader keeps its own second too). */
 const MAX_AGE_MS = 1_000;
+/** How long the page's reads may take before it answers 503 naming the database. */
+const READ_LIMIT_MS = 3_000;
 /** How long the store's ping may take before the page calls it down. */
 const STORE_PING_MS = 1_500;
 
@@ -185,7 +188,7 @@ function storeState(ping: () => Promise<void>): Promise<'up' | 'down'> {
 
 /** Read everything the page shows, at once: the pipeline from the shared reader, the rest in parallel. */
 export async function readDashboard(from: DashboardSources): Promise<Dashboard> {
-  const [pipeline, oldestId, active, recent, ended, ledger, store] = await Promise.all([
+  const reads = Promise.all([
     from.pipeline(),
     readOldestQueuedBuildId(from.db),
     readActiveBuilds(from.db),
@@ -194,6 +197,18 @@ export async function readDashboard(from: DashboardSources): Promise<Dashboard> 
     readLedgerSums(from.db, LAST_HOUR_S),
     storeState(from.storeAnswers),
   ]);
+  // A database that does not answer in time is said at once (503 naming it), not after the page's own timeout.
+  const [pipeline, oldestId, active, recent, ended, ledger, store] = await within(reads, READ_LIMIT_MS).catch(
+    (error: unknown) => {
+      if (!(error instanceof TimedOut)) throw error;
+      throw new ApiError(
+        'SERVICE_UNAVAILABLE',
+        'The database did not answer the live page in time; its figures will come back when it does. Retry after 5 s.',
+        { dependency: 'database' },
+        { 'retry-after': 5 },
+      );
+    },
+  );
   const now = Date.now();
   const audit = pipeline.audit;
   const auditAge = audit ? Math.max(0, (now - audit.ranAt.getTime()) / 1000) : 0;

@@ -81,6 +81,9 @@ describe('what a build command leaves behind', () => {
     const page = await fetch(`${kiln.url}/previews/${buildId}/`);
     expect(page.status).toBe(200);
     expect(page.headers.get('content-type')).toBe('text/html; charset=utf-8');
+    // Untrusted build output runs sandboxed, in an origin of its own.
+    expect(page.headers.get('content-security-policy')).toMatch(/^sandbox allow-scripts/);
+    expect(page.headers.get('x-content-type-options')).toBe('nosniff');
     expect(await page.text()).toBe(`<h1>${buildId}</h1>`);
     for (const [path, text] of [
       ['inside.txt', 'inside-file\n'],

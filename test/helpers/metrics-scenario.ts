@@ -61,6 +61,8 @@ export interface ScenarioExpectation {
   failures: Record<string, number>;
   durationCount: Record<'deployed' | 'failed' | 'cancelled', number>;
   queueWaitCount: number;
+  /** Credits deployed builds used that no balance covered. */
+  uncollected: number;
   credits: Record<'grant' | 'reserve' | 'commit' | 'refund' | 'release' | 'expire' | 'charge', number>;
   idempotency: Record<'executed' | 'replayed_store' | 'replayed_database' | 'key_in_use' | 'key_reused', number>;
   rateLimitedUser: number;
@@ -82,10 +84,11 @@ export interface ScenarioExpectation {
 type Build = { id: string; state: string; reservationId: string; reason: string | null };
 
 /**
- * The victim: a process that claims one build of user `u_lost` and is killed while it runs. Returns the build's id.
+ * The victim: a process that claims one build of user `u_lost` and is killed while it runs. Returns the build's id
+ * and when the victim was killed (its line in service_instances stays, last renewed at most 15 s before).
  * `env` is the shared environment (its DATA_DIR must be the one the measured processes will use in embedded mode).
  */
-export async function loseABuild(env: Record<string, string>, tag: string): Promise<string> {
+export async function loseABuild(env: Record<string, string>, tag: string): Promise<{ id: string; killedAt: number }> {
   const victim = await spawnKiln({
     ...env,
     BUILD_EXECUTOR: 'command',
@@ -118,8 +121,9 @@ export async function loseABuild(env: Record<string, string>, tag: string): Prom
       (await readFile(pidsFile!, 'utf8').catch(() => '')) ? true : undefined,
     );
     victim.child.kill('SIGKILL');
+    const killedAt = Date.now();
     await victim.exited;
-    return id;
+    return { id, killedAt };
   } finally {
     await victim.stop('SIGKILL');
     // The killed runner's command is in its own process group: reap it, as a host would.
@@ -159,7 +163,7 @@ export async function runScenario(processes: KilnProcess[], lostBuildId: string,
   };
   const project = (name: string) =>
     expect(201, send('POST', '/v1/projects', '/v1/projects', { id: `p_${name}_${tag}`, ownerId: 'o', name }));
-  const build = async (name: string, credits: number, headers: Record<string, string> = {}) =>
+  const build = async (name: string, credits: number, headers: Record<string, string> = {}, userId = 'u1') =>
     (
       await expect(
         201,
@@ -167,7 +171,7 @@ export async function runScenario(processes: KilnProcess[], lostBuildId: string,
           'POST',
           '/v1/builds',
           '/v1/builds',
-          { projectId: `p_${name}_${tag}`, userId: 'u1', estimatedCredits: credits },
+          { projectId: `p_${name}_${tag}`, userId, estimatedCredits: credits },
           headers,
         ),
       )
@@ -204,7 +208,7 @@ export async function runScenario(processes: KilnProcess[], lostBuildId: string,
       },
     ),
   );
-  for (const name of ['a', 'b', 'c', 'd', 'f', 'g']) await project(name);
+  for (const name of ['a', 'b', 'c', 'd', 'f', 'g', 'h', 'i']) await project(name);
   /**
    * The credit routes, each used in two rounds a few seconds apart: a hold committed in part, a hold released. A
    * scraper sees each route's series before its second use, so a rate (the credit routes' p95) has an increase.
@@ -264,6 +268,23 @@ export async function runScenario(processes: KilnProcess[], lostBuildId: string,
   // g: left building (an external runner's lease is BUILD_TIMEOUT_S, 30 min by default).
   const g = await build('g', 15);
   await patch(g.id, { state: 'building' });
+  // h: used 30 against a hold of 10: the hold is committed and 20 more charged from the balance. i: a user with 10
+  // credits uses 50: its hold of 10 is committed, the other 40 are uncollected.
+  const h = await build('h', 10);
+  await patch(h.id, { state: 'building' });
+  await patch(h.id, { state: 'deployed', actualCredits: 30 });
+  await expect(
+    200,
+    send('POST', '/v1/credits/grant', '/v1/credits/grant', {
+      userId: 'u_poor',
+      credits: 10,
+      reason: 'seed',
+      source: 'test',
+    }),
+  );
+  const i = await build('i', 10, {}, 'u_poor');
+  await patch(i.id, { state: 'building' });
+  await patch(i.id, { state: 'deployed', actualCredits: 50 });
 
   // The lost build is reaped by a measured process (worker_lost), its hold released.
   await waitFor('the lost build to be reaped', async () => {
@@ -315,27 +336,30 @@ export async function runScenario(processes: KilnProcess[], lostBuildId: string,
     signedRequests,
     // The lost build was queued and started by the victim: only its end is the measured processes'.
     transitions: {
-      'none queued': 6,
-      'queued building': 4,
+      'none queued': 8,
+      'queued building': 6,
       'queued cancelled': 1,
-      'building deployed': 1,
+      'building deployed': 3,
       'building failed': 2,
       'building cancelled': 1,
     },
-    completed: { deployed: 1, failed: 2, cancelled: 2 },
+    completed: { deployed: 3, failed: 2, cancelled: 2 },
     failures: { exit_code: 1, worker_lost: 1 },
-    durationCount: { deployed: 1, failed: 2, cancelled: 1 },
-    queueWaitCount: 4,
+    durationCount: { deployed: 3, failed: 2, cancelled: 1 },
+    queueWaitCount: 6,
+    uncollected: 40,
     credits: {
-      grant: 10_500,
-      // builds a, b, c, d, f, g; the lapsing hold; two rounds of 10 + 10
-      reserve: 100 + 50 + 30 + 40 + 10 + 15 + 25 + 40,
-      commit: 60 + 2 * 4,
+      grant: 10_500 + 10,
+      // builds a, b, c, d, f, g, h, i; the lapsing hold; two rounds of 10 + 10
+      reserve: 100 + 50 + 30 + 40 + 10 + 15 + 10 + 10 + 25 + 40,
+      // a; h and i their whole holds; two rounds
+      commit: 60 + 10 + 10 + 2 * 4,
       refund: 40 + 2 * 6,
       // builds b, c, d, the lost one; two rounds
       release: 50 + 30 + 40 + 20 + 2 * 10,
       expire: 25,
-      charge: 0,
+      // h beyond its hold (i's user had nothing left)
+      charge: 20,
     },
     idempotency: { executed: 2, replayed_store: 1, replayed_database: 0, key_in_use: 0, key_reused: 1 },
     rateLimitedUser: RATE_LIMITED_EXTRA,
@@ -350,5 +374,5 @@ export async function runScenario(processes: KilnProcess[], lostBuildId: string,
     auditAfterS,
     oldestQueuedAt,
   };
-  return { expected, builds: { a, b, c, d, f, g } };
+  return { expected, builds: { a, b, c, d, f, g, h, i } };
 }

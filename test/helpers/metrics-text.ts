@@ -46,7 +46,12 @@ export function sampleValue(samples: Sample[], name: string, labels: Record<stri
   return found[0]?.value;
 }
 
-/** The sum of `name` over every scrape given (a counter of several processes), for these exact labels. */
+/**
+ * The sum of `name` over every scrape given (a counter of several processes), for these exact labels. Kiln starts every
+ * bounded label set at 0, so a series no scrape has is a fault, not a 0: it throws.
+ */
 export function summed(scrapes: Sample[][], name: string, labels: Record<string, string> = {}): number {
-  return scrapes.reduce((total, samples) => total + (sampleValue(samples, name, labels) ?? 0), 0);
+  const values = scrapes.map((samples) => sampleValue(samples, name, labels));
+  if (values.every((v) => v === undefined)) throw new Error(`no scrape has ${name} ${JSON.stringify(labels)}`);
+  return values.reduce<number>((total, v) => total + (v ?? 0), 0);
 }

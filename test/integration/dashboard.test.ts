@@ -182,13 +182,16 @@ describe('the live page: GET /dashboard and /dashboard/data', () => {
   });
 
   it('shows a new build queued, and the latest audit, once read again', async () => {
+    // Whatever is already there (this test needs none of it), read past the page's one-second cache.
     await sleep(PAST_CACHE_MS);
-    ids.queuedThird = await build();
+    const before = await data();
+    const queued = await build();
     expect((await call('GET', '/v1/credits/audit')).statusCode).toBe(200);
     await sleep(PAST_CACHE_MS);
     const d = await data();
-    expect(d.pipeline).toMatchObject({ queuedBuilds: 3, oldestQueuedBuildId: ids.queuedFirst });
-    expect(d.recent[0]).toMatchObject({ id: ids.queuedThird, state: 'queued' });
+    expect(d.pipeline.queuedBuilds).toBe((before.pipeline.queuedBuilds as number) + 1);
+    expect(d.pipeline.oldestQueuedBuildId).toBe(before.pipeline.oldestQueuedBuildId ?? queued);
+    expect(d.recent[0]).toMatchObject({ id: queued, state: 'queued' });
     expect(d.audit).toMatchObject({ ok: true, problems: 0, stale: false });
   });
 
@@ -199,7 +202,7 @@ describe('the live page: GET /dashboard and /dashboard/data', () => {
     expect(res.headers['content-security-policy']).toMatch(/script-src 'sha256-[^']+'/);
     expect(res.body).toContain('<title>Kiln · live</title>');
     expect(res.body).toContain('dashboard/data');
-    expect(res.body).not.toContain(ids.queuedFirst);
+    expect(res.body).not.toMatch(/bld_[A-Za-z0-9_-]{6}/);
   });
 });
 

@@ -5,11 +5,19 @@ import { openPostgres } from '../../src/db/postgres';
 import { ApiError } from '../../src/domain/errors';
 import { canonicalJson, sha256 } from '../../src/domain/fingerprint';
 import { isRecordable, transactionOf } from '../../src/http/idempotency';
+import { registry } from '../../src/metrics';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
 import { signedInject } from '../helpers/signed';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** kiln_idempotency_requests_total of one outcome, as /metrics shows it. */
+const outcomes = async (outcome: string) =>
+  Number(
+    new RegExp(`^kiln_idempotency_requests_total\\{outcome="${outcome}"\\} (\\S+)$`, 'm').exec(
+      await registry.metrics(),
+    )?.[1],
+  );
 
 describe('isRecordable', () => {
   it('records 2xx and deterministic errors only', () => {
@@ -161,8 +169,11 @@ describe('idempotency', () => {
     const body = { ownerId: 'owner_flush', name: 'F' };
     const first = await post('/v1/projects', body, 'key-flush');
     await t.store.store.delete('idem:key-flush');
+    const before = { database: await outcomes('replayed_database'), store: await outcomes('replayed_store') };
     const second = await post('/v1/projects', body, 'key-flush');
     expect(second.headers['idempotent-replayed']).toBe('true');
+    expect(await outcomes('replayed_database')).toBe(before.database + 1);
+    expect(await outcomes('replayed_store')).toBe(before.store);
     expect(second.body).toBe(first.body);
     expect(await countProjects('owner_flush')).toBe(1);
   });
@@ -366,6 +377,7 @@ describe.skipIf(!DATABASE_URL)('idempotency in flight (PostgreSQL)', () => {
         "select pg_advisory_xact_lock(hashtextextended('kiln.idempotency:' || current_schema() || ':' || $1::text, 0))",
         ['key-busy'],
       );
+      const inUse = await outcomes('key_in_use');
       const busy = await signedInject(t.app, {
         method: 'POST',
         url: '/v1/projects',
@@ -373,6 +385,7 @@ describe.skipIf(!DATABASE_URL)('idempotency in flight (PostgreSQL)', () => {
         headers: { 'idempotency-key': 'key-busy' },
       });
       expect(busy.statusCode).toBe(409);
+      expect(await outcomes('key_in_use')).toBe(inUse + 1);
       expect(busy.headers['retry-after']).toBe('1');
       expect(busy.json()).toMatchObject({ error: 'IDEMPOTENCY_KEY_IN_USE', data: { key: 'key-busy' } });
       await holder.rollback();

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Queryable } from '../../src/db/database';
-import { pipelineReader } from '../../src/services/pipeline';
+import { readPipeline, readPipelineWithin } from '../../src/db/pipeline';
+import { sharedRead } from '../../src/services/shared-read';
 import { openTestDatabase, type TestDatabase } from '../helpers/db';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -53,8 +54,11 @@ describe('the pipeline snapshot', () => {
        values (false, 3, 1, 1, 1, 'cli')`,
     );
     const { q, sent } = counting();
-    const snapshot = await pipelineReader(q)();
+    const snapshot = await readPipeline(q);
     expect(sent).toHaveLength(1);
+    // As the scrapes read it: in a transaction whose statements the database cancels past a limit.
+    const { oldestQueuedAgeSeconds: _age, ...rest } = snapshot;
+    expect(await readPipelineWithin(t.db, 2_000)).toMatchObject(rest);
     expect(snapshot).toMatchObject({
       queuedBuilds: 2,
       buildingBuilds: 0,
@@ -69,7 +73,7 @@ describe('the pipeline snapshot', () => {
 
   it('serves concurrent and repeated askers from one read for a second, and does not keep a failure', async () => {
     const { q, sent } = counting(1);
-    const read = pipelineReader(q, 300);
+    const read = sharedRead(() => readPipeline(q), 300);
     await expect(read()).rejects.toThrow(/away/);
     const first = await Promise.all(Array.from({ length: 20 }, () => read()));
     expect(sent).toHaveLength(2);
@@ -81,9 +85,22 @@ describe('the pipeline snapshot', () => {
     expect(sent).toHaveLength(3);
   });
 
+  it('abandons a read that never answers: the next asker starts another', async () => {
+    let calls = 0;
+    const read = sharedRead(() => (++calls === 1 ? new Promise<number>(() => {}) : Promise.resolve(calls)), 1_000, 200);
+    const stuck = read();
+    expect(await Promise.race([stuck, sleep(50).then(() => 'waiting')])).toBe('waiting');
+    expect(await Promise.race([read(), sleep(50).then(() => 'still shared')])).toBe('still shared');
+    await sleep(200);
+    expect(await read()).toBe(2);
+    // The fresh answer serves the askers that follow.
+    expect(await read()).toBe(2);
+    expect(calls).toBe(2);
+  });
+
   it('has an index for each of its parts (no sequential scan when the planner may avoid one)', async () => {
     const { q, sent } = counting();
-    await pipelineReader(q)();
+    await readPipeline(q);
     const tx = await t.db.begin();
     try {
       await tx.query('set local enable_seqscan = off');

@@ -26,7 +26,7 @@ import { signedInject } from '../helpers/signed';
  * deploy/prometheus and deploy/grafana, checked without a Prometheus: promtool accepts the configuration, the rules
  * and their unit tests; every metric they and the dashboard name is one Kiln exports (read from a real scrape); every
  * alert carries what on-call needs and has a unit test that fires it and one that does not.
- * (test/e2e/prometheus.test.ts runs them in a real Prometheus against a real Kiln.)
+ * (test/e2e/metrics.test.ts runs them in a real Prometheus against a real Kiln.)
  */
 
 const ROOT = new URL('../..', import.meta.url).pathname;

@@ -235,6 +235,11 @@ describe('signature modes', () => {
 });
 
 describe('rate limits', () => {
+  const rateLimitedBy = async (scope: string) =>
+    Number(
+      new RegExp(`^kiln_rate_limited_total\\{scope="${scope}"\\} (\\S+)$`, 'm').exec(await registry.metrics())?.[1],
+    );
+
   it('limits per user and per IP with the figures and headers', async () => {
     await awayFromWindowEdge();
     const t = await startTestApp({ RATE_LIMIT_USER_PER_MIN: '3', RATE_LIMIT_IP_PER_MIN: '8' });
@@ -259,8 +264,12 @@ describe('rate limits', () => {
       const results = [];
       for (let i = 0; i < 4; i++) results.push((await ping(`user_c${i}`)).statusCode);
       expect(results.slice(0, 3)).toEqual([200, 200, 200]);
+      const refusedBefore = await rateLimitedBy('ip');
       const ipLimited = await ping('user_d');
       expect(expectError(ipLimited, 429, 'RATE_LIMITED').data).toMatchObject({ scope: 'ip', limit: 8 });
+      // Counted on /metrics by scope.
+      expect(await rateLimitedBy('ip')).toBe(refusedBefore + 1);
+      expect(await rateLimitedBy('user')).toBeGreaterThanOrEqual(1);
     } finally {
       await t.close();
     }

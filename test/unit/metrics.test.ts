@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   observeBuildTransition,
   observeRequest,
+  readSharedStateFrom,
   registry,
   requestsByRoute,
   toOpenMetrics,
@@ -45,6 +46,64 @@ describe('metrics: exposition', () => {
         '',
       ].join('\n'),
     );
+  });
+});
+
+describe('metrics: the shared gauges when the database does not answer', () => {
+  const snapshot = {
+    queuedBuilds: 4,
+    oldestQueuedAgeSeconds: 12.5,
+    buildingBuilds: 2,
+    activeHolds: 3,
+    reservedCredits: 70,
+    liveInstances: 2,
+    audit: { ranAt: new Date('2026-12-04T10:00:00Z'), problems: 0 },
+  };
+
+  it('shows NaN (never 0 or a frozen figure) and the dependency down, and /metrics answers within the limit', async () => {
+    readSharedStateFrom({ pipeline: async () => snapshot, store: async () => {} });
+    let samples = parseMetrics(await registry.metrics());
+    expect(sampleValue(samples, 'build_queue_depth')).toBe(4);
+    expect(sampleValue(samples, 'kiln_credit_audit_last_run_timestamp_seconds')).toBe(1_796_378_400);
+    expect(sampleValue(samples, 'kiln_dependency_up', { dependency: 'database' })).toBe(1);
+
+    // A read that never answers (a dead connection), a store that refuses.
+    readSharedStateFrom({
+      pipeline: () => new Promise(() => {}),
+      store: async () => {
+        throw new Error('connection refused');
+      },
+    });
+    const started = Date.now();
+    samples = parseMetrics(await registry.metrics());
+    expect(Date.now() - started).toBeLessThan(2_500);
+    for (const name of [
+      'build_queue_depth',
+      'active_builds',
+      'kiln_oldest_queued_build_age_seconds',
+      'kiln_credit_holds_active',
+      'kiln_credits_reserved',
+      'kiln_instances_live',
+      'kiln_credit_audit_problems',
+      'kiln_credit_audit_last_run_timestamp_seconds',
+    ]) {
+      expect(sampleValue(samples, name), name).toBeNaN();
+    }
+    expect(sampleValue(samples, 'kiln_dependency_up', { dependency: 'database' })).toBe(0);
+    expect(sampleValue(samples, 'kiln_dependency_up', { dependency: 'store' })).toBe(0);
+
+    // Back: the figures are read again.
+    readSharedStateFrom({ pipeline: async () => ({ ...snapshot, queuedBuilds: 5 }), store: async () => {} });
+    samples = parseMetrics(await registry.metrics());
+    expect(sampleValue(samples, 'build_queue_depth')).toBe(5);
+    expect(sampleValue(samples, 'kiln_dependency_up', { dependency: 'store' })).toBe(1);
+  });
+
+  it('escapes the quotes of HELP texts in OpenMetrics, as the real registry writes them', async () => {
+    const text = toOpenMetrics(await registry.metrics());
+    const helps = text.split('\n').filter((line) => line.startsWith('# HELP '));
+    expect(helps.some((line) => line.includes('\\"none\\"'))).toBe(true);
+    expect(helps.filter((line) => /[^\\]"/.test(line))).toEqual([]);
   });
 });
 

@@ -70,6 +70,10 @@ export function registerPreviewRoutes(app: App, deps: AppDeps): void {
       if (!handle) throw notFound;
       try {
         const body = await handle.readFile();
+        // Build output is untrusted: it runs in a sandbox (an opaque origin), so its scripts cannot read what this
+        // origin keeps (the live page's token in sessionStorage) nor call /dashboard/data or /metrics as this origin.
+        reply.header('content-security-policy', 'sandbox allow-scripts allow-forms allow-popups allow-modals');
+        reply.header('x-content-type-options', 'nosniff');
         return reply.type(TYPES[extname(file)] ?? 'application/octet-stream').send(body);
       } finally {
         await handle.close();
