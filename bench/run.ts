@@ -10,6 +10,7 @@ import { benchMetricsScrape } from './metrics-scrape';
 import { benchSignedGet } from './signed-get';
 import { benchSignedGetBuild } from './signed-get-build';
 import { benchSubmitToStart } from './submit-to-start';
+import { benchWebhooks } from './webhooks';
 
 const benches: Record<string, () => Promise<void>> = {
   healthz: benchHealthz,
@@ -20,6 +21,7 @@ const benches: Record<string, () => Promise<void>> = {
   'submit-to-start': benchSubmitToStart,
   'metrics-scrape': benchMetricsScrape,
   analytics: benchAnalytics,
+  webhooks: benchWebhooks,
   memory: benchMemory,
 };
 const only = process.argv[2];

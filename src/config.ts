@@ -4,7 +4,9 @@
  * A value that was given but is wrong stops start-up: we never fall back to a default for it.
  */
 
+import { type Network, parseNetworkList } from './domain/ip-ranges';
 import { type CreditPackage, DEFAULT_CREDIT_PACKAGES } from './domain/recommendation';
+import { parseRetrySchedule } from './domain/webhooks';
 
 export type { CreditPackage };
 export { DEFAULT_CREDIT_PACKAGES };
@@ -68,6 +70,20 @@ export interface Config {
   creditsPerBuildMinute: number;
   /** Estimate when there is no history at all. */
   defaultEstimateCredits: number;
+  /** Networks webhooks may reach despite the SSRF guard (WEBHOOK_ALLOWED_NETWORKS; tests, private networks). */
+  webhookAllowedNetworks: Network[];
+  /** Whether webhook URLs may be plain http:// (https only by default). */
+  webhookAllowHttp: boolean;
+  /** Seconds before each attempt of a delivery: the first (normally 0), then each retry's. */
+  webhookRetryScheduleS: number[];
+  /** Longest one attempt may take, connect to last byte. */
+  webhookTimeoutS: number;
+  /** An endpoint failing without a success for this long is disabled. */
+  webhookDisableAfterS: number;
+  /** Attempts in flight at once in this process (0: this process delivers nothing). */
+  webhookConcurrency: number;
+  /** After a rotation or a new URL, the previous secret signs too for this long. */
+  webhookSecretOverlapS: number;
   logLevel: LogLevel;
   bodyLimitBytes: number;
   shutdownTimeoutS: number;
@@ -194,6 +210,22 @@ function packages(env: Env): CreditPackage[] {
 
 const DAY = 86_400;
 
+function networks(env: Env, name: string): Network[] {
+  const { networks: parsed, errors } = parseNetworkList(given(env, name) ?? '');
+  if (errors.length) throw new ConfigError(name, `expected comma-separated CIDRs: ${errors.join('; ')}`);
+  return parsed;
+}
+
+function retrySchedule(env: Env, name: string, fallback: number[]): number[] {
+  const raw = given(env, name);
+  if (raw === undefined) return fallback;
+  const schedule = parseRetrySchedule(raw);
+  if (!schedule) {
+    throw new ConfigError(name, `expected comma-separated seconds such as 0,5,300 (1 to 50 of them), got "${raw}"`);
+  }
+  return schedule;
+}
+
 /** Combinations that are each valid but unsafe together (SPEC section 1). */
 function checkCombinations(config: Config): Config {
   if (config.nonceTtlS < 2 * config.timestampToleranceS) {
@@ -260,6 +292,14 @@ export function loadConfig(env: Env = process.env): Config {
     creditPackages: packages(env),
     creditsPerBuildMinute: integer(env, 'CREDITS_PER_BUILD_MINUTE', 10, 0, 1_000_000),
     defaultEstimateCredits: integer(env, 'DEFAULT_ESTIMATE_CREDITS', 100, 0, 10_000_000),
+    webhookAllowedNetworks: networks(env, 'WEBHOOK_ALLOWED_NETWORKS'),
+    webhookAllowHttp: boolean(env, 'WEBHOOK_ALLOW_HTTP', false),
+    // Standard Webhooks' suggested schedule: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    webhookRetryScheduleS: retrySchedule(env, 'WEBHOOK_RETRY_SCHEDULE', [0, 5, 300, 1800, 7200, 18000, 36000, 36000]),
+    webhookTimeoutS: integer(env, 'WEBHOOK_TIMEOUT_S', 15, 1, 300),
+    webhookDisableAfterS: integer(env, 'WEBHOOK_DISABLE_AFTER_S', 5 * DAY, 1, 365 * DAY),
+    webhookConcurrency: integer(env, 'WEBHOOK_CONCURRENCY', 32, 0, 1024),
+    webhookSecretOverlapS: integer(env, 'WEBHOOK_SECRET_OVERLAP_S', DAY, 0, 30 * DAY),
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
     bodyLimitBytes: integer(env, 'BODY_LIMIT_BYTES', 1_048_576, 1024, 64 * 1_048_576),
     shutdownTimeoutS: integer(env, 'SHUTDOWN_TIMEOUT_S', 10, 1, 600),

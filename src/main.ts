@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
+import { DeliveryWorker } from './delivery/worker';
 import { buildApp } from './http/server';
 import { createLogger } from './log';
 import { countRunningBuildsWith } from './metrics';
@@ -115,6 +116,18 @@ async function main(): Promise<void> {
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   const address = await app.listen({ port: config.port, host: config.host });
   await runner.start();
+  const deliveries = new DeliveryWorker({
+    db: background,
+    signals,
+    logger,
+    concurrency: config.webhookConcurrency,
+    timeoutS: config.webhookTimeoutS,
+    retryScheduleS: config.webhookRetryScheduleS,
+    disableAfterS: config.webhookDisableAfterS,
+    allowHttp: config.webhookAllowHttp,
+    allowedNetworks: config.webhookAllowedNetworks,
+  });
+  await deliveries.start();
   logger.info(
     { url: address, version: VERSION, instanceId },
     `Kiln listening on ${address} — ${describeStores(config)}`,
@@ -137,7 +150,11 @@ async function main(): Promise<void> {
       exit(1);
     }, config.shutdownTimeoutS * 1000);
     force.unref();
-    await Promise.all([app.close(), runner.stop((config.shutdownTimeoutS - 1) * 1000)]);
+    await Promise.all([
+      app.close(),
+      runner.stop((config.shutdownTimeoutS - 1) * 1000),
+      deliveries.stop((config.shutdownTimeoutS - 1) * 1000),
+    ]);
     await signals.close();
     clearInterval(heartbeat);
     stopMaintenance();

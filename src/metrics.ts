@@ -204,6 +204,87 @@ export function observeBuildTransition(t: ObservedTransition): void {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Webhooks, as this process delivered them
+
+/** Why attempts fail (src/delivery/sender.ts's SendFailure); an answer that was not 2xx is counted by its class. */
+export const WEBHOOK_FAILURES = [
+  'invalid_url',
+  'dns_failed',
+  'blocked_address',
+  'connect_failed',
+  'tls_failed',
+  'timeout',
+  'redirect',
+  'network_error',
+  'http_4xx',
+  'http_5xx',
+  'http_other',
+] as const;
+
+const webhookAttempts = new Counter({
+  name: 'kiln_webhook_attempts_total',
+  help: 'Webhook delivery attempts by outcome (delivered, failed) and reason (none when delivered; blocked_address is the SSRF guard refusing the resolved address)',
+  labelNames: ['outcome', 'reason'] as const,
+  registers: [registry],
+});
+webhookAttempts.inc({ outcome: 'delivered', reason: 'none' }, 0);
+for (const reason of WEBHOOK_FAILURES) webhookAttempts.inc({ outcome: 'failed', reason }, 0);
+
+const webhookDeliveries = new Counter({
+  name: 'kiln_webhook_deliveries_total',
+  help: 'Webhook messages finished: delivered, or failed (retries spent, or the endpoint disabled)',
+  labelNames: ['status'] as const,
+  registers: [registry],
+});
+for (const status of ['delivered', 'failed']) webhookDeliveries.inc({ status }, 0);
+
+const webhookEndpointsDisabled = new Counter({
+  name: 'kiln_webhook_endpoints_disabled_total',
+  help: 'Webhook endpoints disabled, by reason: gone (answered 410) or failing (failed for WEBHOOK_DISABLE_AFTER_S)',
+  labelNames: ['reason'] as const,
+  registers: [registry],
+});
+for (const reason of ['gone', 'failing']) webhookEndpointsDisabled.inc({ reason }, 0);
+
+const webhookLatency = new Histogram({
+  name: 'kiln_webhook_delivery_latency_seconds',
+  help: 'From an event committed (its outbox row written) to the receiver answering 2xx, retries included',
+  buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000],
+  registers: [registry],
+});
+
+/** The reason label of a failed attempt: its failure, or an answer's status class. */
+export function webhookReasonLabel(failure: string, status: number | null): string {
+  if (failure === 'http_status' && status !== null) {
+    return status >= 400 && status < 500 ? 'http_4xx' : status >= 500 && status < 600 ? 'http_5xx' : 'http_other';
+  }
+  return (WEBHOOK_FAILURES as readonly string[]).includes(failure) ? failure : 'network_error';
+}
+
+/** Count one attempt, and what it finished: a delivery (with its latency) or a failure, an endpoint disabled. */
+export function observeWebhookAttempt(attempt: {
+  delivered: boolean;
+  failure: string | null;
+  status: number | null;
+  finished: 'delivered' | 'failed' | null;
+  /** Null for a stale attempt (its delivery was finished by another). */
+  latencySeconds: number | null;
+  disabledReason: string | null;
+  /** Other messages of the endpoint failed because this attempt disabled it. */
+  abandoned: number;
+}): void {
+  webhookAttempts.inc(
+    attempt.delivered
+      ? { outcome: 'delivered', reason: 'none' }
+      : { outcome: 'failed', reason: webhookReasonLabel(attempt.failure ?? 'network_error', attempt.status) },
+  );
+  if (attempt.finished) webhookDeliveries.inc({ status: attempt.finished });
+  if (attempt.abandoned > 0) webhookDeliveries.inc({ status: 'failed' }, attempt.abandoned);
+  if (attempt.delivered && attempt.latencySeconds !== null) webhookLatency.observe(Math.max(0, attempt.latencySeconds));
+  if (attempt.disabledReason) webhookEndpointsDisabled.inc({ reason: attempt.disabledReason });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Requests
 
 /**
@@ -497,6 +578,16 @@ pipelineGauge(
   'kiln_instances_live',
   'Kiln processes that renewed their line in service_instances within the last minute',
   (s) => s.liveInstances,
+);
+pipelineGauge(
+  'kiln_webhook_deliveries_pending',
+  'Webhook messages waiting for delivery or a retry (all processes; from the database)',
+  (s) => s.webhookPending,
+);
+pipelineGauge(
+  'kiln_webhook_oldest_due_seconds',
+  'How long the most overdue webhook attempt has been due (0 when none is; from the database): delivery is behind',
+  (s) => s.webhookOldestDueSeconds,
 );
 pipelineGauge(
   'kiln_credit_audit_problems',

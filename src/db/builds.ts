@@ -53,7 +53,7 @@ export interface DbBuild {
   lease_owner: string | null;
 }
 
-interface DbBuildEvent {
+export interface DbBuildEvent {
   seq: number;
   type: BuildEvent['type'];
   phase: string | null;
@@ -93,7 +93,8 @@ export function toBuild(row: DbBuild): Build {
   };
 }
 
-function toEvent(row: DbBuildEvent): BuildEvent {
+/** An event row as the API shows it. Pure. */
+export function toEvent(row: DbBuildEvent): BuildEvent {
   return {
     seq: row.seq,
     type: row.type,

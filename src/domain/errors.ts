@@ -27,6 +27,8 @@ export const ERROR_STATUS = {
   VERSION_CONFLICT: 409,
   PROJECT_ALREADY_EXISTS: 409,
   BUILD_ALREADY_EXISTS: 409,
+  /** A webhook operation (a secret rotation) on a project without webhookUrl. */
+  WEBHOOK_NOT_SET: 409,
   PAYLOAD_TOO_LARGE: 413,
   URI_TOO_LONG: 414,
   UNSUPPORTED_MEDIA_TYPE: 415,

@@ -1,4 +1,4 @@
-import { Ajv, type Options } from 'ajv';
+import { Ajv, type Options, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
 import type { FastifySchemaCompiler } from 'fastify';
 
@@ -32,6 +32,11 @@ export function validatorCompiler(): FastifySchemaCompiler<unknown> {
 }
 
 const OPTIONAL_BODY = 'x-optional-body';
+
+/** A body validator for a schema checked outside Fastify's own pass (the items of a batch, one by one). */
+export function bodyValidator(schema: object): ValidateFunction {
+  return makeAjv({ coerceTypes: false }).compile(schema);
+}
 
 /** Mark a body schema as optional: a request with no body at all passes; a body that is sent must match. */
 export function optionalBody<T extends object>(schema: T): T {

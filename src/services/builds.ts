@@ -13,10 +13,10 @@ import {
   typicalDurationSeconds,
 } from '../db/builds';
 import { type Queryable, sqlState } from '../db/database';
-import { findProject } from '../db/projects';
+import { findProject, findProjects } from '../db/projects';
 import { creditsForDuration } from '../domain/build-pricing';
 import { type BuildState, canTransition, etaSeconds, validNextStates } from '../domain/build-states';
-import { ApiError } from '../domain/errors';
+import { ApiError, type ErrorCode } from '../domain/errors';
 import type { CreditPackage } from '../domain/recommendation';
 import { type CreditLog, holdForStart, type Settlement, settleBuildCredits } from './build-credits';
 import { type Caller, newReservationId, reserveCredits } from './credits';
@@ -147,6 +147,118 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
   });
   context.actor?.tally?.transition(null, build);
   return build;
+}
+
+/** Most builds one batch may queue. */
+export const MAX_BATCH_BUILDS = 50;
+
+/** Why an item of a batch fails: its index, the error code it would get alone, and what to fix. */
+export interface BatchIssue {
+  index: number;
+  code: ErrorCode;
+  reason: string;
+  path?: string;
+}
+
+/** The error of a failed batch: the first failing item's code and status, naming it; every issue known listed. */
+export function batchError(first: BatchIssue, all: BatchIssue[], cause?: ApiError): ApiError {
+  const issues = all
+    .filter((i) => i.code === 'VALIDATION_ERROR' && i.path)
+    .map((i) => ({ path: i.path, message: i.reason }));
+  return new ApiError(
+    first.code,
+    `Item ${first.index} of the batch: ${first.reason} Nothing was created; fix it and send the whole batch again.`,
+    {
+      ...cause?.data,
+      index: first.index,
+      reason: first.reason,
+      errors: all,
+      ...(issues.length ? { issues } : {}),
+    },
+    cause?.headers,
+  );
+}
+
+/**
+ * What can be known to fail in a batch without running it: an id used twice, a project that does not exist, two
+ * builds for a project that allows one active build. In: the items that passed validation, with their index.
+ */
+export async function checkBatch(
+  q: Queryable,
+  items: { index: number; input: CreateBuildInput }[],
+): Promise<BatchIssue[]> {
+  const issues: BatchIssue[] = [];
+  const ids = new Map<string, number>();
+  for (const { index, input } of items) {
+    if (input.id === undefined) continue;
+    const first = ids.get(input.id);
+    if (first === undefined) ids.set(input.id, index);
+    else {
+      issues.push({
+        index,
+        code: 'VALIDATION_ERROR',
+        reason: `id ${input.id} is also item ${first}'s; each build needs its own id.`,
+        path: `body.builds.${index}.id`,
+      });
+    }
+  }
+  const projects = new Map(
+    (await findProjects(q, [...new Set(items.map((i) => i.input.projectId))])).map((p) => [p.id, p]),
+  );
+  const queuedFor = new Map<string, number>();
+  for (const { index, input } of items) {
+    const project = projects.get(input.projectId);
+    if (!project) {
+      issues.push({
+        index,
+        code: 'PROJECT_NOT_FOUND',
+        reason: `No project ${input.projectId}; create it with POST /v1/projects first.`,
+      });
+      continue;
+    }
+    if (project.allowConcurrentBuilds) continue;
+    const first = queuedFor.get(project.id);
+    if (first === undefined) queuedFor.set(project.id, index);
+    else {
+      issues.push({
+        index,
+        code: 'VALIDATION_ERROR',
+        reason: `project ${project.id} allows one active build, and item ${first} already queues one.`,
+        path: `body.builds.${index}.projectId`,
+      });
+    }
+  }
+  return issues.sort((a, b) => a.index - b.index);
+}
+
+/**
+ * POST /v1/builds/batch: queue every build in the caller's transaction, in order, or none. The first item that
+ * fails — found beforehand by checkBatch, or when it runs (a busy project, short credits) — fails the batch with its
+ * own code; the caller's transaction rolls back, so nothing is created and nothing is held.
+ */
+export async function createBuilds(
+  q: Queryable,
+  inputs: CreateBuildInput[],
+  context: BuildContext,
+): Promise<DbBuild[]> {
+  const known = await checkBatch(
+    q,
+    inputs.map((input, index) => ({ index, input })),
+  );
+  // Items before the first known failure run: one of them may fail first (a busy project, short credits).
+  const firstKnown = known[0]?.index ?? inputs.length;
+  const builds: DbBuild[] = [];
+  for (const [index, input] of inputs.slice(0, firstKnown).entries()) {
+    try {
+      builds.push(await createBuild(q, input, context));
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      const issue: BatchIssue = { index, code: error.code, reason: error.message };
+      throw batchError(issue, [issue, ...known], error);
+    }
+  }
+  if (known.length) throw batchError(known[0], known);
+  return builds;
 }
 
 export async function getBuild(q: Queryable, id: string): Promise<DbBuild> {

@@ -10,6 +10,7 @@ import {
 import { ApiError } from '../domain/errors';
 import { mergePatch } from '../domain/merge-patch';
 import { randomToken } from './ids';
+import { applyWebhookUrl, checkWebhookUrl, type ProjectWithSecret, type WebhookSettings } from './webhooks';
 
 export type { Project };
 
@@ -21,6 +22,8 @@ export interface ProjectInput {
   framework?: string | null;
   settings?: Record<string, unknown>;
   allowConcurrentBuilds?: boolean;
+  /** Where build events are POSTed; null or absent: nowhere. */
+  webhookUrl?: string | null;
 }
 
 export function newProjectId(): string {
@@ -44,7 +47,12 @@ function notFound(id: string): ApiError {
 /** Ids that a route's path owns (`GET /v1/projects/batch`): a project so named could never be read. */
 const RESERVED_IDS = new Set(['batch']);
 
-export async function createProject(q: Queryable, input: ProjectInput): Promise<Project> {
+export async function createProject(
+  q: Queryable,
+  input: ProjectInput,
+  webhooks: WebhookSettings,
+): Promise<ProjectWithSecret> {
+  checkWebhookUrl(input.webhookUrl, webhooks);
   if (input.id !== undefined && RESERVED_IDS.has(input.id)) {
     throw new ApiError('VALIDATION_ERROR', `The id ${input.id} is reserved by the API's own paths; choose another.`, {
       issues: [{ path: 'body.id', message: 'is reserved' }],
@@ -61,7 +69,7 @@ export async function createProject(q: Queryable, input: ProjectInput): Promise<
       },
     );
   }
-  return project;
+  return applyWebhookUrl(q, project, input.webhookUrl ?? undefined, webhooks);
 }
 
 export async function getProject(q: Queryable, id: string): Promise<Project> {
@@ -92,7 +100,9 @@ async function rewrite(
   id: string,
   ifMatch: number[] | undefined,
   change: (current: Project) => ProjectFields | undefined,
-): Promise<Project> {
+  webhook: { url: string | null | undefined; settings: WebhookSettings },
+): Promise<ProjectWithSecret> {
+  checkWebhookUrl(webhook.url, webhook.settings);
   const current = await findProject(q, id, true);
   if (!current) throw notFound(id);
   if (ifMatch !== undefined && !ifMatch.includes(current.version)) {
@@ -107,22 +117,23 @@ async function rewrite(
   if (fields === undefined) return current;
   const updated = await updateProject(q, id, current.version, fields);
   if (!updated) throw new Error(`project ${id} changed under its row lock`);
-  return updated;
+  return applyWebhookUrl(q, updated, webhook.url, webhook.settings);
 }
 
-/** PUT: replace every writable field. */
+/** PUT: replace every writable field (a webhookUrl left out is removed, like any optional field). */
 export function replaceProject(
   q: Queryable,
   id: string,
   ifMatch: number[] | undefined,
   input: ProjectInput,
-): Promise<Project> {
+  webhooks: WebhookSettings,
+): Promise<ProjectWithSecret> {
   if (input.id !== undefined && input.id !== id) {
     throw new ApiError('VALIDATION_ERROR', 'The body id differs from the path id; a project cannot be renamed.', {
       issues: [{ path: 'body.id', message: `must equal ${id}` }],
     });
   }
-  return rewrite(q, id, ifMatch, () => fieldsOf(input));
+  return rewrite(q, id, ifMatch, () => fieldsOf(input), { url: input.webhookUrl ?? null, settings: webhooks });
 }
 
 /**
@@ -134,16 +145,33 @@ export function patchProject(
   id: string,
   ifMatch: number[] | undefined,
   patch: Record<string, unknown>,
-): Promise<Project> {
-  return rewrite(q, id, ifMatch, (current) => {
-    if (Object.keys(patch).length === 0) return undefined;
-    const { id: _id, version: _v, createdAt: _c, updatedAt: _u, ...writable } = current;
-    const merged = mergePatch(writable, patch) as Partial<ProjectFields>;
-    const issues = [
-      ...(typeof merged.name !== 'string' ? [{ path: 'body.name', message: 'cannot be removed' }] : []),
-      ...(typeof merged.ownerId !== 'string' ? [{ path: 'body.ownerId', message: 'cannot be removed' }] : []),
-    ];
-    if (issues.length) throw new ApiError('VALIDATION_ERROR', 'The patch would leave the project invalid.', { issues });
-    return fieldsOf(merged as ProjectFields);
-  });
+  webhooks: WebhookSettings,
+): Promise<ProjectWithSecret> {
+  const url = 'webhookUrl' in patch ? (patch.webhookUrl as string | null) : undefined;
+  return rewrite(
+    q,
+    id,
+    ifMatch,
+    (current) => {
+      if (Object.keys(patch).length === 0) return undefined;
+      const {
+        id: _id,
+        version: _v,
+        createdAt: _c,
+        updatedAt: _u,
+        webhook: _w,
+        webhookUrl: _url,
+        ...writable
+      } = current;
+      const merged = mergePatch(writable, patch) as Partial<ProjectFields>;
+      const issues = [
+        ...(typeof merged.name !== 'string' ? [{ path: 'body.name', message: 'cannot be removed' }] : []),
+        ...(typeof merged.ownerId !== 'string' ? [{ path: 'body.ownerId', message: 'cannot be removed' }] : []),
+      ];
+      if (issues.length)
+        throw new ApiError('VALIDATION_ERROR', 'The patch would leave the project invalid.', { issues });
+      return fieldsOf(merged as ProjectFields);
+    },
+    { url, settings: webhooks },
+  );
 }

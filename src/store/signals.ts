@@ -7,11 +7,13 @@ type Topic = 'queued' | 'events' | 'cancelled';
 /**
  * Wake-ups between processes, sent after the writing transaction commits:
  * - `queued`: a build was queued — runners try to claim;
- * - `events`: a build has new events — its live streams read them;
+ * - `events`: a build has new events — its live streams read them, and the webhook delivery workers look for due
+ *   messages; or (`<build>#replay:<from>:<to>`) its streams should send a range again (POST …/replay);
  * - `cancelled`: a build was cancelled — the runner executing it stops it.
  * They travel through the store: Redis pub/sub, or without Redis PostgreSQL NOTIFY after commit (in-process on the
  * embedded database). Each process holds one subscription per topic and fans out locally. Losing a wake-up is
- * harmless: runners and streams also poll slowly.
+ * harmless: runners, streams and delivery workers also poll slowly — except a replay's, which only the wake-up
+ * carries to the streams (the webhook's replay is in the outbox).
  */
 export class BuildSignals {
   private readonly local = new EventEmitter();

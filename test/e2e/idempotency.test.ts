@@ -96,7 +96,7 @@ describe('idempotency across processes and crashes', () => {
     expect(again.text).toBe(retry.text);
     await b.stop();
     expect(await countProjects('owner_killed_any')).toBe(1);
-  });
+  }, 90_000); // four process starts: on a loaded machine each may take several seconds
 });
 
 /**

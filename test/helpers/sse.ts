@@ -14,7 +14,7 @@ export interface SseEvent {
 export async function readEventStream(
   baseUrl: string,
   path: string,
-  options: { lastEventId?: number; stopAfter?: number; timeoutMs?: number } = {},
+  options: { lastEventId?: number; stopAfter?: number; timeoutMs?: number; onEvent?: (event: SseEvent) => void } = {},
 ): Promise<{ events: SseEvent[]; ended: boolean }> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), options.timeoutMs ?? 20_000);
@@ -41,7 +41,9 @@ export async function readEventStream(
             .map((line) => [line.slice(0, line.indexOf(':')), line.slice(line.indexOf(':') + 1).trim()]),
         );
         if (fields.data === undefined) continue;
-        events.push({ id: Number(fields.id), event: fields.event, data: JSON.parse(fields.data) });
+        const event: SseEvent = { id: Number(fields.id), event: fields.event, data: JSON.parse(fields.data) };
+        events.push(event);
+        options.onEvent?.(event);
         if (options.stopAfter !== undefined && events.length >= options.stopAfter) {
           controller.abort();
           return { events, ended: false };

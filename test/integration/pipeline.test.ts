@@ -53,11 +53,24 @@ describe('the pipeline snapshot', () => {
       `insert into credit_audit_runs (ok, problems, checked_users, checked_reservations, ledger_entries, source)
        values (false, 3, 1, 1, 1, 'cli')`,
     );
+    // Webhook messages: b_pipe_1's first is retrying later, its second is due but waits behind it (its build is
+    // late, not delivery); b_pipe_2's is due since 30 s and could be claimed: that is the overdue figure.
+    await t.db.query(
+      `insert into build_events (build_id, seq, type) values ('b_pipe_1', 1, 'queued'), ('b_pipe_1', 2, 'log'),
+              ('b_pipe_2', 1, 'queued'), ('b_pipe_2', 2, 'log')`,
+    );
+    await t.db.query(
+      `insert into webhook_deliveries (build_id, seq, project_id, status, next_attempt_at)
+       values ('b_pipe_1', 1, 'p_pipe', 'pending', now() + interval '1 hour'),
+              ('b_pipe_1', 2, 'p_pipe', 'pending', now() - interval '90 seconds'),
+              ('b_pipe_2', 1, 'p_pipe', 'pending', now() - interval '30 seconds'),
+              ('b_pipe_2', 2, 'p_pipe', 'delivered', now() - interval '10 minutes')`,
+    );
     const { q, sent } = counting();
     const snapshot = await readPipeline(q);
     expect(sent).toHaveLength(1);
     // As the scrapes read it: in a transaction whose statements the database cancels past a limit.
-    const { oldestQueuedAgeSeconds: _age, ...rest } = snapshot;
+    const { oldestQueuedAgeSeconds: _age, webhookOldestDueSeconds: _due, ...rest } = snapshot;
     expect(await readPipelineWithin(t.db, 2_000)).toMatchObject(rest);
     expect(snapshot).toMatchObject({
       queuedBuilds: 2,
@@ -65,8 +78,11 @@ describe('the pipeline snapshot', () => {
       activeHolds: 2,
       reservedCredits: 30,
       liveInstances: 1,
+      webhookPending: 3,
       audit: { problems: 3 },
     });
+    expect(snapshot.webhookOldestDueSeconds).toBeGreaterThanOrEqual(30);
+    expect(snapshot.webhookOldestDueSeconds).toBeLessThan(85);
     expect(snapshot.oldestQueuedAgeSeconds).toBeGreaterThanOrEqual(90);
     expect(snapshot.oldestQueuedAgeSeconds).toBeLessThan(150);
   });

@@ -25,6 +25,7 @@ const ALLOWED: Record<string, string[]> = {
   store: ['db', 'domain'],
   services: ['db', 'store', 'domain', 'top:metrics', 'top:log'],
   runner: ['services', 'store', 'db', 'domain', 'top:metrics'],
+  delivery: ['services', 'store', 'db', 'domain', 'top:metrics'],
   http: ['routes', 'services', 'store', 'domain', 'db/database', 'top:config', 'top:metrics', 'top:version'],
   routes: ['http', 'services', 'domain', 'top:config', 'top:metrics'],
   client: ['domain'],

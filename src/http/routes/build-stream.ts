@@ -27,6 +27,27 @@ function frame(event: BuildEvent): string {
 }
 
 /**
+ * A replayed event: `event: replay`, its data the event with `replay: true`, and no `id:` line — so a client's
+ * Last-Event-ID stays at the newest live event, and a client that only listens for the event types is not misled.
+ */
+function replayFrame(event: BuildEvent): string {
+  return `event: replay\ndata: ${JSON.stringify({ ...event, replay: true })}\n\n`;
+}
+
+const REPLAY = /^(.+)#replay:(\d+):(\d+)$/;
+
+/** The `events` wake-up that asks a build's streams to send `fromSeq..toSeq` again (POST /v1/builds/:id/replay). */
+export function replayPayload(buildId: string, fromSeq: number, toSeq: number): string {
+  return `${buildId}#replay:${fromSeq}:${toSeq}`;
+}
+
+/** The build and range of a replay wake-up; undefined for a plain one (a build id). */
+export function parseReplayPayload(payload: string): { buildId: string; fromSeq: number; toSeq: number } | undefined {
+  const match = REPLAY.exec(payload);
+  return match ? { buildId: match[1], fromSeq: Number(match[2]), toSeq: Number(match[3]) } : undefined;
+}
+
+/**
  * Server-Sent Events for one build: everything after Last-Event-ID (or ?after), then live events as they are
  * written — woken by the `events` signal, with a slow poll as the safety net — heartbeats every 15 s, and the
  * end of the stream after the build's final event. Each event is sent once, in seq order. A read that fails
@@ -129,10 +150,26 @@ export async function streamBuildEvents(
     }
   };
 
+  /** Send a replayed range (after whatever is being sent now: each frame is written whole). */
+  const replay = async (fromSeq: number, toSeq: number): Promise<void> => {
+    try {
+      for (let after = fromSeq - 1; after < toSeq && !ended; ) {
+        const events = await eventsAfter(db, build.id, after, Math.min(BATCH, toSeq - after));
+        if (events.length === 0) break;
+        for (const event of events) if (!ended) raw.write(replayFrame(event));
+        after = events[events.length - 1].seq;
+      }
+    } catch (error) {
+      request.log.warn({ err: error, buildId: build.id, fromSeq, toSeq }, 'event stream replay failed');
+    }
+  };
+
   // The client may have gone during any await above: then clean up at once instead of polling for nobody.
   if (raw.destroyed) return end();
-  unsubscribe = await signals.on('events', (buildId) => {
-    if (buildId === build.id) void pump();
+  unsubscribe = await signals.on('events', (payload) => {
+    if (payload === build.id) return void pump();
+    const asked = parseReplayPayload(payload);
+    if (asked?.buildId === build.id) void replay(asked.fromSeq, asked.toSeq);
   });
   if (ended || raw.destroyed) {
     unsubscribe();

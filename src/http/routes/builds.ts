@@ -1,25 +1,31 @@
-import { type Static, Type } from '@sinclair/typebox';
+import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import { MAX_BUILD_CREDITS, MAX_PREVIEW_URL_LENGTH, PREVIEW_URL_PATTERN } from '../../domain/build-pricing';
 import { BUILD_STATES } from '../../domain/build-states';
 import { reportSettlement } from '../../services/build-credits';
 import {
+  type BatchIssue,
   type BuildContext,
   type BuildReader,
+  batchError,
+  checkBatch,
   createBuild,
   createBuildReader,
+  createBuilds,
   getBuildEvents,
   listBuildPage,
+  MAX_BATCH_BUILDS,
   readBuild,
   requestTransition,
   toBuild,
 } from '../../services/builds';
+import { buildDeliveries, replayEvents } from '../../services/webhooks';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { afterCommit, tallyOf, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
-import { optionalBody } from '../validation';
-import { registerStreamShutdown, streamBuildEvents } from './build-stream';
+import { bodyValidator, optionalBody } from '../validation';
+import { registerStreamShutdown, replayPayload, streamBuildEvents } from './build-stream';
 
 const State = Type.Union(BUILD_STATES.map((s) => Type.Literal(s)));
 const NullableText = Type.Union([Type.String(), Type.Null()]);
@@ -145,6 +151,9 @@ export function registerBuildRoutes(app: App, deps: AppDeps): void {
   cancelBuildRoute(app, shared);
   buildEventsRoute(app, shared);
   buildEventStreamRoute(app, shared);
+  createBuildsBatchRoute(app, shared);
+  replayEventsRoute(app, shared);
+  deliveriesRoute(app, shared);
 }
 
 /** What the routes of this file share, made once when they are registered. */
@@ -352,5 +361,192 @@ function buildEventStreamRoute(app: App, shared: Shared): void {
       },
     },
     async (request, reply) => streamBuildEvents(request, reply, deps, request.params.id, request.query.after),
+  );
+}
+
+const BatchItemSchema = Type.Omit(CreateBuildSchema, ['idempotencyKey'], { additionalProperties: false });
+const validBatchItem = bodyValidator(BatchItemSchema);
+
+/** The items of a batch that break the item schema, as issues naming their index and field. */
+function batchItemIssues(items: unknown[]): BatchIssue[] {
+  return items.flatMap((item, index) => {
+    if (validBatchItem(item)) return [];
+    return (validBatchItem.errors ?? []).map((issue) => {
+      const params = issue.params as Record<string, unknown>;
+      const field =
+        issue.keyword === 'additionalProperties'
+          ? `.${String(params.additionalProperty)}`
+          : issue.keyword === 'required'
+            ? `.${String(params.missingProperty)}`
+            : '';
+      const message =
+        issue.keyword === 'additionalProperties'
+          ? 'is not an allowed field'
+          : issue.keyword === 'required'
+            ? 'is required'
+            : (issue.message ?? 'is invalid');
+      const path = `body.builds.${index}${issue.instancePath.replaceAll('/', '.')}${field}`;
+      return { index, code: 'VALIDATION_ERROR' as const, reason: `${path} ${message}.`, path };
+    });
+  });
+}
+
+/** POST /v1/builds/batch */
+function createBuildsBatchRoute(app: App, shared: Shared): void {
+  const {
+    deps: { signals },
+    buildContext,
+  } = shared;
+  app.post(
+    '/v1/builds/batch',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: `Queue up to ${MAX_BATCH_BUILDS} builds in one transaction: all or nothing`,
+        description:
+          'Each item is a POST /v1/builds body. Any failing item fails the whole batch with its own error code, `data.index` and `data.reason` naming the first one and `data.errors` every one that could be known without running the batch; nothing is created and nothing is held.',
+        body: Type.Object(
+          {
+            builds: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_BATCH_BUILDS }),
+            idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 257 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 201: Type.Object({ builds: Type.Array(BuildSchema) }), ...errors },
+      },
+    },
+    async (request, reply) => {
+      const items = request.body.builds;
+      const invalid = batchItemIssues(items);
+      if (invalid.length) {
+        const bad = new Set(invalid.map((i) => i.index));
+        const valid = items.flatMap((input, index) =>
+          bad.has(index) ? [] : [{ index, input: input as Static<typeof BatchItemSchema> }],
+        );
+        const all = [...invalid, ...(await checkBatch(transactionOf(request), valid))].sort(
+          (a, b) => a.index - b.index,
+        );
+        throw batchError(all[0], all);
+      }
+      const builds = await createBuilds(
+        transactionOf(request),
+        items as Static<typeof BatchItemSchema>[],
+        buildContext(request),
+      );
+      afterCommit(request, () => {
+        for (const build of builds) signals.send('queued', build.id);
+      });
+      reply.code(201);
+      return { builds: builds.map(toBuild) };
+    },
+  );
+}
+
+/** POST /v1/builds/:id/replay */
+function replayEventsRoute(app: App, shared: Shared): void {
+  const {
+    deps: { signals },
+  } = shared;
+  app.post(
+    '/v1/builds/:id/replay',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: "Deliver a range of the build's events again, marked replay: true, to its webhook and open streams",
+        params: IdParams,
+        body: Type.Object(
+          {
+            fromSeq: Type.Integer({ minimum: 1, maximum: MAX_SEQ }),
+            toSeq: Type.Optional(
+              Type.Integer({ minimum: 1, maximum: MAX_SEQ, description: 'Default: the last event' }),
+            ),
+            idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 257 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({
+            replayed: Type.Integer({ description: 'Events in the range' }),
+            fromSeq: Type.Integer(),
+            toSeq: Type.Integer(),
+            webhookDeliveries: Type.Integer({ description: 'Deliveries queued to the webhook (0 without one)' }),
+          }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const { fromSeq, toSeq } = request.body;
+      const replay = await replayEvents(transactionOf(request), request.params.id, fromSeq, toSeq);
+      // Streams of this build (in every process) send the range again; the delivery workers wake on the same topic.
+      afterCommit(request, () =>
+        signals.send('events', replayPayload(request.params.id, replay.fromSeq, replay.toSeq)),
+      );
+      return replay;
+    },
+  );
+}
+
+/** GET /v1/builds/:id/deliveries */
+function deliveriesRoute(app: App, shared: Shared): void {
+  const {
+    deps: { db },
+  } = shared;
+  const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+  const Attempt = Type.Object({
+    attempt: Type.Integer(),
+    attemptedAt: Type.String({ format: 'date-time' }),
+    durationMs: Type.Integer(),
+    statusCode: Nullable(Type.Integer()),
+    outcome: Type.Union([Type.Literal('delivered'), Type.Literal('failed')]),
+    failure: Nullable(
+      Type.String({ description: 'Why the attempt failed, e.g. http_status, timeout, blocked_address' }),
+    ),
+    detail: Nullable(Type.String()),
+    responseBody: Nullable(Type.String({ description: 'The first KiB of the answer' })),
+  });
+  const Delivery = Type.Object(
+    {
+      id: Type.Integer(),
+      seq: Type.Integer(),
+      eventType: Type.String(),
+      replay: Type.Boolean(),
+      status: Type.Union([Type.Literal('pending'), Type.Literal('delivered'), Type.Literal('failed')]),
+      attempts: Type.Array(Attempt),
+      nextAttemptAt: Nullable(
+        Type.String({
+          format: 'date-time',
+          description: 'Null once finished, or while it waits behind an earlier message of its build',
+        }),
+      ),
+      createdAt: Type.String({ format: 'date-time' }),
+      finishedAt: Nullable(Type.String({ format: 'date-time' })),
+      lastFailure: Nullable(Type.String()),
+    },
+    { title: 'WebhookDelivery' },
+  );
+  app.get(
+    '/v1/builds/:id/deliveries',
+    {
+      schema: {
+        tags: ['builds'],
+        summary: "The build's webhook deliveries, oldest first, each with every attempt",
+        params: IdParams,
+        querystring: Type.Object(
+          {
+            limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+            cursor: Type.Optional(
+              Type.String({ pattern: '^[0-9]{1,15}$', description: 'nextCursor of the previous page' }),
+            ),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({ deliveries: Type.Array(Delivery), nextCursor: Nullable(Type.String()) }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => buildDeliveries(db, request.params.id, request.query.cursor, request.query.limit),
   );
 }

@@ -9,14 +9,18 @@ import {
   patchProject,
   replaceProject,
 } from '../../services/projects';
+import { rotateWebhookSecret, type WebhookSettings } from '../../services/webhooks';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
+import { optionalBody } from '../validation';
 
 const Framework = Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: PlainText }), Type.Null()]);
 // TypeBox drops a Record key schema's limits (the keys become a pattern): propertyNames keeps the key length checked.
 const Settings = Type.Record(Type.String(), Type.Unknown(), { maxProperties: 200, propertyNames: { maxLength: 128 } });
+
+const NullableDate = Type.Union([Type.String({ format: 'date-time' }), Type.Null()]);
 
 const ProjectSchema = Type.Object(
   {
@@ -26,6 +30,28 @@ const ProjectSchema = Type.Object(
     framework: Type.Union([Type.String(), Type.Null()]),
     settings: Type.Record(Type.String(), Type.Unknown()),
     allowConcurrentBuilds: Type.Boolean(),
+    webhookUrl: Type.Union([Type.String(), Type.Null()]),
+    webhook: Type.Union([
+      Type.Object(
+        {
+          status: Type.Union([Type.Literal('active'), Type.Literal('failing'), Type.Literal('disabled')]),
+          failingSince: NullableDate,
+          disabledAt: NullableDate,
+          disabledReason: Type.Union([Type.String(), Type.Null()], {
+            description: 'gone (the endpoint answered 410) or failing (it failed for WEBHOOK_DISABLE_AFTER_S)',
+          }),
+          previousSecretValidUntil: NullableDate,
+        },
+        { title: 'WebhookStatus' },
+      ),
+      Type.Null(),
+    ]),
+    webhookSecret: Type.Optional(
+      Type.String({
+        description:
+          'The signing secret (whsec_…), only in the response that set a new webhookUrl or rotated the secret: keep it',
+      }),
+    ),
     version: Type.Integer({ minimum: 1 }),
     createdAt: Type.String({ format: 'date-time' }),
     updatedAt: Type.String({ format: 'date-time' }),
@@ -33,12 +59,19 @@ const ProjectSchema = Type.Object(
   { title: 'Project' },
 );
 
+const WebhookUrl = Type.String({
+  minLength: 1,
+  maxLength: 2048,
+  description: 'https:// URL build events are POSTed to (Standard Webhooks); a new URL gets a new webhookSecret',
+});
+
 const writable = {
   ownerId: Token,
   name: Type.String({ minLength: 1, maxLength: 200, pattern: PlainText }),
   framework: Type.Optional(Framework),
   settings: Type.Optional(Settings),
   allowConcurrentBuilds: Type.Optional(Type.Boolean()),
+  webhookUrl: Type.Optional(Type.Union([WebhookUrl, Type.Null()])),
 };
 const ProjectInputSchema = Type.Object({ id: Type.Optional(Id), ...writable }, { additionalProperties: false });
 // RFC 7396: null removes a field (a defaulted one goes back to its default; a required one cannot go, which the
@@ -50,6 +83,7 @@ const ProjectPatchSchema = Type.Object(
     framework: Type.Optional(Framework),
     settings: Type.Optional(Type.Union([Settings, Type.Null()])),
     allowConcurrentBuilds: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+    webhookUrl: Type.Optional(Type.Union([WebhookUrl, Type.Null()])),
   },
   { additionalProperties: false },
 );
@@ -82,15 +116,21 @@ function withEtag(reply: FastifyReply, project: Project): Project {
 
 /** Projects (SPEC section 5): create, read with ETag, replace, merge-patch, batch read. */
 export function registerProjectRoutes(app: App, deps: AppDeps): void {
-  createProjectRoute(app);
+  const webhooks: WebhookSettings = {
+    allowHttp: deps.config.webhookAllowHttp,
+    allowedNetworks: deps.config.webhookAllowedNetworks,
+    secretOverlapS: deps.config.webhookSecretOverlapS,
+  };
+  createProjectRoute(app, webhooks);
   projectsBatchRoute(app, deps);
   getProjectRoute(app, deps);
-  replaceProjectRoute(app);
-  patchProjectRoute(app);
+  replaceProjectRoute(app, webhooks);
+  patchProjectRoute(app, webhooks);
+  rotateWebhookSecretRoute(app, webhooks);
 }
 
 /** POST /v1/projects */
-function createProjectRoute(app: App): void {
+function createProjectRoute(app: App, webhooks: WebhookSettings): void {
   app.post(
     '/v1/projects',
     {
@@ -102,7 +142,7 @@ function createProjectRoute(app: App): void {
       },
     },
     async (request, reply) => {
-      const project = await createProject(transactionOf(request), request.body as ProjectInput);
+      const project = await createProject(transactionOf(request), request.body as ProjectInput, webhooks);
       reply.code(201).header('location', `/v1/projects/${project.id}`);
       return withEtag(reply, project);
     },
@@ -164,7 +204,7 @@ function getProjectRoute(app: App, deps: AppDeps): void {
 }
 
 /** PUT /v1/projects/:id */
-function replaceProjectRoute(app: App): void {
+function replaceProjectRoute(app: App, webhooks: WebhookSettings): void {
   app.put(
     '/v1/projects/:id',
     {
@@ -184,6 +224,7 @@ function replaceProjectRoute(app: App): void {
         request.params.id,
         ifMatch,
         request.body as ProjectInput,
+        webhooks,
       );
       return withEtag(reply, project);
     },
@@ -191,7 +232,7 @@ function replaceProjectRoute(app: App): void {
 }
 
 /** PATCH /v1/projects/:id */
-function patchProjectRoute(app: App): void {
+function patchProjectRoute(app: App, webhooks: WebhookSettings): void {
   app.patch(
     '/v1/projects/:id',
     {
@@ -207,7 +248,26 @@ function patchProjectRoute(app: App): void {
     async (request, reply) => {
       const ifMatch = parseIfMatch(request.headers['if-match']);
       const patch = request.body as Static<typeof ProjectPatchSchema>;
-      return withEtag(reply, await patchProject(transactionOf(request), request.params.id, ifMatch, patch));
+      return withEtag(reply, await patchProject(transactionOf(request), request.params.id, ifMatch, patch, webhooks));
     },
+  );
+}
+
+/** POST /v1/projects/:id/webhook-secret */
+function rotateWebhookSecretRoute(app: App, webhooks: WebhookSettings): void {
+  app.post(
+    '/v1/projects/:id/webhook-secret',
+    {
+      schema: {
+        tags: ['projects'],
+        summary:
+          'Rotate the webhook signing secret: the new one is in webhookSecret (shown once); the old one signs too until webhook.previousSecretValidUntil',
+        params: IdParams,
+        body: optionalBody(Type.Object({}, { additionalProperties: false })),
+        response: { 200: ProjectSchema, ...errors },
+      },
+    },
+    async (request, reply) =>
+      withEtag(reply, await rotateWebhookSecret(transactionOf(request), request.params.id, webhooks)),
   );
 }
