@@ -1,7 +1,8 @@
 // Webhook delivery (issue 17), on the real PostgreSQL and Redis, to a local receiver in a process of its own
 // (bench/webhook-receiver.ts, allow-listed loopback):
-// - live: 100 builds driven through the API at once (create, building, deployed: 300 events); latency from the
+// - burst: 100 builds driven through the API at once (create, building, deployed: 300 events); latency from the
 //   event's createdAt (its transaction's start, database clock) to the receiver's arrival (host clock, same machine);
+// - paced: the same, one build started every 20 ms (the latency of delivery rather than of the API's burst);
 // - backlog: 100 builds × 50 events written in one transaction (5,000 messages at once); how fast one Kiln process
 //   drains them, and their latency;
 // - the outbox's cost on POST /v1/builds: a Kiln whose projects have a webhook (each build's queued event writes an
@@ -127,7 +128,26 @@ export async function benchWebhooks(): Promise<void> {
       await Promise.all(ids.map((id) => api('PATCH', `/v1/builds/${id}`, { state })));
     }
     const live = await until(receiver, BUILDS * 3);
-    const liveRow = summary(`live: ${BUILDS} builds × 3 events through the API`, live, liveStart);
+    const liveRow = summary(`burst: ${BUILDS} builds × 3 events through the API at once`, live, liveStart);
+    await fetch(`${receiver.url}/stats`, { method: 'DELETE' });
+
+    // Paced: the same 100 builds' worth, one build started every 20 ms (50 builds/s, 150 events/s), each moved
+    // through its states as soon as the previous call answered: the latency of delivery itself, not of a burst.
+    const pacedStart = Date.now();
+    await Promise.all(
+      Array.from({ length: BUILDS }, async (_, i) => {
+        await sleep(i * 20);
+        const res = await api<{ id: string }>('POST', '/v1/builds', {
+          projectId: `wp${i}`,
+          userId: `bench_user_${i}`,
+          estimatedCredits: 1,
+        });
+        if (res.status !== 201) throw new Error(`POST /v1/builds answered ${res.status}`);
+        for (const state of ['building', 'deployed']) await api('PATCH', `/v1/builds/${res.body.id}`, { state });
+      }),
+    );
+    const paced = await until(receiver, BUILDS * 3);
+    const pacedRow = summary(`paced: a build every 20 ms, × 3 events through the API`, paced, pacedStart);
     await fetch(`${receiver.url}/stats`, { method: 'DELETE' });
 
     // Backlog: 5,000 messages committed at once.
@@ -203,6 +223,7 @@ load average after the delivery runs: ${loadAfterDelivery}.
 | run | messages | msg/s | seconds | p50 ms | p95 ms | p99 ms | repeats | per-build order |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
 ${liveRow}
+${pacedRow}
 ${backlogRow}
 
 The outbox's cost on \`POST /v1/builds\` (alternating slices, the same kind of requests to each side): first the
