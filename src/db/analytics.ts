@@ -18,7 +18,8 @@ const everyone = (filter: AnalyticsFilter) => filter.projectId === undefined && 
 
 /**
  * The figures of the range as rollup-shaped sets: hc counts and hf failures by hour and framework, hl durations by
- * hour, hd durations by UTC day, hx features by hour. Everyone: the rollups and the rows past the fold's cursor;
+ * hour, hd durations by UTC day, hw queue waits alone by hour (the hour-of-day percentiles: read on their own, a
+ * month's hourly rollup of waits is half the rows of both kinds), hx features by hour. Everyone: the rollups and the rows past the fold's cursor;
  * one project or user: their builds' own facts.
  */
 function buildSources(filter: AnalyticsFilter): string {
@@ -39,6 +40,9 @@ function buildSources(filter: AnalyticsFilter): string {
       hl as (select hour, kind, bucket, builds from analytics_build_latency_hourly
               where kind in ('run', 'wait') and hour >= $1 and hour < $2
              union all select hour, kind, bucket, 1 from tail_latency),
+      hw as (select hour, bucket, builds from analytics_build_latency_hourly
+              where kind = 'wait' and hour >= $1 and hour < $2
+             union all select hour, bucket, 1 from tail_latency where kind = 'wait'),
       hd as (select (day::timestamp at time zone 'UTC') as day, kind, bucket, builds from analytics_build_latency_daily
               where day >= ($1::timestamptz at time zone 'UTC')::date and day < ($2::timestamptz at time zone 'UTC')::date
              union all select date_trunc('day', hour at time zone 'UTC') at time zone 'UTC', kind, bucket, 1
@@ -58,6 +62,7 @@ function buildSources(filter: AnalyticsFilter): string {
       hl as (select hour, case when kind = 'started' then 'wait' else 'run' end as kind, latency as bucket,
                     1 as builds from tail where latency is not null),
       hd as (select date_trunc('day', hour at time zone 'UTC') at time zone 'UTC' as day, kind, bucket, builds from hl),
+      hw as (select hour, bucket, builds from hl where kind = 'wait'),
       hx as (select hour, t.feature, 1 as builds from tail, unnest(tail.features) t(feature) where kind = 'created')`;
 }
 
@@ -93,8 +98,8 @@ export async function readBuildAnalytics(
                union all
                select 'total', null, null, kind, bucket, sum(builds) from hs group by kind, bucket
                union all
-               select 'hour', null, extract(hour from ${local})::int, kind, bucket, sum(builds)
-                 from hl where kind = 'wait' group by 3, kind, bucket) x),
+               select 'hour', null, extract(hour from ${local})::int, 'wait', bucket, sum(builds)
+                 from hw group by 3, bucket) x),
      percentiles as (
        select g, i, hod, kind,
               min(bucket) filter (where cum >= ceil(0.5 * total)) as p50,
