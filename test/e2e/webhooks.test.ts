@@ -3,6 +3,7 @@ import { createKilnClient } from '../../src/client/sign';
 import { verifyWebhook } from '../../src/client/webhook';
 import type { WebhookPayload } from '../../src/domain/webhooks';
 import { TEST_SECRET } from '../helpers/app';
+import { DATABASE_URL } from '../helpers/env';
 import { type KilnProcess, sharedKilns } from '../helpers/kiln-process';
 import { type Receiver, startReceiver } from '../helpers/receiver';
 import { readEventStream, type SseEvent } from '../helpers/sse';
@@ -164,4 +165,27 @@ describe('webhooks from a running Kiln', () => {
     ).toEqual([1, 2]);
     await kiln.stop('SIGTERM');
   }, 90_000);
+
+  it.skipIf(!DATABASE_URL)(
+    'replays to a stream that another process serves (the wake-up crosses processes)',
+    async () => {
+      const [streaming, asked] = [await kilns.start(), await kilns.start()];
+      const p = await hookedProject(asked);
+      const build = await queue(asked, p.id, 1_500);
+      const live: SseEvent[] = [];
+      const stream = readEventStream(streaming.url, `/v1/builds/${build}/events/stream`, {
+        timeoutMs: 50_000,
+        onEvent: (event) => live.push(event),
+      });
+      await waitFor('two live events', async () => (live.length >= 2 ? true : undefined), 30_000);
+      const replay = await api(asked)('POST', `/v1/builds/${build}/replay`, { fromSeq: 1, toSeq: 1 });
+      expect(replay.status).toBe(200);
+      await waitFor('the replayed frame', async () => (live.some((e) => e.event === 'replay') ? true : undefined));
+      const { events: all } = await stream;
+      expect(all.filter((e) => e.event === 'replay').map((e) => e.data.seq)).toEqual([1]);
+      await streaming.stop('SIGTERM');
+      await asked.stop('SIGTERM');
+    },
+    90_000,
+  );
 });
