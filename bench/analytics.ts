@@ -13,6 +13,7 @@ import {
   compare,
   cycling,
   DATABASE_URL,
+  deleteRedisKeys,
   formatTable,
   load,
   machine,
@@ -229,6 +230,7 @@ async function writePathCost(admin: pg.Client, durationS: number): Promise<strin
     await withoutKiln.stop();
     await admin.query(`drop schema if exists "${withSchema}" cascade`);
     await admin.query(`drop schema if exists "${withoutSchema}" cascade`);
+    for (const prefix of [withSchema, withoutSchema]) await deleteRedisKeys(REDIS_URL, `${prefix}:`);
   }
 }
 
@@ -312,7 +314,10 @@ export async function benchAnalytics(): Promise<void> {
     );
   } finally {
     await kiln?.stop();
-    if (!reuse) await admin.query(`drop schema if exists "${schema}" cascade`);
+    if (!reuse) {
+      await admin.query(`drop schema if exists "${schema}" cascade`);
+      await deleteRedisKeys(REDIS_URL, `${schema}:`);
+    }
     await admin.end();
   }
 }

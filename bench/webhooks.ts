@@ -16,6 +16,7 @@ import {
   compare,
   cycling,
   DATABASE_URL,
+  deleteRedisKeys,
   formatTable,
   load,
   machine,
@@ -245,6 +246,7 @@ ${formatTable([plainAgain, outboxed], plainAgain)}
     await admin.query(`drop schema if exists "${schema}" cascade`);
     await admin.query(`drop schema if exists "${withoutSchema}" cascade`);
     await admin.query(`drop schema if exists "${quietSchema}" cascade`);
+    for (const prefix of [schema, withoutSchema, quietSchema]) await deleteRedisKeys(REDIS_URL, `${prefix}:`);
     await admin.end();
   }
 }
