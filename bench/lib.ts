@@ -6,7 +6,6 @@ import { createServer } from 'node:net';
 import { cpus, tmpdir, totalmem, type } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
-import { Redis } from 'ioredis';
 import { signRequest } from '../src/client/sign';
 
 export interface Measurement {
@@ -423,21 +422,8 @@ export function realServicesEnv(databaseUrl: string, redisUrl: string, schema: s
   };
 }
 
-/** Delete every Redis key under `prefix` (SCAN, never KEYS): what a Kiln on realServicesEnv left there. */
-export async function deleteRedisKeys(url: string, prefix: string): Promise<void> {
-  const redis = new Redis(url, { lazyConnect: true });
-  await redis.connect();
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-      if (keys.length) await redis.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
-}
+/** Delete every Redis key under a prefix (what a Kiln on realServicesEnv left there): the tests' own helper. */
+export { deleteKeys as deleteRedisKeys } from '../test/helpers/store';
 
 /** Start a process and resolve once a line of its output matches `ready`. */
 export function startProcess(command: string, args: string[], env: Record<string, string>, ready: RegExp) {

@@ -539,7 +539,11 @@ export function readSharedStateFrom(given: SharedStateReaders): void {
   readers = given;
 }
 
+/** The names of the shared gauges (read from the database, the same in every process: take their max, never sum). */
+export const SHARED_GAUGES: string[] = [];
+
 function pipelineGauge(name: string, help: string, pick: (s: PipelineSnapshot) => number | undefined): Gauge {
+  SHARED_GAUGES.push(name);
   return new Gauge({
     name,
     help,

@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { StringDecoder } from 'node:string_decoder';
 import { blockedRange, canonicalAddress, inNetworks, type Network } from '../domain/ip-ranges';
+import { TimedOut, within } from '../services/shared-read';
 
 /**
  * One webhook delivery attempt (a Standard Webhooks POST), guarded against SSRF: the URL's host is resolved once,
@@ -114,21 +115,6 @@ function targetOf(url: string, allowHttp: boolean): Target | string {
   };
 }
 
-const TIMED_OUT = Symbol('timed out');
-
-/** The promise's value, or TIMED_OUT once ms have passed (the work itself goes on: getaddrinfo cannot be stopped). */
-async function within<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
-    timer = setTimeout(() => resolve(TIMED_OUT), Math.max(1, ms));
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 function systemLookup(hostname: string): Promise<{ address: string; family: number }[]> {
   return dnsLookup(hostname, { all: true, verbatim: true });
 }
@@ -143,14 +129,16 @@ function messageOf(error: unknown): string {
  */
 async function addressesOf(target: Target, req: SendRequest, remainingMs: number): Promise<string[] | Outcome> {
   if (isIP(target.hostname) !== 0) return [target.hostname];
-  let found: { address: string; family: number }[] | typeof TIMED_OUT;
+  let found: { address: string; family: number }[];
   try {
-    found = await within((req.lookup ?? systemLookup)(target.hostname), remainingMs);
+    // The lookup itself goes on past the deadline (getaddrinfo cannot be stopped); the attempt does not wait for it.
+    found = await within((req.lookup ?? systemLookup)(target.hostname), Math.max(1, remainingMs));
   } catch (error) {
+    if (error instanceof TimedOut) {
+      return { ...NOTHING, failure: 'timeout', detail: `${target.hostname} not resolved within ${req.timeoutMs} ms` };
+    }
     return { ...NOTHING, failure: 'dns_failed', detail: clip(`${target.hostname}: ${messageOf(error)}`) };
   }
-  if (found === TIMED_OUT)
-    return { ...NOTHING, failure: 'timeout', detail: `${target.hostname} not resolved within ${req.timeoutMs} ms` };
   if (!Array.isArray(found) || found.length === 0)
     return { ...NOTHING, failure: 'dns_failed', detail: clip(`${target.hostname}: no address`) };
   return found.map((entry) => String(entry.address));

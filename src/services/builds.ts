@@ -41,7 +41,7 @@ export function newBuildId(): string {
   return `bld_${randomToken(9, 'base64url')}`;
 }
 
-function buildNotFound(id: string): ApiError {
+export function buildNotFound(id: string): ApiError {
   return new ApiError('BUILD_NOT_FOUND', `No build ${id}; list builds with GET /v1/builds.`, { buildId: id });
 }
 

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
-import { findBuild } from '../db/builds';
 import type { Queryable } from '../db/database';
 import {
   findProject,
@@ -13,6 +12,7 @@ import { type DeliveryLog, lastEventSeq, listDeliveries, queueReplays } from '..
 import { ApiError } from '../domain/errors';
 import { blockedRange, inNetworks, type Network } from '../domain/ip-ranges';
 import { formatWebhookSecret } from '../domain/webhook-signature';
+import { buildNotFound, getBuild } from './builds';
 
 /** What webhook settings a project write needs from the configuration. */
 export interface WebhookSettings {
@@ -123,10 +123,6 @@ export async function rotateWebhookSecret(
   );
 }
 
-function buildNotFound(id: string): ApiError {
-  return new ApiError('BUILD_NOT_FOUND', `No build ${id}; list builds with GET /v1/builds.`, { buildId: id });
-}
-
 /** Most events one replay sends (each is a webhook message and a frame on every open stream of the build). */
 export const MAX_REPLAY_EVENTS = 1000;
 
@@ -182,7 +178,7 @@ export async function buildDeliveries(
   cursor: string | undefined,
   limit: number,
 ): Promise<DeliveryPage> {
-  if (!(await findBuild(q, buildId))) throw buildNotFound(buildId);
+  await getBuild(q, buildId); // 404 for an unknown build
   const after = cursor === undefined ? 0 : Number(cursor);
   const rows = await listDeliveries(q, buildId, after, limit + 1);
   const page = rows.slice(0, limit);

@@ -4,6 +4,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+// Shared-state gauges (every one metrics.ts reads from the database): the same in every process; summing multiplies.
+import { SHARED_GAUGES } from '../../src/metrics';
 import { startTestApp, type TestApp } from '../helpers/app';
 import { parseMetrics } from '../helpers/metrics-text';
 import {
@@ -32,17 +34,6 @@ import { signedInject } from '../helpers/signed';
 const ROOT = new URL('../..', import.meta.url).pathname;
 const HAVE_PROMTOOL = existsSync(PROMTOOL_BIN);
 
-/** Shared-state gauges: read from the database, the same in every process. Summing them multiplies them. */
-const SHARED_GAUGES = [
-  'build_queue_depth',
-  'active_builds',
-  'kiln_oldest_queued_build_age_seconds',
-  'kiln_credit_holds_active',
-  'kiln_credits_reserved',
-  'kiln_instances_live',
-  'kiln_credit_audit_problems',
-  'kiln_credit_audit_last_run_timestamp_seconds',
-];
 /** How every panel and query of the dashboard names its data source: through the `datasource` variable. */
 // biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana's variable syntax, not a template literal
 const DATASOURCE = { type: 'prometheus', uid: '${datasource}' };

@@ -1,5 +1,5 @@
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
-import type { FastifyRequest } from 'fastify';
+import type { FastifyError, FastifyRequest } from 'fastify';
 import { MAX_BUILD_CREDITS, MAX_PREVIEW_URL_LENGTH, PREVIEW_URL_PATTERN } from '../../domain/build-pricing';
 import { BUILD_STATES } from '../../domain/build-states';
 import { reportSettlement } from '../../services/build-credits';
@@ -21,7 +21,7 @@ import {
 } from '../../services/builds';
 import { buildDeliveries, replayEvents } from '../../services/webhooks';
 import type { App, AppDeps } from '../app';
-import { ApiError } from '../errors';
+import { ApiError, validationIssues } from '../errors';
 import { afterCommit, tallyOf, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import { bodyValidator, optionalBody } from '../validation';
@@ -367,27 +367,17 @@ function buildEventStreamRoute(app: App, shared: Shared): void {
 const BatchItemSchema = Type.Omit(CreateBuildSchema, ['idempotencyKey'], { additionalProperties: false });
 const validBatchItem = bodyValidator(BatchItemSchema);
 
-/** The items of a batch that break the item schema, as issues naming their index and field. */
+/** The items of a batch that break the item schema, as issues naming their index and field (body.builds.<i>.…). */
 function batchItemIssues(items: unknown[]): BatchIssue[] {
   return items.flatMap((item, index) => {
     if (validBatchItem(item)) return [];
-    return (validBatchItem.errors ?? []).map((issue) => {
-      const params = issue.params as Record<string, unknown>;
-      const field =
-        issue.keyword === 'additionalProperties'
-          ? `.${String(params.additionalProperty)}`
-          : issue.keyword === 'required'
-            ? `.${String(params.missingProperty)}`
-            : '';
-      const message =
-        issue.keyword === 'additionalProperties'
-          ? 'is not an allowed field'
-          : issue.keyword === 'required'
-            ? 'is required'
-            : (issue.message ?? 'is invalid');
-      const path = `body.builds.${index}${issue.instancePath.replaceAll('/', '.')}${field}`;
-      return { index, code: 'VALIDATION_ERROR' as const, reason: `${path} ${message}.`, path };
-    });
+    const failed = { validation: validBatchItem.errors ?? [], validationContext: `body.builds.${index}` };
+    return validationIssues(failed as unknown as FastifyError).map(({ path, message }) => ({
+      index,
+      code: 'VALIDATION_ERROR' as const,
+      reason: `${path} ${message}.`,
+      path,
+    }));
   });
 }
 
