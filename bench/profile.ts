@@ -1,10 +1,11 @@
 // Profiling aid (not part of `npm run bench`): starts Kiln with --cpu-prof, loads it for BENCH_DURATION_S seconds
 // with pre-signed requests, stops it and prints where the CPU time went (self time by function and by package).
-// `npx tsx bench/profile.ts [signed-get|reserve|replay|read-build] [profile dir]`: signed-get is the signed-get
-// benchmark's GET /v1/ping (embedded database, REDIS_URL if set); reserve is POST /v1/credits/reserve on the real
-// PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else the local ones), spread over 100 users; replay is a replayed
-// POST /v1/projects there; read-build is GET /v1/builds/:id of a queued build there. PROFILE=0 measures without
-// profiling.
+// `npx tsx bench/profile.ts [signed-get|reserve|replay|read-build|keyed-reserve|keyed-build] [profile dir]`:
+// signed-get is the signed-get benchmark's GET /v1/ping (embedded database, REDIS_URL if set); reserve is
+// POST /v1/credits/reserve on the real PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else the local ones), spread
+// over 100 users; keyed-reserve the same with a fresh Idempotency-Key each; keyed-build a keyed POST /v1/builds, one
+// project per build; replay is a replayed POST /v1/projects there; read-build is GET /v1/builds/:id of a queued build
+// there. PROFILE=0 measures without profiling.
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import pg from 'pg';
 import {
   cycling,
   DATABASE_URL,
+  deleteRedisKeys,
   load,
   presignedGets,
   presignedPosts,
@@ -23,7 +25,7 @@ import { signedGetEnv } from './signed-get';
 import { queuedBuildPath } from './signed-get-build';
 
 const scenario = process.argv[2] ?? 'signed-get';
-if (!['signed-get', 'reserve', 'replay', 'read-build'].includes(scenario))
+if (!['signed-get', 'reserve', 'replay', 'read-build', 'keyed-reserve', 'keyed-build'].includes(scenario))
   throw new Error(`unknown scenario ${scenario}`);
 const profileDir = process.argv[3] ?? (await mkdtemp(join(tmpdir(), 'kiln-prof-')));
 const dataDir = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
@@ -37,7 +39,16 @@ const kiln = await startKiln(env, process.env.PROFILE === '0' ? [] : ['--cpu-pro
 const path =
   scenario === 'read-build'
     ? await queuedBuildPath(kiln.url)
-    : ({ 'signed-get': '/v1/ping', reserve: '/v1/credits/reserve', replay: '/v1/projects' }[scenario] as string);
+    : ({
+        'signed-get': '/v1/ping',
+        reserve: '/v1/credits/reserve',
+        'keyed-reserve': '/v1/credits/reserve',
+        'keyed-build': '/v1/builds',
+        replay: '/v1/projects',
+      }[scenario] as string);
+/** Requests signed before the run (a nonce, and a key, is used once). */
+const POOL = 300_000;
+const freshKey = (i: number) => `profile-${process.pid}-${i}`;
 const USERS = 100;
 const REPLAYED_BODY = JSON.stringify({ ownerId: 'profile_owner', name: 'Profiled', settings: { region: 'eu' } });
 const pool =
@@ -50,9 +61,24 @@ const pool =
           () => REPLAYED_BODY,
           () => 'profile-replayed-key',
         )
-      : presignedPosts(path, 300_000, (i) =>
-          JSON.stringify({ userId: `profile_user_${i % USERS}`, estimatedCredits: 10 }),
-        );
+      : scenario === 'keyed-build'
+        ? presignedPosts(
+            path,
+            POOL / 10,
+            (i) =>
+              JSON.stringify({
+                projectId: `profile_p_${i}`,
+                userId: `profile_user_${i % USERS}`,
+                estimatedCredits: 10,
+              }),
+            freshKey,
+          )
+        : presignedPosts(
+            path,
+            POOL,
+            (i) => JSON.stringify({ userId: `profile_user_${i % USERS}`, estimatedCredits: 10 }),
+            scenario === 'keyed-reserve' ? freshKey : () => undefined,
+          );
 let admin: pg.Client | undefined;
 if (scenario === 'replay') {
   // The one request every later one replays.
@@ -64,11 +90,17 @@ if (scenario !== 'signed-get') {
   admin = new pg.Client({ connectionString: DATABASE_URL, options: `-c search_path="${schema}"` });
   await admin.connect();
 }
-if (admin && scenario === 'reserve') {
+if (admin && ['reserve', 'keyed-reserve', 'keyed-build'].includes(scenario)) {
   await admin.query(
     `select credit_grant('profile_user_' || g, 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
        from generate_series(0, $1::int - 1) g`,
     [USERS],
+  );
+}
+if (admin && scenario === 'keyed-build') {
+  await admin.query(
+    `insert into projects (id, owner_id, name) select 'profile_p_' || g, 'o', 'n' from generate_series(0, $1::int - 1) g`,
+    [pool.length],
   );
 }
 // One cursor across warm-up and measurement: a nonce is accepted once.
@@ -94,6 +126,7 @@ await rm(dataDir, { recursive: true, force: true });
 if (admin) {
   await admin.query(`drop schema if exists "${schema}" cascade`);
   await admin.end();
+  await deleteRedisKeys(redisUrl || REDIS_URL, `${schema}:`);
 }
 if (process.env.PROFILE === '0') process.exit(0);
 

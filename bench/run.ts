@@ -5,6 +5,7 @@ import { benchAnalytics } from './analytics';
 import { benchCredits } from './credits';
 import { benchHealthz } from './healthz';
 import { benchIdempotency } from './idempotency';
+import { benchKeyedWrites } from './keyed-writes';
 import { benchMemory } from './memory';
 import { benchMetricsScrape } from './metrics-scrape';
 import { benchSignedGet } from './signed-get';
@@ -18,6 +19,7 @@ const benches: Record<string, () => Promise<void>> = {
   'signed-get-build': benchSignedGetBuild,
   idempotency: benchIdempotency,
   credits: benchCredits,
+  'keyed-writes': benchKeyedWrites,
   'submit-to-start': benchSubmitToStart,
   'metrics-scrape': benchMetricsScrape,
   analytics: benchAnalytics,

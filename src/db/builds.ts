@@ -1,5 +1,5 @@
 import { type BuildState, validNextStates } from '../domain/build-states';
-import type { Queryable } from './database';
+import { type Queryable, sqlState } from './database';
 
 /** A build as the API shows it (SPEC section 5): every response that carries a build carries its state. */
 export interface Build {
@@ -108,39 +108,70 @@ export function toEvent(row: DbBuildEvent): BuildEvent {
 
 export interface NewBuild {
   id: string;
-  /** The credit hold reserved for it in the same transaction (null when it costs nothing). */
-  reservationId: string | null;
+  /** The id of the credit hold taken for it in the same statement. */
+  reservationId: string;
   projectId: string;
   userId: string;
-  exclusive: boolean;
   estimatedCredits: number;
   metadata: Record<string, unknown>;
+  /** How long the hold lasts unless renewed (seconds), and the ledger's words and ids for it. */
+  holdTtlS: number;
+  holdReason: string;
+  requestId: string;
+  correlationId: string;
 }
 
+/** What queueBuild did: see build_create (migration 0012). */
+export type QueuedBuild =
+  | { outcome: 'created'; build: DbBuild; available: number; expired: number }
+  | { outcome: 'insufficient'; available: number }
+  | { outcome: 'busy'; active: DbBuild | undefined }
+  | { outcome: 'no_project' };
+
 /**
- * Insert a queued build with its first event (seq 1) in one statement. Undefined when the project already has an
- * active exclusive build (the partial unique index is the arbiter, so concurrent inserts wait and then lose).
+ * Queue a build and hold its credits in one statement (build_create): check the project, insert the build as queued
+ * with its first event (seq 1), and reserve its credits under the user's account lock. 'busy' when the project
+ * allows one active build and has one (the partial unique index is the arbiter, so concurrent inserts wait and then
+ * lose); 'insufficient' when the credits are short. Nothing is written unless 'created', so the statement may run
+ * alone, in autocommit; in a transaction, 'insufficient' has aborted it (roll back). Errors: 23505 when the build id
+ * exists, and the database's own.
  */
-export async function insertBuild(q: Queryable, build: NewBuild): Promise<DbBuild | undefined> {
-  const { rows } = await q.query<DbBuild>(
-    `with b as (
-       insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata, reservation_id, last_event_seq)
-       values ($1::text, $2::text, $3::text, 'queued', $4::boolean, $5::bigint, $6::jsonb, $7::text, 1)
-       on conflict (project_id) where state in ('queued', 'building') and exclusive do nothing
-       returning *),
-     e as (insert into build_events (build_id, seq, type, message) select id, 1, 'queued', 'Build queued' from b)
-     select ${B_COLUMNS} from b`,
+export async function queueBuild(q: Queryable, build: NewBuild): Promise<QueuedBuild> {
+  const result = await runQueueBuild(q, build).catch((error: unknown) => {
+    if (sqlState(error) !== 'KB402') throw error;
+    return { outcome: 'insufficient' as const, available: Number((error as { detail?: string }).detail) };
+  });
+  return result;
+}
+
+async function runQueueBuild(q: Queryable, build: NewBuild): Promise<QueuedBuild> {
+  const { rows } = await q.query<
+    DbBuild & { outcome: QueuedBuild['outcome']; balance: number; reserved: number; expired: number }
+  >(
+    `select * from build_create($1::text, $2::text, $3::text, $4::text, $5::bigint, $6::jsonb, $7::int, $8::text,
+                                $9::text, $10::text)`,
     [
       build.id,
       build.projectId,
       build.userId,
-      build.exclusive,
+      build.reservationId,
       build.estimatedCredits,
       JSON.stringify(build.metadata),
-      build.reservationId,
+      build.holdTtlS,
+      build.requestId,
+      build.correlationId,
+      build.holdReason,
     ],
   );
-  return rows[0];
+  const { outcome, balance, reserved, expired, ...row } = rows[0];
+  switch (outcome) {
+    case 'created':
+      return { outcome, build: row, available: balance - reserved, expired };
+    case 'busy':
+      return { outcome, active: row.id === null ? undefined : row };
+    default:
+      return { outcome: 'no_project' };
+  }
 }
 
 /** In: a build id. Out: its row, or undefined when there is none. Errors: only the database's own. */
@@ -188,17 +219,6 @@ export function createBuildReader(db: Queryable): BuildReader {
       if (waiters) waiters.push({ resolve, reject });
       else pending.set(id, [{ resolve, reject }]);
     });
-}
-
-/** The active exclusive build of a project, if any. */
-export async function findActiveBuild(q: Queryable, projectId: string): Promise<DbBuild | undefined> {
-  const { rows } = await q.query<DbBuild>(
-    `select ${BUILD_COLUMNS} from builds
-      where project_id = $1::text and state in ('queued', 'building') and exclusive
-      limit 1`,
-    [projectId],
-  );
-  return rows[0];
 }
 
 export interface BuildListFilter {

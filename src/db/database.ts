@@ -13,9 +13,21 @@ export interface Transaction extends Queryable {
   exec(sql: string): Promise<void>;
 }
 
+/** A statement and its parameters, for the round trips that carry several (see `beginWith`, `commitAfter`). */
+export interface Statement {
+  sql: string;
+  params?: readonly unknown[];
+}
+
 /** A transaction opened with `begin()` and ended explicitly (exactly one of commit or rollback). */
 export interface OpenTransaction extends Transaction {
   commit(): Promise<void>;
+  /**
+   * Run `statements`, then commit, in one round trip; the statements' results, in order. When one fails nothing
+   * after it runs, the transaction is not committed, and the error is thrown: roll back. See `beginWith` for what
+   * the statements may be.
+   */
+  commitAfter(statements: Statement[]): Promise<QueryResult<Record<string, unknown>>[]>;
   /** Safe to call after a failure or twice; never throws for a connection that is already gone. */
   rollback(): Promise<void>;
 }
@@ -42,6 +54,13 @@ export interface Database extends Queryable {
    * lifecycle). Prefer `transaction()` everywhere else.
    */
   begin(): Promise<OpenTransaction>;
+  /**
+   * As `begin`, sending `statements` in the same round trip; their results, in order. On PostgreSQL they go as one
+   * simple-protocol query with the parameters written in as literals (escaped): only for Kiln's own fixed statements,
+   * whose text has no `$` but its parameters' (`$1`, `$2`, …), given as strings, numbers, booleans, dates or null.
+   * When one fails the transaction is rolled back and the error thrown.
+   */
+  beginWith(statements: Statement[]): Promise<{ tx: OpenTransaction; results: QueryResult<Record<string, unknown>>[] }>;
   /** Run several statements at once (migrations). No parameters. */
   exec(sql: string): Promise<void>;
   /**

@@ -1,5 +1,5 @@
 import type { RequestFingerprint } from '../domain/fingerprint';
-import type { Queryable } from './database';
+import type { Database, OpenTransaction, Queryable, Statement } from './database';
 
 /** A finished idempotent request as recorded (SPEC section 4). */
 export interface IdempotencyRecord extends RequestFingerprint {
@@ -37,58 +37,60 @@ function fromRow(row: DbIdempotencyRecord): IdempotencyRecord {
   };
 }
 
+/** How long a transaction holding a key may stay idle, or one statement of it run (SPEC section 4's lock lease). */
+const lease = (seconds: number) => `${seconds}s`;
+
 /**
- * Try to take the key's transaction-scoped advisory lock. False means another transaction (any process) is
- * running a request with this key right now. The lock ends with the transaction, or with its connection if the
- * process dies, so a crashed request never wedges its key.
+ * The claim of a key (idempotency_claim, migration 0012): the key's transaction-scoped advisory lock, so that one
+ * transaction (any process) runs a request with it at a time, and its live record looked up after the lock. The lock
+ * ends with the transaction, or with its connection if the process dies, so a crashed request never wedges its key.
+ * The transaction is bounded by the lease: PostgreSQL notices a dead client only when it next reads from or writes
+ * to it, so a transaction left idle is ended after the lease, and a statement still running for a client that died
+ * (waiting on a lock, say) is cancelled after it, after which the backend finds the client gone and ends.
+ */
+const claimStatement = (key: string, leaseSeconds: number): Statement => ({
+  sql: `select outcome, method, path, body_hash, status_code, response_body, response_headers, request_id, expires_at
+          from idempotency_claim($1::text, $2::text)`,
+  params: [key, lease(leaseSeconds)],
+});
+
+/** Where a keyed request's effect begins in its transaction: an error undoes the effect and keeps its record. */
+const EFFECT_START: Statement = { sql: 'savepoint kiln_effect' };
+const UNDO_EFFECT: Statement = { sql: 'rollback to savepoint kiln_effect' };
+
+/** What claiming a key found: the request runs in `tx`, or another one holds the key, or it has a record. */
+export type KeyClaim = { claimed: OpenTransaction } | { locked: true } | { record: IdempotencyRecord };
+
+/**
+ * Open a keyed request's transaction in one round trip: BEGIN, the key's claim, and the savepoint where its effect
+ * begins. In: the database, the key, the lock lease (s). Out: the open transaction when the request is to run;
+ * `locked` when another transaction holds the key; its live record otherwise (the transaction then is over).
+ * Errors: the database's own (nothing is left open).
+ */
+export async function claimKey(db: Database, key: string, leaseSeconds: number): Promise<KeyClaim> {
+  const { tx, results } = await db.beginWith([claimStatement(key, leaseSeconds), EFFECT_START]);
+  const row = results[0].rows[0] as unknown as DbIdempotencyRecord & { outcome: 'claimed' | 'locked' | 'recorded' };
+  if (row.outcome === 'claimed') return { claimed: tx };
+  await tx.rollback();
+  return row.outcome === 'locked' ? { locked: true } : { record: fromRow({ ...row, key }) };
+}
+
+/**
+ * As claimKey's lock, in a transaction already open (tests hold a key with it). True when the lock was taken (a
+ * record may exist); false when another transaction holds it.
  */
 export async function tryLockKey(tx: Queryable, key: string, leaseSeconds: number): Promise<boolean> {
-  // The same round trip bounds how long the key can be held by a request that will never finish (SPEC section 4's
-  // lock lease). PostgreSQL notices a dead client only when it next reads from or writes to it: a transaction left
-  // idle is ended after the lease (idle_in_transaction_session_timeout), and a statement still running for a client
-  // that died (waiting on a lock, say) is cancelled after the lease (statement_timeout), after which the backend
-  // finds the client gone and ends. Either way the lock, and the key, are free.
-  const { rows } = await tx.query<{ locked: boolean }>(
-    `select set_config('idle_in_transaction_session_timeout', $2::text, true),
-            set_config('statement_timeout', $2::text, true),
-            pg_try_advisory_xact_lock(hashtextextended('kiln.idempotency:' || current_schema() || ':' || $1::text, 0)) as locked`,
-    [key, `${leaseSeconds}s`],
-  );
-  return rows[0].locked;
+  const { sql, params } = claimStatement(key, leaseSeconds);
+  const { rows } = await tx.query<{ outcome: string }>(sql, params);
+  return rows[0].outcome !== 'locked';
 }
 
-/**
- * The live (unexpired) record of a key, if any. Read it in a statement of its own after `tryLockKey`: a
- * statement's snapshot predates its own lock, so reading in the same statement could miss a record committed
- * by the previous holder and run the request twice.
- */
-export async function findRecord(q: Queryable, key: string): Promise<IdempotencyRecord | undefined> {
-  const { rows } = await q.query<DbIdempotencyRecord>(
-    `select key, method, path, body_hash, status_code, response_body, response_headers, request_id, expires_at
-       from idempotency_keys where key = $1::text and expires_at > now()`,
-    [key],
-  );
-  return rows[0] ? fromRow(rows[0]) : undefined;
-}
-
-/** Record a finished request; an expired record of the same key is replaced. Call under the key's lock. */
-export async function insertRecord(
-  q: Queryable,
-  record: Omit<IdempotencyRecord, 'expiresAt'>,
-  ttlSeconds: number,
-): Promise<Date> {
-  const { rows } = await q.query<{ expires_at: Date }>(
-    `insert into idempotency_keys
-       (key, method, path, body_hash, status_code, response_body, response_headers, request_id, expires_at)
-     values ($1::text, $2::text, $3::text, $4::text, $5::int, $6::text, $7::jsonb, $8::text, now() + make_interval(secs => $9::int))
-     on conflict (key) do update set
-       method = excluded.method, path = excluded.path, body_hash = excluded.body_hash,
-       status_code = excluded.status_code, response_body = excluded.response_body,
-       response_headers = excluded.response_headers, request_id = excluded.request_id,
-       created_at = now(), expires_at = excluded.expires_at
-     where idempotency_keys.expires_at <= now()
-     returning expires_at`,
-    [
+/** The statement that records a finished request (idempotency_record: an expired record of the key is replaced). */
+function recordStatement(record: Omit<IdempotencyRecord, 'expiresAt'>, ttlSeconds: number): Statement {
+  return {
+    sql: `select idempotency_record($1::text, $2::text, $3::text, $4::text, $5::int, $6::text, $7::jsonb, $8::text,
+                                    $9::int) as expires_at`,
+    params: [
       record.key,
       record.method,
       record.path,
@@ -99,8 +101,33 @@ export async function insertRecord(
       record.requestId,
       ttlSeconds,
     ],
-  );
-  if (!rows[0]) throw new Error(`idempotency key ${record.key} already has a live record`);
+  };
+}
+
+/**
+ * Record a finished request and commit, in one round trip; an error response (`undo`) first undoes the effect to
+ * the savepoint claimKey set, keeping the transaction and its lock. In: the claimed transaction, the record, its
+ * time to live (s). Out: when the record expires. Errors: KI001 if the key has a live record (not under its lock),
+ * and the database's own; then nothing is committed and the caller rolls back.
+ */
+export async function commitRecord(
+  tx: OpenTransaction,
+  record: Omit<IdempotencyRecord, 'expiresAt'>,
+  ttlSeconds: number,
+  undo: boolean,
+): Promise<Date> {
+  const results = await tx.commitAfter([...(undo ? [UNDO_EFFECT] : []), recordStatement(record, ttlSeconds)]);
+  return results[results.length - 1].rows[0].expires_at as Date;
+}
+
+/** Record a finished request in `q` (tests write old records with it); see commitRecord. */
+export async function insertRecord(
+  q: Queryable,
+  record: Omit<IdempotencyRecord, 'expiresAt'>,
+  ttlSeconds: number,
+): Promise<Date> {
+  const { sql, params } = recordStatement(record, ttlSeconds);
+  const { rows } = await q.query<{ expires_at: Date }>(sql, params);
   return rows[0].expires_at;
 }
 
@@ -112,17 +139,4 @@ export async function purgeExpired(q: Queryable, limit = 1000): Promise<number> 
     [limit],
   );
   return result.rowCount;
-}
-
-/**
- * Mark where a keyed request's effect begins in its transaction, so that an error can undo the effect and still keep
- * the error's record (SPEC section 4). In: the request's open transaction. Out: nothing. Errors: the database's own.
- */
-export async function markEffectStart(tx: Queryable): Promise<void> {
-  await tx.query('savepoint kiln_effect');
-}
-
-/** Undo everything since markEffectStart, keeping the transaction (and the key's lock) open. Errors: the database's. */
-export async function undoEffect(tx: Queryable): Promise<void> {
-  await tx.query('rollback to savepoint kiln_effect');
 }

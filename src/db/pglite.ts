@@ -1,5 +1,12 @@
 import { PGlite } from '@electric-sql/pglite';
-import { type Database, type OpenTransaction, type QueryResult, quoteIdent, runInTransaction } from './database';
+import {
+  type Database,
+  type OpenTransaction,
+  type QueryResult,
+  quoteIdent,
+  runInTransaction,
+  type Statement,
+} from './database';
 import { lockDirectory } from './directory-lock';
 
 /**
@@ -64,7 +71,9 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
     // In the process itself: it is there as long as the process is.
     lastUnavailableAt: () => 0,
     query: (sql, params) => lock.run(() => raw(sql, params)),
-    async begin(): Promise<OpenTransaction> {
+    begin: async () => (await db.beginWith([])).tx,
+    // One connection in this process: round trips cost nothing, so the statements simply run in turn.
+    async beginWith(statements) {
       const release = await lock.acquire();
       let ended = false;
       const finish = async (sql: 'commit' | 'rollback') => {
@@ -89,7 +98,12 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
       const open = () => {
         if (ended) throw new Error('transaction already ended');
       };
-      return {
+      const runAll = async (list: Statement[]) => {
+        const results: QueryResult<Record<string, unknown>>[] = [];
+        for (const { sql, params } of list) results.push(await raw(sql, params));
+        return results;
+      };
+      const tx: OpenTransaction = {
         query: async (sql, params) => {
           open();
           return raw(sql, params);
@@ -99,8 +113,20 @@ export async function openPglite(options: PgliteOptions): Promise<Database> {
           await pglite.exec(sql);
         },
         commit: () => finish('commit'),
+        async commitAfter(list) {
+          open();
+          const results = await runAll(list);
+          await finish('commit');
+          return results;
+        },
         rollback: () => finish('rollback').catch(() => {}),
       };
+      try {
+        return { tx, results: await runAll(statements) };
+      } catch (error) {
+        await tx.rollback();
+        throw error;
+      }
     },
     transaction: (fn) => runInTransaction(() => db.begin(), fn),
     exec: (sql) => lock.run(async () => void (await pglite.exec(sql))),

@@ -7,6 +7,7 @@ import {
   type QueryResult,
   quoteIdent,
   runInTransaction,
+  type Statement,
   translateError,
 } from './database';
 
@@ -117,7 +118,8 @@ function adapter(pool: pg.Pool, listenPool: pg.Pool, backgroundDb?: Database): D
     },
     lastUnavailableAt: () => health.lastUnavailableAt,
     query: (sql, params) => run(pool, health, sql, params),
-    begin: () => openTransaction(pool, health),
+    begin: async () => (await openTransaction(pool, health, [])).tx,
+    beginWith: (statements) => openTransaction(pool, health, statements),
     transaction: (fn) => runInTransaction(() => db.begin(), fn),
     async exec(sql) {
       await run(pool, health, sql);
@@ -134,8 +136,45 @@ function adapter(pool: pg.Pool, listenPool: pg.Pool, backgroundDb?: Database): D
   return db;
 }
 
-/** A transaction on a client of its own, ended by exactly one of commit or rollback (see OpenTransaction). */
-async function openTransaction(pool: pg.Pool, health: Health): Promise<OpenTransaction> {
+/** A parameter written into a statement's text: a quoted, escaped literal (see Database.beginWith). */
+function literal(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (typeof value === 'string') return pg.escapeLiteral(value);
+  if (typeof value === 'number' || typeof value === 'bigint') {
+    if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`cannot write ${value} into SQL`);
+    return `'${value}'`;
+  }
+  if (typeof value === 'boolean') return value ? "'t'" : "'f'";
+  if (value instanceof Date) return `'${value.toISOString()}'`;
+  throw new Error(`cannot write a ${typeof value} parameter into SQL text`);
+}
+
+/** Statements as one simple-protocol text: each one's `$n` replaced by its parameter n as a literal. */
+function script(statements: Statement[]): string {
+  return statements
+    .map(({ sql, params = [] }) =>
+      sql.replace(/\$(\d+)/g, (_, n: string) => {
+        if (Number(n) > params.length) throw new Error(`statement has $${n} but ${params.length} parameters`);
+        return literal(params[Number(n) - 1]);
+      }),
+    )
+    .join(';\n');
+}
+
+/** The results of a simple-protocol text of several statements (node-postgres gives one result for one). */
+function resultsOf(result: pg.QueryResult | pg.QueryResult[]): QueryResult<Record<string, unknown>>[] {
+  return (Array.isArray(result) ? result : [result]).map((r) => ({ rows: r.rows, rowCount: r.rowCount ?? 0 }));
+}
+
+/**
+ * A transaction on a client of its own, ended by exactly one of commit or rollback (see OpenTransaction); BEGIN and
+ * `first` go in one round trip (see Database.beginWith).
+ */
+async function openTransaction(
+  pool: pg.Pool,
+  health: Health,
+  first: Statement[],
+): Promise<{ tx: OpenTransaction; results: QueryResult<Record<string, unknown>>[] }> {
   let client: pg.PoolClient;
   try {
     client = await pool.connect();
@@ -156,21 +195,30 @@ async function openTransaction(pool: pg.Pool, health: Health): Promise<OpenTrans
     client.off('error', onError);
     client.release(broken || lost);
   };
+  let results: QueryResult<Record<string, unknown>>[];
   try {
-    await client.query('begin');
+    results = resultsOf(await client.query(first.length ? script([{ sql: 'begin' }, ...first]) : 'begin')).slice(1);
   } catch (error) {
-    end(true);
+    // A statement after BEGIN failed: the transaction is open and aborted. Roll it back and keep the connection; if
+    // that fails too, the connection is gone.
+    const rolledBack =
+      first.length > 0 &&
+      (await client.query('rollback').then(
+        () => true,
+        () => false,
+      ));
+    end(!rolledBack);
     throw failure(error, health);
   }
   const open = () => {
     if (ended) throw new Error('transaction already ended');
     return client;
   };
-  return {
+  const tx: OpenTransaction = {
     query: async (sql, params) => run(open(), health, sql, params),
     exec: async (sql) => void (await run(open(), health, sql)),
     async commit() {
-      if (ended) throw new Error('transaction already ended');
+      open();
       try {
         await client.query('commit');
         end(false);
@@ -178,6 +226,18 @@ async function openTransaction(pool: pg.Pool, health: Health): Promise<OpenTrans
         end(true);
         throw failure(error, health);
       }
+    },
+    async commitAfter(statements) {
+      let result: pg.QueryResult | pg.QueryResult[];
+      try {
+        result = await open().query(`${script(statements)};\ncommit`);
+      } catch (error) {
+        // A statement failed (the transaction is open and aborted) or COMMIT did (it is over): either way the
+        // caller's rollback ends it, and keeps the connection when it still answers.
+        throw failure(error, health);
+      }
+      end(false);
+      return resultsOf(result).slice(0, statements.length);
     },
     async rollback() {
       if (ended) return;
@@ -189,6 +249,7 @@ async function openTransaction(pool: pg.Pool, health: Health): Promise<OpenTrans
       }
     },
   };
+  return { tx, results };
 }
 
 /**

@@ -3,7 +3,7 @@ import type { OpenTransaction, Queryable } from '../db/database';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { countIdempotency } from '../metrics';
-import { findRecord, markEffectStart, recordResponse, tryLockKey, undoEffect } from '../services/idempotency';
+import { claimKey, commitRecord } from '../services/idempotency';
 import { Tally } from '../services/tally';
 import type { AppDeps } from './app';
 import { ApiError } from './errors';
@@ -28,7 +28,8 @@ declare module 'fastify' {
   }
   interface FastifyContextConfig {
     /**
-     * The handler sends exactly one statement (a credit function). Without an idempotency key it then runs in
+     * The handler writes with exactly one statement (a credit function, build_create), which writes nothing when it
+     * refuses; reads before or after it need no snapshot shared with it. Without an idempotency key it then runs in
      * autocommit — one round trip instead of BEGIN, statement, COMMIT — since one statement is atomic by itself.
      * With a key it still runs in the transaction that records the key.
      */
@@ -285,36 +286,25 @@ async function storedCopy(
 }
 
 /**
- * Open a keyed request's transaction: take its key's lock (held elsewhere → 409 IDEMPOTENCY_KEY_IN_USE), answer
- * the committed record if there is one (the transaction is then over), else mark where the effect begins.
+ * Open a keyed request's transaction, in one round trip (claimKey): take its key's lock (held elsewhere → 409
+ * IDEMPOTENCY_KEY_IN_USE), answer the committed record if there is one (the transaction is then over), else mark
+ * where the effect begins.
  */
 async function openKeyedTransaction(
   deps: AppDeps,
   request: KeyedRequest,
 ): Promise<{ tx: OpenTransaction } | { record: CachedRecord }> {
   const { key } = request.idempotency;
-  const tx = await deps.db.begin();
-  try {
-    if (!(await tryLockKey(tx, key, deps.config.idempotencyLockS))) {
-      countIdempotency('key_in_use');
-      throw new ApiError(
-        'IDEMPOTENCY_KEY_IN_USE',
-        `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,
-        { key },
-        { 'retry-after': IN_USE_RETRY_AFTER_S },
-      );
-    }
-    const record = await findRecord(tx, key);
-    if (record) {
-      await tx.rollback();
-      return { record };
-    }
-    await markEffectStart(tx);
-    return { tx };
-  } catch (error) {
-    await tx.rollback();
-    throw error;
-  }
+  const claim = await claimKey(deps.db, key, deps.config.idempotencyLockS);
+  if ('claimed' in claim) return { tx: claim.claimed };
+  if ('record' in claim) return { record: claim.record };
+  countIdempotency('key_in_use');
+  throw new ApiError(
+    'IDEMPOTENCY_KEY_IN_USE',
+    `A request with this Idempotency-Key is still running; retry after ${IN_USE_RETRY_AFTER_S} s to get its result.`,
+    { key },
+    { 'retry-after': IN_USE_RETRY_AFTER_S },
+  );
 }
 
 /** Commit (or roll back) the request's transaction, with its record when it has a key; the payload goes out unchanged. */
@@ -334,15 +324,13 @@ async function finish(
       } else await tx.rollback();
       return payload;
     }
-    // An error keeps its record (when recordable) but never its effect.
-    if (status >= 400) await undoEffect(tx);
     if (!isRecordable(status, status >= 400 ? errorCodeOf(payload) : undefined)) {
       await tx.rollback();
       return payload;
     }
+    // The record and COMMIT in one round trip; an error keeps its record but never its effect.
     const record = recordOf(request as KeyedRequest, reply, payload);
-    const expiresAt = await recordResponse(tx, record, deps.config.idempotencyTtlS);
-    await tx.commit();
+    const expiresAt = await commitRecord(tx, record, deps.config.idempotencyTtlS, status >= 400);
     if (status < 400) runAfterCommit(request);
     keepCopy(deps, request, record, expiresAt);
     return payload;

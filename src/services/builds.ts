@@ -3,23 +3,23 @@ import {
   type BuildEvent,
   type BuildReader,
   type DbBuild,
-  findActiveBuild,
   findBuild,
-  insertBuild,
   listBuilds,
   listEvents,
+  type QueuedBuild,
+  queueBuild,
   toBuild,
   transitionBuild,
   typicalDurationSeconds,
 } from '../db/builds';
 import { type Queryable, sqlState } from '../db/database';
-import { findProject, findProjects } from '../db/projects';
+import { findProjects } from '../db/projects';
 import { creditsForDuration } from '../domain/build-pricing';
 import { type BuildState, canTransition, etaSeconds, validNextStates } from '../domain/build-states';
 import { ApiError, type ErrorCode } from '../domain/errors';
 import type { CreditPackage } from '../domain/recommendation';
 import { type CreditLog, holdForStart, type Settlement, settleBuildCredits } from './build-credits';
-import { type Caller, newReservationId, reserveCredits } from './credits';
+import { actorOf, type Caller, insufficient, newReservationId } from './credits';
 import { estimate } from './estimate';
 import { randomToken } from './ids';
 
@@ -86,12 +86,6 @@ export interface BuildContext {
  * when the user's credits are short; either way the caller's transaction rolls back and nothing remains.
  */
 export async function createBuild(q: Queryable, input: CreateBuildInput, context: BuildContext): Promise<DbBuild> {
-  const project = await findProject(q, input.projectId);
-  if (!project) {
-    throw new ApiError('PROJECT_NOT_FOUND', `No project ${input.projectId}; create it with POST /v1/projects first.`, {
-      projectId: input.projectId,
-    });
-  }
   const operation = typeof input.metadata?.operation === 'string' ? input.metadata.operation : 'build';
   // Every build holds at least one credit: a build that holds nothing could run for a user who has nothing.
   const amount = Math.max(
@@ -100,23 +94,24 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
       (
         await estimate(
           q,
-          { operation, projectId: project.id },
+          { operation, projectId: input.projectId },
           { defaultCredits: context.defaultEstimateCredits, packages: context.packages },
         )
       ).estimatedCredits,
   );
   const id = input.id ?? newBuildId();
-  const reservationId = newReservationId();
-  let build: DbBuild | undefined;
+  let queued: QueuedBuild;
   try {
-    build = await insertBuild(q, {
+    queued = await queueBuild(q, {
       id,
-      reservationId,
-      projectId: project.id,
+      reservationId: newReservationId(),
+      projectId: input.projectId,
       userId: input.userId,
-      exclusive: !project.allowConcurrentBuilds,
       estimatedCredits: amount,
       metadata: input.metadata ?? {},
+      holdTtlS: context.reservationTtlS,
+      holdReason: `hold for build ${id}`,
+      ...actorOf(context.actor ?? {}),
     });
   } catch (error) {
     if (sqlState(error) === '23505') {
@@ -130,23 +125,28 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
     }
     throw error;
   }
-  if (!build) {
-    const active = await findActiveBuild(q, project.id);
-    if (!active) throw new Error(`insert of a build for ${project.id} conflicted, but no active build was found`);
-    throw await alreadyRunning(q, active);
+  const tally = context.actor?.tally;
+  switch (queued.outcome) {
+    case 'no_project':
+      throw new ApiError(
+        'PROJECT_NOT_FOUND',
+        `No project ${input.projectId}; create it with POST /v1/projects first.`,
+        {
+          projectId: input.projectId,
+        },
+      );
+    case 'busy':
+      if (!queued.active)
+        throw new Error(`insert of a build for ${input.projectId} conflicted, but no active build was found`);
+      throw await alreadyRunning(q, queued.active);
+    case 'insufficient':
+      throw insufficient(input.userId, amount, queued.available, context.packages);
+    default:
+      tally?.credit('expire', queued.expired);
+      tally?.credit('reserve', amount);
+      tally?.transition(null, queued.build);
+      return queued.build;
   }
-  await reserveCredits(q, {
-    ...context.actor,
-    reservationId,
-    userId: input.userId,
-    amount,
-    buildId: id,
-    ttlS: context.reservationTtlS,
-    packages: context.packages,
-    reason: `hold for build ${id}`,
-  });
-  context.actor?.tally?.transition(null, build);
-  return build;
 }
 
 /** Most builds one batch may queue. */

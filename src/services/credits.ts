@@ -50,7 +50,7 @@ export function internalActor(kind: string): Actor {
   return { requestId: id, correlationId: id };
 }
 
-function actorOf(input: Caller): Actor {
+export function actorOf(input: Caller): Actor {
   const fallback = internalActor('internal');
   return {
     requestId: input.requestId ?? fallback.requestId,
@@ -86,6 +86,17 @@ export interface ReserveInput extends Caller {
   packages?: readonly CreditPackage[];
 }
 
+/** 402 INSUFFICIENT_CREDITS: `userId` needs `amount` and has `available`; says which package covers the shortfall. */
+export function insufficient(
+  userId: string,
+  amount: number,
+  available: number,
+  packages: readonly CreditPackage[] = DEFAULT_CREDIT_PACKAGES,
+): ApiError {
+  const { message, data } = insufficientCredits(amount, available, packages);
+  return new ApiError('INSUFFICIENT_CREDITS', message, { userId, ...data });
+}
+
 /** Hold `amount` credits; 402 INSUFFICIENT_CREDITS (with what to buy) when the user's available credits are short. */
 export async function reserveCredits(
   q: Queryable,
@@ -107,8 +118,7 @@ export async function reserveCredits(
   const available = result.balance - result.reserved;
   input.tally?.credit('expire', result.expired);
   if (result.outcome === 'insufficient') {
-    const { message, data } = insufficientCredits(input.amount, available, input.packages ?? DEFAULT_CREDIT_PACKAGES);
-    throw new ApiError('INSUFFICIENT_CREDITS', message, { userId: input.userId, ...data });
+    throw insufficient(input.userId, input.amount, available, input.packages ?? DEFAULT_CREDIT_PACKAGES);
   }
   input.tally?.credit('reserve', input.amount);
   return { reservationId, expiresAt: result.expiresAt as string, reserved: input.amount, available };

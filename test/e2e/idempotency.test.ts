@@ -18,28 +18,25 @@ describe('idempotency across processes and crashes', () => {
   const start = () => shared.start();
   const client = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
 
-  /** How many projects an owner has, read straight from the database (the process must be stopped in embedded mode). */
-  async function countProjects(ownerId: string): Promise<number> {
+  /** A count read straight from the database (the processes must be stopped in embedded mode). */
+  async function count(sql: string, param: string): Promise<number> {
     const db = DATABASE_URL
       ? openPostgres({ url: DATABASE_URL, schema: shared.env.DATABASE_SCHEMA, max: 1 })
       : await openPglite({ dataDir: join(shared.env.DATA_DIR, 'pgdata'), schema: 'public' });
     try {
-      const { rows } = await db.query<{ n: number }>(
-        'select count(*)::int as n from projects where owner_id = $1::text',
-        [ownerId],
-      );
+      const { rows } = await db.query<{ n: number }>(`select count(*)::int as n from ${sql}`, [param]);
       return rows[0].n;
     } finally {
       await db.close();
     }
   }
+  const countProjects = (ownerId: string) => count('projects where owner_id = $1::text', ownerId);
 
-  it(`200 concurrent identical creates with one key over ${DATABASE_URL ? 'three processes' : 'one process'} make one project`, async () => {
-    const processes = DATABASE_URL ? await Promise.all([start(), start(), start()]) : [await start()];
-    const body = { ownerId: 'owner_storm', name: 'Storm', settings: { region: 'eu' } };
+  /** `n` identical requests with one key, spread over the processes, all at once: one ran, the rest replay or 409. */
+  async function storm(processes: KilnProcess[], path: string, body: object, key: string, n = 200) {
     const responses = await Promise.all(
-      Array.from({ length: 200 }, (_, i) =>
-        client(processes[i % processes.length])('POST', '/v1/projects', body, { 'idempotency-key': 'storm-key' }),
+      Array.from({ length: n }, (_, i) =>
+        client(processes[i % processes.length])('POST', path, body, { 'idempotency-key': key }),
       ),
     );
     const statuses = responses.map((r) => r.status);
@@ -53,11 +50,36 @@ describe('idempotency across processes and crashes', () => {
       expect(busy.headers.get('retry-after')).toBe('1');
     }
     // Every client that retries now gets the one answer.
-    const retry = await client(processes[0])('POST', '/v1/projects', body, { 'idempotency-key': 'storm-key' });
+    const retry = await client(processes[0])('POST', path, body, { 'idempotency-key': key });
     expect(retry.text).toBe(successes[0].text);
+    return successes[0];
+  }
+
+  it(`200 concurrent identical creates with one key over ${DATABASE_URL ? 'three processes' : 'one process'} make one project, then one build and one hold`, async () => {
+    const processes = DATABASE_URL ? await Promise.all([start(), start(), start()]) : [await start()];
+    const project = await storm(
+      processes,
+      '/v1/projects',
+      { ownerId: 'owner_storm', name: 'Storm', settings: { region: 'eu' } },
+      'storm-key',
+    );
+    const projectId = (project.body as { id: string }).id;
+    const grant = { userId: 'u_storm', credits: 100, reason: 'storm', source: 'test' };
+    expect((await client(processes[0])('POST', '/v1/credits/grant', grant)).status).toBe(200);
+    // The keyed path of a build (claim, build_create, record and commit) under the same storm.
+    const build = await storm(
+      processes,
+      '/v1/builds',
+      { projectId, userId: 'u_storm', estimatedCredits: 7 },
+      'storm-build-key',
+    );
+    expect(build.body).toMatchObject({ projectId, state: 'queued', estimatedCredits: 7 });
     await Promise.all(processes.map((p) => p.stop()));
     expect(await countProjects('owner_storm')).toBe(1);
-  });
+    expect(await count('builds where project_id = $1::text', projectId)).toBe(1);
+    expect(await count("credit_reservations where user_id = $1::text and state = 'active'", 'u_storm')).toBe(1);
+    expect(await count('credit_accounts where user_id = $1::text and reserved = 7', 'u_storm')).toBe(1);
+  }, 90_000);
 
   it('a process killed after answering: the retry elsewhere replays the committed answer, from PostgreSQL', async () => {
     const a = await start();

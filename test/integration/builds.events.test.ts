@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { appendEvent, insertBuild, listEvents, transitionBuild } from '../../src/db/builds';
+import { appendEvent, listEvents, queueBuild, transitionBuild } from '../../src/db/builds';
 import { openTestDatabase, type TestDatabase } from '../helpers/db';
 import { DATABASE_URL } from '../helpers/env';
 
@@ -9,20 +9,26 @@ describe('build events after the end', () => {
   let n = 0;
   beforeAll(async () => {
     t = await openTestDatabase();
-    await t.db.query("insert into projects (id, owner_id, name) values ('p_ev', 'o', 'n')");
+    await t.db.query(
+      "insert into projects (id, owner_id, name, allow_concurrent_builds) values ('p_ev', 'o', 'n', true)",
+    );
+    await t.db.query("select credit_grant('u_ev', 1000000, null, 'test', 'test', 'test', 'test')");
   });
   afterAll(() => t.cleanup());
 
   const newBuild = async () => {
     const id = `b_ev_${++n}`;
-    await insertBuild(t.db, {
+    await queueBuild(t.db, {
       id,
-      reservationId: null,
+      reservationId: `r_${id}`,
       projectId: 'p_ev',
       userId: 'u_ev',
-      exclusive: false,
       estimatedCredits: 1,
       metadata: {},
+      holdTtlS: 600,
+      holdReason: 'test',
+      requestId: 'req',
+      correlationId: 'corr',
     });
     return id;
   };

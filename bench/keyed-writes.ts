@@ -1,0 +1,181 @@
+// Keyed writes (SPEC section 8, first row; issue 18), Kiln on PostgreSQL + Redis, same run, alternating slices:
+// - keyed POST /v1/builds with everything on (signature, nonce, rate limits checked, Idempotency-Key, hold, first
+//   event, wake-up) vs the bare composite most idempotency middlewares are (one Redis SET NX + one credit_reserve());
+// - keyed POST /v1/credits/reserve, commit and release vs a bare route doing one SET NX + the same SQL once;
+// - p95 of keyed builds and keyed reserves at a fixed 500 req/s, against the bare routes at the same rate.
+// Load spread over many users, and one project per build, so no row lock is shared. `npx tsx bench/run.ts keyed-writes`.
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import {
+  compare,
+  comparePaced,
+  cycling,
+  DATABASE_URL,
+  deleteRedisKeys,
+  formatTable,
+  machine,
+  presignedPosts,
+  REDIS_URL,
+  realServicesEnv,
+  startBaseline,
+  startKiln,
+  writeSection,
+} from './lib';
+
+/** Users the load is spread over (each credit operation locks its user's account row). */
+const USERS = 200;
+/** A limit per minute no run reaches: the limits are checked (a store round trip) but never refuse. */
+const UNREACHED_LIMIT = '10000000';
+
+const key = () => `bench-${randomBytes(12).toString('base64url')}`;
+
+export async function benchKeyedWrites(): Promise<void> {
+  const schema = `bench_keyed_${Date.now().toString(36)}`;
+  const durationS = Number(process.env.BENCH_DURATION_S ?? 8);
+  const rate = Number(process.env.BENCH_RATE ?? 500);
+  const env = {
+    ...realServicesEnv(DATABASE_URL, REDIS_URL, schema),
+    RATE_LIMIT_IP_PER_MIN: UNREACHED_LIMIT,
+    RATE_LIMIT_USER_PER_MIN: UNREACHED_LIMIT,
+  };
+  const kiln = await startKiln(env);
+  const admin = new pg.Client({ connectionString: DATABASE_URL, options: `-c search_path="${schema}"` });
+  await admin.connect();
+  const baseline = await startBaseline('bench/baseline-keyed.ts', {
+    DATABASE_URL,
+    DATABASE_SCHEMA: schema,
+    REDIS_URL,
+    REDIS_PREFIX: `${schema}:`,
+    BENCH_USERS: String(USERS),
+  });
+  const url = kiln.url;
+  const base = baseline.url;
+  try {
+    // Enough of everything that no request repeats a nonce, a key, a project or a hold (a closed loop of builds
+    // runs at a few hundred a second, credits at one or two thousand; then the paced runs and the warm-ups).
+    const builds = durationS * 2_500 + rate * durationS + 2_000;
+    const credits = durationS * 6_000 + rate * durationS + 4_000;
+    await admin.query(
+      `select credit_grant(u || (g % $1::int), 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
+         from generate_series(0, $1::int - 1) g, unnest(array['bench_user_', 'bench_base_']) u`,
+      [USERS],
+    );
+    await admin.query(
+      `insert into projects (id, owner_id, name) select 'bench_p_' || g, 'bench', 'Bench ' || g
+         from generate_series(0, $1::int - 1) g`,
+      [builds],
+    );
+    for (const [prefix, user] of [
+      ['kiln_c_', 'bench_user_'],
+      ['kiln_r_', 'bench_user_'],
+      ['base_c_', 'bench_base_'],
+      ['base_r_', 'bench_base_'],
+    ]) {
+      await admin.query(
+        `select credit_reserve($1::text || g, $2::text || (g % $4::int), 10::bigint, null::text, 7200, 'setup', 'setup', 'bench')
+           from generate_series(0, $3::int - 1) g`,
+        [prefix, user, credits, USERS],
+      );
+    }
+    await admin.query('vacuum analyze');
+
+    const buildPool = presignedPosts(
+      '/v1/builds',
+      builds,
+      (i) => JSON.stringify({ projectId: `bench_p_${i}`, userId: `bench_user_${i % USERS}`, estimatedCredits: 10 }),
+      key,
+    );
+    const reservePool = presignedPosts(
+      '/v1/credits/reserve',
+      credits,
+      (i) => JSON.stringify({ userId: `bench_user_${i % USERS}`, estimatedCredits: 10 }),
+      key,
+    );
+    const commitPool = presignedPosts(
+      '/v1/credits/commit',
+      credits,
+      (i) => JSON.stringify({ reservationId: `kiln_c_${i}`, actualCredits: 5 }),
+      key,
+    );
+    const releasePool = presignedPosts(
+      '/v1/credits/release',
+      credits,
+      (i) => JSON.stringify({ reservationId: `kiln_r_${i}`, reason: 'bench' }),
+      key,
+    );
+    // One cursor per pool across warm-up and runs (a nonce and a key are used once); the baseline is sent the same
+    // bytes (it reads the key, ignores the rest), so the load generator spends the same on both sides.
+    const kilnBuilds = cycling(buildPool);
+    const baseBuilds = cycling(buildPool, '/builds');
+    const kilnReserves = cycling(reservePool);
+    const baseReserves = cycling(reservePool, '/reserve');
+    const warm = { durationS: 2 };
+    await compare(
+      { name: 'warm-up', url: `${base}/builds`, setupRequest: baseBuilds, ...warm },
+      { name: 'warm-up', url, setupRequest: kilnBuilds, ...warm },
+    );
+    const pairs = [
+      await compare(
+        { name: 'bare: SET NX + credit_reserve() (the composite)', url: `${base}/builds`, setupRequest: baseBuilds },
+        { name: 'Kiln keyed POST /v1/builds (everything on)', url, setupRequest: kilnBuilds },
+      ),
+      await compare(
+        { name: 'bare: SET NX + credit_reserve()', url: `${base}/reserve`, setupRequest: baseReserves },
+        { name: 'Kiln keyed POST /v1/credits/reserve', url, setupRequest: kilnReserves },
+      ),
+      await compare(
+        {
+          name: 'bare: SET NX + credit_resolve(commit)',
+          url: `${base}/commit`,
+          setupRequest: cycling(commitPool, '/commit'),
+        },
+        { name: 'Kiln keyed POST /v1/credits/commit', url, setupRequest: cycling(commitPool) },
+      ),
+      await compare(
+        {
+          name: 'bare: SET NX + credit_resolve(release)',
+          url: `${base}/release`,
+          setupRequest: cycling(releasePool, '/release'),
+        },
+        { name: 'Kiln keyed POST /v1/credits/release', url, setupRequest: cycling(releasePool) },
+      ),
+    ];
+    const pacedPairs = [
+      await comparePaced(
+        { name: `bare composite at ${rate} req/s`, url: `${base}/builds`, rate, next: baseBuilds },
+        { name: `Kiln keyed POST /v1/builds at ${rate} req/s`, url, rate, next: kilnBuilds },
+      ),
+      await comparePaced(
+        { name: `bare SET NX + reserve at ${rate} req/s`, url: `${base}/reserve`, rate, next: baseReserves },
+        { name: `Kiln keyed reserve at ${rate} req/s`, url, rate, next: kilnReserves },
+      ),
+    ];
+    const tables = [...pairs, ...pacedPairs].map(([b, k]) => formatTable([b, k], b));
+    const ratio = ([b, k]: (typeof pairs)[number]) => `${((k.requestsPerSec / b.requestsPerSec) * 100).toFixed(1)} %`;
+    const { rows: dup } = await admin.query<{ builds: string; holds: string; unbalanced: string }>(
+      `select (select count(*) from builds) as builds,
+              (select count(*) from credit_reservations where build_id is not null) as holds,
+              (select count(*) from credit_accounts a
+                where a.balance <> (select coalesce(sum(amount), 0) from credit_ledger l where l.user_id = a.user_id))
+                as unbalanced`,
+    );
+    const summary = [
+      `Kiln / bare throughput: builds ${ratio(pairs[0])}, reserve ${ratio(pairs[1])}, commit ${ratio(pairs[2])}, release ${ratio(pairs[3])} (target ≥ 80 %)`,
+      `p95 at ${rate} req/s: builds ${pacedPairs[0][1].p95} ms (target ≤ 10; bare ${pacedPairs[0][0].p95}), reserve ${pacedPairs[1][1].p95} ms (target ≤ 5; bare ${pacedPairs[1][0].p95})`,
+      `afterwards: ${dup[0].builds} builds, ${dup[0].holds} build holds (one each), ${dup[0].unbalanced} accounts whose balance differs from the ledger`,
+    ];
+    process.stdout.write(`\n${tables.join('\n\n')}\n\n${summary.join('\n')}\n`);
+    await writeSection(
+      'keyed-writes',
+      `## Keyed writes: exactly once vs a cache check (SPEC section 8, first row)\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis with everything on (signature and nonce, both rate limits checked at a limit no run reaches, an Idempotency-Key per request, the record committed with the effect, the store's copy, the wake-up); 20 connections, ${durationS} s a side in alternating quarters; ${USERS} users, one project per build (no row lock shared); every request signed before the run. The baseline (bench/baseline-keyed.ts) is sent the same requests: one Redis \`SET NX\` on the key, then the same credit function once (for builds: \`credit_reserve\`, the hold a build takes) — a cache check and an effect, not atomic. The ${rate} req/s rows are an open loop, requests evenly spaced, latency from each request's slot.\n\n${tables.join('\n\n')}\n\n${summary.map((s) => `- ${s}.`).join('\n')}\n`,
+    );
+  } finally {
+    await kiln.stop();
+    await baseline.stop();
+    await admin.query(`drop schema if exists "${schema}" cascade`);
+    await admin.end();
+    await deleteRedisKeys(REDIS_URL, `${schema}:`);
+  }
+}
+
+if (process.argv[1]?.endsWith('keyed-writes.ts')) await benchKeyedWrites();
