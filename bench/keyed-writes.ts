@@ -26,6 +26,9 @@ import {
 const USERS = 200;
 /** A limit per minute no run reaches: the limits are checked (a store round trip) but never refuse. */
 const UNREACHED_LIMIT = '10000000';
+/** More requests a second than any side of a closed loop has served here (the pools are sized by it). */
+const CLOSED_LOOP_MAX = 6_000;
+const WARM_S = 2;
 
 const key = () => `bench-${randomBytes(12).toString('base64url')}`;
 
@@ -51,10 +54,13 @@ export async function benchKeyedWrites(): Promise<void> {
   const url = kiln.url;
   const base = baseline.url;
   try {
-    // Enough of everything that no request repeats a nonce, a key, a project or a hold (a closed loop of builds
-    // runs at a few hundred a second, credits at one or two thousand; then the paced runs and the warm-ups).
-    const builds = durationS * 2_500 + rate * durationS + 2_000;
-    const credits = durationS * 6_000 + rate * durationS + 4_000;
+    // Enough of everything that no request repeats a nonce, a key, a project or a hold, on either side: a closed loop
+    // of the bare routes runs at up to a few thousand a second here, and a pool's cursor (one per side) runs through
+    // the warm-up, the run and the paced run. A side that ran out would repeat keys and get fast 409s, which is why
+    // any non-2xx in a run marks the comparison invalid below.
+    const perSide = (WARM_S + durationS) * CLOSED_LOOP_MAX + rate * durationS + 2_000;
+    const builds = perSide;
+    const credits = perSide;
     await admin.query(
       `select credit_grant(u || (g % $1::int), 1000000000000::bigint, null, 'bench', 'bench', 'setup', 'setup')
          from generate_series(0, $1::int - 1) g, unnest(array['bench_user_', 'bench_base_']) u`,
@@ -109,7 +115,7 @@ export async function benchKeyedWrites(): Promise<void> {
     const baseBuilds = cycling(buildPool, '/builds');
     const kilnReserves = cycling(reservePool);
     const baseReserves = cycling(reservePool, '/reserve');
-    const warm = { durationS: 2 };
+    const warm = { durationS: WARM_S };
     await compare(
       { name: 'warm-up', url: `${base}/builds`, setupRequest: baseBuilds, ...warm },
       { name: 'warm-up', url, setupRequest: kilnBuilds, ...warm },
@@ -159,7 +165,13 @@ export async function benchKeyedWrites(): Promise<void> {
                 where a.balance <> (select coalesce(sum(amount), 0) from credit_ledger l where l.user_id = a.user_id))
                 as unbalanced`,
     );
+    // A side that answered anything but 2xx (a repeated key, a refusal) did less work than the other: say so.
+    const invalid = [...pairs, ...pacedPairs]
+      .flat()
+      .filter((r) => r.non2xx > 0 || r.errors > 0)
+      .map((r) => `${r.name}: ${r.non2xx} non-2xx, ${r.errors} errors`);
     const summary = [
+      ...(invalid.length ? [`INVALID RUN — not every request succeeded (${invalid.join('; ')})`] : []),
       `Kiln / bare throughput: builds ${ratio(pairs[0])}, reserve ${ratio(pairs[1])}, commit ${ratio(pairs[2])}, release ${ratio(pairs[3])} (target ≥ 80 %)`,
       `p95 at ${rate} req/s: builds ${pacedPairs[0][1].p95} ms (target ≤ 10; bare ${pacedPairs[0][0].p95}), reserve ${pacedPairs[1][1].p95} ms (target ≤ 5; bare ${pacedPairs[1][0].p95})`,
       `afterwards: ${dup[0].builds} builds, ${dup[0].holds} build holds (one each), ${dup[0].unbalanced} accounts whose balance differs from the ledger`,

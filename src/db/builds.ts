@@ -121,6 +121,28 @@ export interface NewBuild {
   correlationId: string;
 }
 
+/** The row build_create writes for `build`, created at `createdAt`: queued, nothing else known yet. Pure. */
+export function queuedRow(build: NewBuild, createdAt: Date): DbBuild {
+  return {
+    id: build.id,
+    project_id: build.projectId,
+    user_id: build.userId,
+    state: 'queued',
+    previous_state: null,
+    estimated_credits: build.estimatedCredits,
+    actual_credits: null,
+    reservation_id: build.reservationId,
+    preview_url: null,
+    error: null,
+    reason: null,
+    metadata: build.metadata,
+    created_at: createdAt,
+    started_at: null,
+    finished_at: null,
+    lease_owner: null,
+  };
+}
+
 /** What queueBuild did: see build_create (migration 0012). */
 export type QueuedBuild =
   | { outcome: 'created'; build: DbBuild; available: number; expired: number }

@@ -116,16 +116,22 @@ export interface ReserveOutcome extends Expired {
   reserved: number;
 }
 
+/** A hold to take: its id, the user, the credits, the build it is for, how long it lasts (s), the ledger's reason. */
+export interface NewReservation {
+  id: string;
+  userId: string;
+  amount: number;
+  buildId: string | null;
+  ttlS: number;
+  reason: string;
+}
+
 /**
  * One call of credit_reserve: hold `amount` for `ttlS` under the given id, with its ledger entry. In: the hold and who
  * asked. Out: 'ok' with the expiry, or 'insufficient' (nothing written), with balance and reserved. Errors: KC001 for
  * an amount or TTL <= 0, and the database's own.
  */
-export async function insertReservation(
-  q: Queryable,
-  input: { id: string; userId: string; amount: number; buildId: string | null; ttlS: number; reason: string },
-  actor: Actor,
-): Promise<ReserveOutcome> {
+export async function insertReservation(q: Queryable, input: NewReservation, actor: Actor): Promise<ReserveOutcome> {
   const { rows } = await q.query<{
     outcome: 'ok' | 'insufficient';
     expires_at: unknown;
@@ -167,21 +173,20 @@ export interface ResolveOutcome extends Expired {
   userId: string | null;
 }
 
+/** A hold's resolution: commit `actual` (the rest refunded) or release it all; the build it must belong to, if any. */
+export interface Resolution {
+  reservationId: string;
+  action: 'commit' | 'release';
+  actual: number | null;
+  buildId: string | null;
+  reason: string;
+}
+
 /**
  * Commit (charge `actual`, refund the rest) or release (refund all) a hold, once. The hold of a queued or building
  * build is refused (held_by_build, with that build's id and state): the build's own end settles it.
  */
-export async function resolveReservation(
-  q: Queryable,
-  input: {
-    reservationId: string;
-    action: 'commit' | 'release';
-    actual: number | null;
-    buildId: string | null;
-    reason: string;
-  },
-  actor: Actor,
-): Promise<ResolveOutcome> {
+export async function resolveReservation(q: Queryable, input: Resolution, actor: Actor): Promise<ResolveOutcome> {
   const { rows } = await q.query<Record<string, unknown>>(
     `select outcome, state, amount, charged, available, build_id, user_id, expired
        from credit_resolve($1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text)`,

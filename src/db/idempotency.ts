@@ -1,5 +1,7 @@
 import type { RequestFingerprint } from '../domain/fingerprint';
-import type { Database, OpenTransaction, Queryable, Statement } from './database';
+import type { NewBuild } from './builds';
+import type { Actor, NewReservation, Resolution } from './credits';
+import { type Database, type OpenTransaction, type Queryable, type Statement, sqlState } from './database';
 
 /** A finished idempotent request as recorded (SPEC section 4). */
 export interface IdempotencyRecord extends RequestFingerprint {
@@ -139,4 +141,72 @@ export async function purgeExpired(q: Queryable, limit = 1000): Promise<number> 
     [limit],
   );
   return result.rowCount;
+}
+
+/**
+ * A keyed write idempotency_once (migration 0013) runs whole, with its effect function's input as the other functions
+ * of this layer take it: a hold (credit_reserve), a commit or release of one (credit_resolve), or a queued build with
+ * its hold (build_create).
+ */
+export type OnceEffect =
+  | { op: 'reserve'; args: NewReservation & Actor }
+  | { op: 'resolve'; args: Resolution & Actor }
+  | { op: 'build'; args: NewBuild };
+
+/** What idempotency_once did: answered (the body as recorded, with the effect's row), or declined (nothing done). */
+export type OnceOutcome =
+  | { sent: { body: string; expiresAt: Date; result: Record<string, unknown> } }
+  | { declined: string };
+
+/**
+ * The SQL states with which idempotency_once declines, leaving nothing: the key is held (KI409) or recorded (KI200),
+ * the effect refused (KI300: a busy project, short credits, a hold not active…), or raised a refusal of its own (KB402:
+ * short credits for a build; 23505: a build id taken).
+ */
+const DECLINED = new Set(['KI409', 'KI200', 'KI300', 'KB402', '23505']);
+
+/**
+ * Claim a key, apply its effect, record the response and commit, in one statement (autocommit) and one round trip.
+ * In: the database; the record, whose body is the response serialized with `"@<mark>:<figure>@"` for each figure only
+ * the effect knows (see migration 0013); its TTL (s); the lock lease (s); the mark; the effect. Out: the body as
+ * recorded (figures written in), when the record expires, and the effect's row; or `declined` with the SQL state,
+ * when nothing was done and the request is to run the general way (claimKey, the effect, commitRecord), which tells
+ * each case apart. Errors: the database's own (nothing is written).
+ */
+export async function runOnce(
+  db: Queryable,
+  record: Omit<IdempotencyRecord, 'expiresAt'>,
+  ttlSeconds: number,
+  leaseSeconds: number,
+  mark: string,
+  effect: OnceEffect,
+): Promise<OnceOutcome> {
+  try {
+    const { rows } = await db.query<{ body: string; expires_at: Date; result: Record<string, unknown> }>(
+      `select body, expires_at, result
+         from idempotency_once($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, $8::int,
+                               $9::jsonb, $10::text, $11::text, $12::text, $13::jsonb)`,
+      [
+        record.key,
+        lease(leaseSeconds),
+        record.method,
+        record.path,
+        record.bodyHash,
+        record.requestId,
+        ttlSeconds,
+        record.statusCode,
+        JSON.stringify(record.responseHeaders),
+        record.responseBody,
+        mark,
+        effect.op,
+        JSON.stringify(effect.args),
+      ],
+    );
+    const row = rows[0];
+    return { sent: { body: row.body, expiresAt: row.expires_at, result: row.result } };
+  } catch (error) {
+    const state = sqlState(error);
+    if (state && DECLINED.has(state)) return { declined: state };
+    throw error;
+  }
 }

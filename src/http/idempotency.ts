@@ -1,12 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { OpenTransaction, Queryable } from '../db/database';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { countIdempotency } from '../metrics';
-import { claimKey, commitRecord } from '../services/idempotency';
+import { claimKey, commitRecord, type OnceWrite, runOnce } from '../services/idempotency';
 import { Tally } from '../services/tally';
 import type { AppDeps } from './app';
-import { ApiError } from './errors';
+import { ApiError, envelope } from './errors';
 import { type CachedRecord, decodeCopy, encodeCopy, RAW_BODY_COPY_MAX } from './idempotency-copy';
 import type { KeyRead } from './idempotency-key';
 
@@ -18,7 +19,7 @@ declare module 'fastify' {
      */
     tx?: OpenTransaction;
     /** The request's key; its fingerprint once computed (see fingerprintOf: a replay may not need it). */
-    idempotency?: { key: string; fingerprint?: RequestFingerprint };
+    idempotency?: KeyState;
     /** Work to do once the request's transaction has committed (wake-ups); dropped if it rolls back. */
     afterCommit?: (() => void)[];
     /** For a single-statement route called without a key: the database itself, no transaction around it. */
@@ -34,11 +35,27 @@ declare module 'fastify' {
      * With a key it still runs in the transaction that records the key.
      */
     singleStatement?: boolean;
+    /**
+     * The handler runs a keyed request's write as one statement with its record when it can (sendOnce): its key is
+     * then not claimed before the handler, and a write that succeeds takes one round trip in all. A handler of such
+     * a route calls sendOnce before anything else that writes.
+     */
+    once?: boolean;
   }
 }
 
+/** What the idempotency layer knows of a keyed request. */
+interface KeyState {
+  key: string;
+  fingerprint?: RequestFingerprint;
+  /** A route with `once`: the key is not claimed yet; sendOnce (or, if the handler never gets there, onSend) will. */
+  deferred?: boolean;
+  /** What sendOnce recorded and committed: kept in the store and counted once the response is on its way. */
+  sent?: { record: CachedRecord; expiresAt: Date };
+}
+
 /** A mutating request whose Idempotency-Key has been read. */
-type KeyedRequest = FastifyRequest & { idempotency: { key: string; fingerprint?: RequestFingerprint } };
+type KeyedRequest = FastifyRequest & { idempotency: KeyState };
 
 const MUTATING = new Set(['POST', 'PUT', 'PATCH']);
 /** Response headers a replay repeats (the rest are per-response: ids, timing). */
@@ -162,8 +179,11 @@ function recordableBody(payload: unknown): string {
   throw new Error('a response to a request with an Idempotency-Key must be text or empty to be recorded');
 }
 
-/** Answer with the recorded response, or 422 when the key was first used for a different request. */
-function replay(request: KeyedRequest, reply: FastifyReply, record: CachedRecord, from: 'store' | 'database') {
+/**
+ * The recorded response a retry gets: said on the request's log line, counted. 422 IDEMPOTENCY_KEY_REUSED (thrown)
+ * when the key was first used for a different request.
+ */
+function replayOf(request: KeyedRequest, record: CachedRecord, from: 'store' | 'database'): CachedRecord {
   const differs = differencesFrom(request, record);
   if (differs.length > 0) {
     countIdempotency('key_reused');
@@ -181,9 +201,23 @@ function replay(request: KeyedRequest, reply: FastifyReply, record: CachedRecord
     originalRequestId: record.requestId,
     replayedFrom: from,
   };
+  return record;
+}
+
+/** Set the reply's status and headers to those of a recorded response; its body is the caller's to send. */
+function answerAs(reply: FastifyReply, record: CachedRecord): void {
   reply.code(record.statusCode);
+  // A handler may have set its own (a new resource's location) before it found the key recorded.
+  for (const name of REPLAYED_HEADERS) reply.removeHeader(name);
   for (const name in record.responseHeaders) reply.header(name, record.responseHeaders[name]);
-  return reply.header('idempotent-replayed', 'true').send(record.responseBody);
+  reply.header('idempotent-replayed', 'true');
+}
+
+/** Answer with the recorded response, or 422 when the key was first used for a different request. */
+function replay(request: KeyedRequest, reply: FastifyReply, record: CachedRecord, from: 'store' | 'database') {
+  const replayed = replayOf(request, record, from);
+  answerAs(reply, replayed);
+  return reply.send(replayed.responseBody);
 }
 
 export interface IdempotencyHooks {
@@ -191,9 +225,10 @@ export interface IdempotencyHooks {
    * The idempotency layer of a mutating route, after the signature guard: `read` is the request's key (readIdempotencyKey),
    * `stored` the store's copy under its key as the guard read it (null: none; undefined: not read).
    */
-  preValidation(
-    singleStatement: boolean,
-  ): (
+  preValidation(route: {
+    singleStatement: boolean;
+    once: boolean;
+  }): (
     request: FastifyRequest,
     reply: FastifyReply,
     read: KeyRead,
@@ -218,7 +253,8 @@ export interface IdempotencyHooks {
  */
 export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
   const preValidation: IdempotencyHooks['preValidation'] =
-    (singleStatement) => async (request, reply, read, stored) => {
+    ({ singleStatement, once }) =>
+    async (request, reply, read, stored) => {
       if (read.error) throw read.error;
       const key = read.key;
       if (key === undefined) {
@@ -232,6 +268,10 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
       // The fingerprint the record keeps is taken now, before validation (which may fill in defaults) and the handler
       // see the body, as a replay's is: the two compare the same thing.
       fingerprintOf(keyed);
+      if (once) {
+        keyed.idempotency.deferred = true;
+        return;
+      }
       const opened = await openKeyedTransaction(deps, keyed);
       if ('record' in opened) return replay(keyed, reply, opened.record, 'database');
       countIdempotency('executed');
@@ -242,6 +282,20 @@ export function idempotencyHooks(deps: AppDeps): IdempotencyHooks {
   // transaction, and need no promise.
   const onSend: IdempotencyHooks['onSend'] = (request, reply, payload, done) => {
     const tx = request.tx;
+    const keyed = request.idempotency;
+    if (keyed?.sent) {
+      const { record, expiresAt } = keyed.sent;
+      keyed.sent = undefined;
+      runAfterCommit(request);
+      keepCopy(deps, request, record, expiresAt);
+      return done(null, payload);
+    }
+    if (keyed?.deferred) {
+      // A route with `once` whose handler did not run its write (the body was refused, say): claim the key now.
+      keyed.deferred = false;
+      settleDeferred(deps, request as KeyedRequest, reply, payload).then((sent) => done(null, sent), done);
+      return;
+    }
     if (!tx) {
       // A single statement in autocommit has committed whatever it wrote, even when its answer is an error (a
       // 402 reserve may have expired lapsed holds first): its tally is counted either way.
@@ -305,6 +359,94 @@ async function openKeyedTransaction(
     { key },
     { 'retry-after': IN_USE_RETRY_AFTER_S },
   );
+}
+
+/** Text no client can guess, around each figure of a response serialized before its write ran (runOnce). */
+const FIGURE_MARK = randomBytes(12).toString('base64url');
+
+/** The placeholder of a figure in a response body serialized before the write that knows it (see sendOnce). */
+function figure(name: string): string {
+  return `@${FIGURE_MARK}:${name}@`;
+}
+
+/**
+ * A keyed write in one round trip (a route with `once`): claim the key, apply the effect, record the response and
+ * commit, in one statement (runOnce). `view` makes the response body, given a placeholder for each figure only the
+ * effect knows (see the OnceWrite of the service); the reply's status and headers are set before. The body is
+ * serialized here, written into by the statement and sent as it was recorded.
+ * Out: true when the reply has been sent (a replay too: the handler then returns the reply); false when the request
+ * is to run the general way, in its own transaction (transactionOf): unkeyed, or the statement declined (a refusal,
+ * a key held or recorded by now), in which case the key has been claimed as any route claims it. (Not the reply
+ * itself: a reply is thenable, and a promise resolved with it waits for the response to end.) Errors: 409 IDEMPOTENCY_KEY_IN_USE, 422
+ * IDEMPOTENCY_KEY_REUSED, and the database's own.
+ */
+export async function sendOnce(
+  deps: AppDeps,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  write: OnceWrite,
+  view: (figure: (name: string) => string) => unknown,
+): Promise<boolean> {
+  if (!request.idempotency?.deferred) return false;
+  const keyed = request as KeyedRequest;
+  keyed.idempotency.deferred = false;
+  reply.type('application/json; charset=utf-8');
+  const template = recordOf(keyed, reply, JSON.stringify(view(figure)));
+  const outcome = await runOnce(
+    deps.db,
+    template,
+    deps.config.idempotencyTtlS,
+    deps.config.idempotencyLockS,
+    FIGURE_MARK,
+    write.effect,
+  );
+  if ('sent' in outcome) {
+    countIdempotency('executed');
+    write.settle(outcome.sent.result);
+    const record = { ...template, responseBody: outcome.sent.body };
+    keyed.idempotency.sent = { record, expiresAt: outcome.sent.expiresAt };
+    reply.send(record.responseBody);
+    return true;
+  }
+  const opened = await openKeyedTransaction(deps, keyed);
+  if ('record' in opened) {
+    replay(keyed, reply, opened.record, 'database');
+    return true;
+  }
+  countIdempotency('executed');
+  request.tx = opened.tx;
+  return false;
+}
+
+/**
+ * The answer of a request on a route with `once` whose key was never claimed, because its handler did not reach
+ * sendOnce (a refused body, an error before the write): claim the key now and record the answer as any route does.
+ * When the key turns out to be held, or recorded, the answer becomes 409 IDEMPOTENCY_KEY_IN_USE, or the replay, as
+ * it would have been had the key been claimed first.
+ */
+async function settleDeferred(
+  deps: AppDeps,
+  request: KeyedRequest,
+  reply: FastifyReply,
+  payload: unknown,
+): Promise<unknown> {
+  const status = reply.statusCode;
+  if (!isRecordable(status, status >= 400 ? errorCodeOf(payload) : undefined)) return payload;
+  try {
+    const opened = await openKeyedTransaction(deps, request);
+    if ('record' in opened) {
+      const replayed = replayOf(request, opened.record, 'database');
+      answerAs(reply, replayed);
+      return replayed.responseBody;
+    }
+    countIdempotency('executed');
+    return await finish(deps, request, reply, opened.tx, payload);
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    reply.code(error.status).headers(error.headers ?? {});
+    reply.type('application/json; charset=utf-8');
+    return JSON.stringify(envelope(request, error));
+  }
 }
 
 /** Commit (or roll back) the request's transaction, with its record when it has a key; the payload goes out unchanged. */

@@ -130,7 +130,12 @@ function attachRouteHooks(app: App, deps: AppDeps): void {
     const signed = isSignedPath(route.url);
     const methods = Array.isArray(route.method) ? route.method : [route.method];
     const mutating = signed && methods.some(isMutatingMethod);
-    const keyed = mutating ? idempotency.preValidation(route.config?.singleStatement === true) : undefined;
+    const keyed = mutating
+      ? idempotency.preValidation({
+          singleStatement: route.config?.singleStatement === true,
+          once: route.config?.once === true,
+        })
+      : undefined;
     // One hook for the layers of a signed route (each hook Fastify runs costs a turn of its hook runner). A
     // mutation's key is read once: the guard reads its stored response in the same store round trip as the nonce.
     const layers = signed

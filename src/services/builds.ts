@@ -6,8 +6,10 @@ import {
   findBuild,
   listBuilds,
   listEvents,
+  type NewBuild,
   type QueuedBuild,
   queueBuild,
+  queuedRow,
   toBuild,
   transitionBuild,
   typicalDurationSeconds,
@@ -21,6 +23,7 @@ import type { CreditPackage } from '../domain/recommendation';
 import { type CreditLog, holdForStart, type Settlement, settleBuildCredits } from './build-credits';
 import { actorOf, type Caller, insufficient, newReservationId } from './credits';
 import { estimate } from './estimate';
+import type { OnceWrite } from './idempotency';
 import { randomToken } from './ids';
 
 /** A build and its events as the API shows them, converted from rows by the repository (db/builds.ts). */
@@ -86,45 +89,21 @@ export interface BuildContext {
  * when the user's credits are short; either way the caller's transaction rolls back and nothing remains.
  */
 export async function createBuild(q: Queryable, input: CreateBuildInput, context: BuildContext): Promise<DbBuild> {
-  const operation = typeof input.metadata?.operation === 'string' ? input.metadata.operation : 'build';
-  // Every build holds at least one credit: a build that holds nothing could run for a user who has nothing.
-  const amount = Math.max(
-    1,
-    input.estimatedCredits ??
-      (
-        await estimate(
-          q,
-          { operation, projectId: input.projectId },
-          { defaultCredits: context.defaultEstimateCredits, packages: context.packages },
-        )
-      ).estimatedCredits,
-  );
-  const id = input.id ?? newBuildId();
+  const build = await newBuildOf(q, input, context);
   let queued: QueuedBuild;
   try {
-    queued = await queueBuild(q, {
-      id,
-      reservationId: newReservationId(),
-      projectId: input.projectId,
-      userId: input.userId,
-      estimatedCredits: amount,
-      metadata: input.metadata ?? {},
-      holdTtlS: context.reservationTtlS,
-      holdReason: `hold for build ${id}`,
-      ...actorOf(context.actor ?? {}),
-    });
+    queued = await queueBuild(q, build);
   } catch (error) {
     if (sqlState(error) === '23505') {
       throw new ApiError(
         'BUILD_ALREADY_EXISTS',
-        `A build with id ${id} already exists; read it or choose another id.`,
-        {
-          buildId: id,
-        },
+        `A build with id ${build.id} already exists; read it or choose another id.`,
+        { buildId: build.id },
       );
     }
     throw error;
   }
+  const amount = build.estimatedCredits;
   const tally = context.actor?.tally;
   switch (queued.outcome) {
     case 'no_project':
@@ -147,6 +126,67 @@ export async function createBuild(q: Queryable, input: CreateBuildInput, context
       tally?.transition(null, queued.build);
       return queued.build;
   }
+}
+
+/**
+ * The build createBuild queues for `input`: its ids (the build's given or generated, its hold's generated), and the
+ * credits it holds: the client's estimate, else the estimate from history (a read in `q`), at least one.
+ */
+async function newBuildOf(q: Queryable, input: CreateBuildInput, context: BuildContext): Promise<NewBuild> {
+  const operation = typeof input.metadata?.operation === 'string' ? input.metadata.operation : 'build';
+  // Every build holds at least one credit: a build that holds nothing could run for a user who has nothing.
+  const amount = Math.max(
+    1,
+    input.estimatedCredits ??
+      (
+        await estimate(
+          q,
+          { operation, projectId: input.projectId },
+          { defaultCredits: context.defaultEstimateCredits, packages: context.packages },
+        )
+      ).estimatedCredits,
+  );
+  const id = input.id ?? newBuildId();
+  return {
+    id,
+    reservationId: newReservationId(),
+    projectId: input.projectId,
+    userId: input.userId,
+    estimatedCredits: amount,
+    metadata: input.metadata ?? {},
+    holdTtlS: context.reservationTtlS,
+    holdReason: `hold for build ${id}`,
+    ...actorOf(context.actor ?? {}),
+  };
+}
+
+/**
+ * createBuild as a keyed write of one statement (OnceWrite, services/idempotency.ts): the same build, first event and
+ * hold, or nothing when it would refuse (the request then runs createBuild, which says why). The estimate, when the
+ * client gives none, is read first, in `q`. Out: the write, and the build as it is queued but for its creation time
+ * (the figure createdAt), and `input` with its id and estimate, for createBuild to queue the same build when the
+ * write declines.
+ */
+export async function createBuildOnce(
+  q: Queryable,
+  input: CreateBuildInput,
+  context: BuildContext,
+): Promise<{ write: OnceWrite; queued: (createdAt: Date) => DbBuild; input: CreateBuildInput & { id: string } }> {
+  const build = await newBuildOf(q, input, context);
+  const queued = (createdAt: Date) => queuedRow(build, createdAt);
+  return {
+    queued,
+    input: { ...input, id: build.id, estimatedCredits: build.estimatedCredits },
+    write: {
+      effect: { op: 'build', args: build },
+      settle(result) {
+        const tally = context.actor?.tally;
+        tally?.credit('expire', Number(result.expired));
+        tally?.credit('reserve', build.estimatedCredits);
+        tally?.transition(null, queued(new Date(result.created_at as string)));
+      },
+    },
+  };
 }
 
 /** Most builds one batch may queue. */

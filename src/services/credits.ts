@@ -16,13 +16,16 @@ import {
   insertReservation,
   type LedgerEntry,
   listLedger,
+  type NewReservation,
   type Reservation,
+  type Resolution,
   type ResolveOutcome,
   resolveReservation,
 } from '../db/credits';
 import type { Queryable } from '../db/database';
 import { ApiError } from '../domain/errors';
 import { type CreditPackage, DEFAULT_CREDIT_PACKAGES, insufficientCredits } from '../domain/recommendation';
+import type { OnceWrite } from './idempotency';
 import { randomToken } from './ids';
 import type { Tally } from './tally';
 
@@ -97,31 +100,47 @@ export function insufficient(
   return new ApiError('INSUFFICIENT_CREDITS', message, { userId, ...data });
 }
 
+/** The hold reserveCredits takes for `input` (its id generated unless given). */
+function holdOf(input: ReserveInput): NewReservation {
+  return {
+    id: input.reservationId ?? newReservationId(),
+    userId: input.userId,
+    amount: input.amount,
+    buildId: input.buildId ?? null,
+    ttlS: input.ttlS ?? DEFAULT_TTL_S,
+    reason: input.reason ?? DEFAULT_REASON.reserve,
+  };
+}
+
 /** Hold `amount` credits; 402 INSUFFICIENT_CREDITS (with what to buy) when the user's available credits are short. */
 export async function reserveCredits(
   q: Queryable,
   input: ReserveInput,
 ): Promise<{ reservationId: string; expiresAt: string; reserved: number; available: number }> {
-  const reservationId = input.reservationId ?? newReservationId();
-  const result = await insertReservation(
-    q,
-    {
-      id: reservationId,
-      userId: input.userId,
-      amount: input.amount,
-      buildId: input.buildId ?? null,
-      ttlS: input.ttlS ?? DEFAULT_TTL_S,
-      reason: input.reason ?? DEFAULT_REASON.reserve,
-    },
-    actorOf(input),
-  );
+  const hold = holdOf(input);
+  const result = await insertReservation(q, hold, actorOf(input));
   const available = result.balance - result.reserved;
   input.tally?.credit('expire', result.expired);
   if (result.outcome === 'insufficient') {
     throw insufficient(input.userId, input.amount, available, input.packages ?? DEFAULT_CREDIT_PACKAGES);
   }
   input.tally?.credit('reserve', input.amount);
-  return { reservationId, expiresAt: result.expiresAt as string, reserved: input.amount, available };
+  return { reservationId: hold.id, expiresAt: result.expiresAt as string, reserved: input.amount, available };
+}
+
+/**
+ * reserveCredits as a keyed write of one statement (OnceWrite, services/idempotency.ts): the same hold and ledger
+ * entry, or nothing when it would refuse (the request then runs reserveCredits, which says why). Its figures:
+ * expires, available.
+ */
+export function reserveOnce(input: ReserveInput & { reservationId: string }): OnceWrite {
+  return {
+    effect: { op: 'reserve', args: { ...holdOf(input), ...actorOf(input) } },
+    settle(result) {
+      input.tally?.credit('expire', Number(result.expired));
+      input.tally?.credit('reserve', input.amount);
+    },
+  };
 }
 
 function refusal(reservationId: string, result: ResolveOutcome, requested: number | null): ApiError {
@@ -165,19 +184,9 @@ function refusal(reservationId: string, result: ResolveOutcome, requested: numbe
  */
 export async function commitReservation(
   q: Queryable,
-  input: { reservationId: string; actualCredits: number; buildId?: string | null; reason?: string } & Caller,
+  input: CommitInput,
 ): Promise<{ charged: number; refunded: number; newBalance: number; replayed: boolean }> {
-  const result = await resolveReservation(
-    q,
-    {
-      reservationId: input.reservationId,
-      action: 'commit',
-      actual: input.actualCredits,
-      buildId: input.buildId ?? null,
-      reason: input.reason ?? DEFAULT_REASON.commit,
-    },
-    actorOf(input),
-  );
+  const result = await resolveReservation(q, commitOf(input), actorOf(input));
   input.tally?.credit('expire', result.expired);
   if (result.outcome !== 'ok' && result.outcome !== 'repeat') {
     throw refusal(input.reservationId, result, input.actualCredits);
@@ -196,23 +205,69 @@ export async function commitReservation(
   };
 }
 
+export interface CommitInput extends Caller {
+  reservationId: string;
+  actualCredits: number;
+  buildId?: string | null;
+  reason?: string;
+}
+
+function commitOf(input: CommitInput): Resolution {
+  return {
+    reservationId: input.reservationId,
+    action: 'commit',
+    actual: input.actualCredits,
+    buildId: input.buildId ?? null,
+    reason: input.reason ?? DEFAULT_REASON.commit,
+  };
+}
+
+export interface ReleaseInput extends Caller {
+  reservationId: string;
+  reason: string;
+}
+
+function releaseOf(input: ReleaseInput): Resolution {
+  return { reservationId: input.reservationId, action: 'release', actual: null, buildId: null, reason: input.reason };
+}
+
 /**
  * Give the whole hold back. A repeat with the same reason answers as the first. The hold of a queued or building
  * build → 409 RESERVATION_HELD_BY_BUILD (cancel the build instead).
  */
 export async function releaseReservation(
   q: Queryable,
-  input: { reservationId: string; reason: string } & Caller,
+  input: ReleaseInput,
 ): Promise<{ released: number; newBalance: number; replayed: boolean }> {
-  const result = await resolveReservation(
-    q,
-    { reservationId: input.reservationId, action: 'release', actual: null, buildId: null, reason: input.reason },
-    actorOf(input),
-  );
+  const result = await resolveReservation(q, releaseOf(input), actorOf(input));
   input.tally?.credit('expire', result.expired);
   if (result.outcome !== 'ok' && result.outcome !== 'repeat') throw refusal(input.reservationId, result, null);
   if (result.outcome === 'ok') input.tally?.credit('release', result.amount);
   return { released: result.amount ?? 0, newBalance: result.available ?? 0, replayed: result.outcome === 'repeat' };
+}
+
+/**
+ * commitReservation or releaseReservation as a keyed write of one statement (OnceWrite): the same resolution, or
+ * nothing when it would refuse. Its figures: charged, refunded, newBalance (commit); released, newBalance (release).
+ */
+export function resolveOnce(input: { commit: CommitInput } | { release: ReleaseInput }): OnceWrite {
+  const caller = 'commit' in input ? input.commit : input.release;
+  const resolution = 'commit' in input ? commitOf(input.commit) : releaseOf(input.release);
+  return {
+    effect: { op: 'resolve', args: { ...resolution, ...actorOf(caller) } },
+    settle(result) {
+      const tally = caller.tally;
+      tally?.credit('expire', Number(result.expired));
+      if (result.outcome !== 'ok') return;
+      const amount = Number(result.amount ?? 0);
+      const charged = Number(result.charged ?? 0);
+      if (resolution.action === 'release') tally?.credit('release', amount);
+      else {
+        tally?.credit('commit', charged);
+        tally?.credit('refund', amount - charged);
+      }
+    },
+  };
 }
 
 /**

@@ -100,25 +100,35 @@ describe('idempotency across processes and crashes', () => {
   });
 
   it('a process killed at an arbitrary point mid-request: after retries there is exactly one effect', async () => {
-    const body = { ownerId: 'owner_killed_any', name: 'K' };
-    for (const delayMs of [0, 5, 20]) {
-      const a = await start();
-      const inFlight = client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'killed-any' }).catch(
-        () => undefined,
-      );
-      await new Promise((r) => setTimeout(r, delayMs));
-      a.child.kill('SIGKILL');
-      await a.exited;
-      await inFlight;
+    // Twice: a project (claim, effect, record: three round trips) and a hold (the one-statement path).
+    const cases = [
+      { path: '/v1/projects', body: { ownerId: 'owner_killed_any', name: 'K' }, key: 'killed-any' },
+      { path: '/v1/credits/reserve', body: { userId: 'u_killed_any', estimatedCredits: 3 }, key: 'killed-any-hold' },
+    ];
+    const grantor = await start();
+    const grant = { userId: 'u_killed_any', credits: 100, reason: 'test', source: 'test' };
+    expect((await client(grantor)('POST', '/v1/credits/grant', grant)).status).toBe(200);
+    await grantor.stop();
+    for (const { path, body, key } of cases) {
+      for (const delayMs of [0, 5, 20]) {
+        const a = await start();
+        const inFlight = client(a)('POST', path, body, { 'idempotency-key': key }).catch(() => undefined);
+        await new Promise((r) => setTimeout(r, delayMs));
+        a.child.kill('SIGKILL');
+        await a.exited;
+        await inFlight;
+      }
+      const b = await start();
+      const retry = await client(b)('POST', path, body, { 'idempotency-key': key });
+      expect(retry.status).toBe(201);
+      const again = await client(b)('POST', path, body, { 'idempotency-key': key });
+      expect(again.text).toBe(retry.text);
+      await b.stop();
     }
-    const b = await start();
-    const retry = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'killed-any' });
-    expect(retry.status).toBe(201);
-    const again = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'killed-any' });
-    expect(again.text).toBe(retry.text);
-    await b.stop();
     expect(await countProjects('owner_killed_any')).toBe(1);
-  }, 90_000); // four process starts: on a loaded machine each may take several seconds
+    expect(await count('credit_reservations where user_id = $1::text', 'u_killed_any')).toBe(1);
+    expect(await count('credit_accounts where user_id = $1::text and reserved = 3', 'u_killed_any')).toBe(1);
+  }, 180_000); // nine process starts: on a loaded machine each may take several seconds
 });
 
 /**
@@ -187,89 +197,120 @@ describe.skipIf(!DATABASE_URL)('idempotency at the crash points (PostgreSQL)', (
     }
   }
 
-  it('a process that committed but died before answering: the retry elsewhere replays the commit from PostgreSQL', async () => {
-    const a = await shared.start();
-    const gate = 7_000_001;
-    const held = await holdGate(gate);
-    // Fires at COMMIT, after the effect and the record are written: the commit waits for the gate.
-    const dropTrigger = await addGateTrigger(
-      `create constraint trigger kiln_test_commit_gate after insert on idempotency_keys
-         deferrable initially deferred for each row execute function kiln_test_gate('${gate}')`,
-    );
-    const body = { ownerId: 'owner_committed_unanswered', name: 'K' };
-    const lost = client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'committed-unanswered' }).then(
-      () => 'answered',
-      () => 'lost',
-    );
-    await waiterOn(gate);
-    // Freeze the process while its COMMIT waits, let the commit finish, and kill it before it can read the result.
-    a.child.kill('SIGSTOP');
-    await held.open();
-    for (let i = 0; i < 200; i++) {
-      if ((await count("select count(*)::int as n from idempotency_keys where key = 'committed-unanswered'", [])) === 1)
-        break;
-      await sleep(25);
-    }
-    a.child.kill('SIGKILL');
-    await a.exited;
-    await dropTrigger();
-    expect(await lost).toBe('lost');
-    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(1);
-    if (REDIS_URL) await deleteKeys(REDIS_URL, shared.env.REDIS_PREFIX);
+  /**
+   * The two paths a keyed write takes: a project (claim with BEGIN, the effect, the record with COMMIT) and a hold
+   * (claim, effect, record and commit in one statement, in autocommit). `effect`: the table the effect inserts into;
+   * `made(tag)`: how many rows the effect of the case tagged so has left.
+   */
+  const paths = [
+    {
+      name: 'a project (three round trips)',
+      path: '/v1/projects',
+      effect: 'projects',
+      body: (tag: string) => ({ ownerId: `owner_${tag}`, name: 'K' }),
+      made: (tag: string) => count('select count(*)::int as n from projects where owner_id = $1', [`owner_${tag}`]),
+      prepare: async (_kiln: KilnProcess, _tag: string) => {},
+    },
+    {
+      name: 'a hold (one statement)',
+      path: '/v1/credits/reserve',
+      effect: 'credit_reservations',
+      body: (tag: string) => ({ userId: `u_${tag}`, estimatedCredits: 3 }),
+      made: (tag: string) =>
+        count('select count(*)::int as n from credit_reservations where user_id = $1', [`u_${tag}`]),
+      prepare: async (kiln: KilnProcess, tag: string) => {
+        const grant = { userId: `u_${tag}`, credits: 100, reason: 'test', source: 'test' };
+        expect((await client(kiln)('POST', '/v1/credits/grant', grant)).status).toBe(200);
+      },
+    },
+  ];
 
-    const b = await shared.start();
-    const retry = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'committed-unanswered' });
-    expect(retry.status).toBe(201);
-    expect(retry.headers.get('idempotent-replayed')).toBe('true');
-    const { id } = retry.body as { id: string };
-    expect(
-      await count('select count(*)::int as n from projects where id = $1 and owner_id = $2', [id, body.ownerId]),
-    ).toBe(1);
-    await b.stop();
-    expect(b.output()).toMatch(/"idempotentReplay":true[^\n]*"replayedFrom":"database"/);
-    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(1);
-  });
+  it.each(paths.map((p, i) => [p.name, p, i] as const))(
+    'a process that committed %s but died before answering: the retry elsewhere replays the commit from PostgreSQL',
+    async (_name, { path, body, made, prepare }, i) => {
+      const tag = `committed_unanswered_${i}`;
+      const key = `committed-unanswered-${i}`;
+      const a = await shared.start();
+      await prepare(a, tag);
+      const gate = 7_000_001 + 10 * i;
+      const held = await holdGate(gate);
+      // Fires at COMMIT, after the effect and the record are written: the commit waits for the gate.
+      const dropTrigger = await addGateTrigger(
+        `create constraint trigger kiln_test_commit_gate after insert on idempotency_keys
+           deferrable initially deferred for each row execute function kiln_test_gate('${gate}')`,
+      );
+      const lost = client(a)('POST', path, body(tag), { 'idempotency-key': key }).then(
+        () => 'answered',
+        () => 'lost',
+      );
+      await waiterOn(gate);
+      // Freeze the process while its COMMIT waits, let the commit finish, and kill it before it can read the result.
+      a.child.kill('SIGSTOP');
+      await held.open();
+      for (let i = 0; i < 200; i++) {
+        if ((await count('select count(*)::int as n from idempotency_keys where key = $1', [key])) === 1) break;
+        await sleep(25);
+      }
+      a.child.kill('SIGKILL');
+      await a.exited;
+      await dropTrigger();
+      expect(await lost).toBe('lost');
+      expect(await made(tag)).toBe(1);
+      if (REDIS_URL) await deleteKeys(REDIS_URL, shared.env.REDIS_PREFIX);
 
-  it(`a process that died mid-statement, before committing: the key is free after the ${LEASE_S} s lease, and the retry runs once`, async () => {
-    const a = await shared.start();
-    const gate = 7_000_002;
-    const held = await holdGate(gate);
-    // Kiln's insert of the project waits for the gate, inside its transaction, holding the key's lock.
-    const dropTrigger = await addGateTrigger(
-      `create trigger kiln_test_effect_gate before insert on projects
-         for each row execute function kiln_test_gate('${gate}')`,
-    );
-    const body = { ownerId: 'owner_died_mid_statement', name: 'K' };
-    const lost = client(a)('POST', '/v1/projects', body, { 'idempotency-key': 'died-mid-statement' }).catch(
-      () => 'lost',
-    );
-    const backend = await waiterOn(gate);
-    a.child.kill('SIGKILL');
-    await a.exited;
-    expect(await lost).toBe('lost');
-    // The gate stays shut: nothing but the lease can end the dead request's statement and free its key.
-    let gone = false;
-    for (let i = 0; i < 40 && !gone; i++) {
-      await sleep(250);
-      gone = (await count('select count(*)::int as n from pg_stat_activity where pid = $1', [backend])) === 0;
-    }
-    expect(gone).toBe(true);
-    const probe = db();
-    const tx = await probe.begin();
-    expect(await tryLockKey(tx, 'died-mid-statement', LEASE_S)).toBe(true);
-    await tx.rollback();
-    await probe.close();
-    await held.open();
-    await dropTrigger();
-    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(0);
+      const b = await shared.start();
+      const retry = await client(b)('POST', path, body(tag), { 'idempotency-key': key });
+      expect(retry.status).toBe(201);
+      expect(retry.headers.get('idempotent-replayed')).toBe('true');
+      await b.stop();
+      expect(b.output()).toMatch(/"idempotentReplay":true[^\n]*"replayedFrom":"database"/);
+      expect(await made(tag)).toBe(1);
+    },
+  );
 
-    const b = await shared.start();
-    const retry = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'died-mid-statement' });
-    expect(retry.status).toBe(201);
-    expect(retry.headers.get('idempotent-replayed')).toBeNull();
-    const again = await client(b)('POST', '/v1/projects', body, { 'idempotency-key': 'died-mid-statement' });
-    expect(again.text).toBe(retry.text);
-    await b.stop();
-    expect(await count('select count(*)::int as n from projects where owner_id = $1', [body.ownerId])).toBe(1);
-  });
+  it.each(paths.map((p, i) => [p.name, p, i] as const))(
+    `a process that died mid-statement writing %s, before committing: the key is free after the ${LEASE_S} s lease, and the retry runs once`,
+    async (_name, { path, effect, body, made, prepare }, i) => {
+      const tag = `died_mid_statement_${i}`;
+      const key = `died-mid-statement-${i}`;
+      const a = await shared.start();
+      await prepare(a, tag);
+      const gate = 7_000_002 + 10 * i;
+      const held = await holdGate(gate);
+      // Kiln's insert of the effect's row waits for the gate, inside its transaction, holding the key's lock.
+      const dropTrigger = await addGateTrigger(
+        `create trigger kiln_test_effect_gate before insert on ${effect}
+           for each row execute function kiln_test_gate('${gate}')`,
+      );
+      const lost = client(a)('POST', path, body(tag), { 'idempotency-key': key }).catch(() => 'lost');
+      const backend = await waiterOn(gate);
+      a.child.kill('SIGKILL');
+      await a.exited;
+      expect(await lost).toBe('lost');
+      // The gate stays shut: nothing but the lease can end the dead request's statement and free its key.
+      let gone = false;
+      for (let i = 0; i < 40 && !gone; i++) {
+        await sleep(250);
+        gone = (await count('select count(*)::int as n from pg_stat_activity where pid = $1', [backend])) === 0;
+      }
+      expect(gone).toBe(true);
+      const probe = db();
+      const tx = await probe.begin();
+      expect(await tryLockKey(tx, key, LEASE_S)).toBe(true);
+      await tx.rollback();
+      await probe.close();
+      await held.open();
+      await dropTrigger();
+      expect(await made(tag)).toBe(0);
+
+      const b = await shared.start();
+      const retry = await client(b)('POST', path, body(tag), { 'idempotency-key': key });
+      expect(retry.status).toBe(201);
+      expect(retry.headers.get('idempotent-replayed')).toBeNull();
+      const again = await client(b)('POST', path, body(tag), { 'idempotency-key': key });
+      expect(again.text).toBe(retry.text);
+      await b.stop();
+      expect(await made(tag)).toBe(1);
+    },
+  );
 });

@@ -10,6 +10,7 @@ import {
   batchError,
   checkBatch,
   createBuild,
+  createBuildOnce,
   createBuildReader,
   createBuilds,
   getBuildEvents,
@@ -22,7 +23,7 @@ import {
 import { buildDeliveries, replayEvents } from '../../services/webhooks';
 import type { App, AppDeps } from '../app';
 import { ApiError, validationIssues } from '../errors';
-import { afterCommit, tallyOf, transactionOf } from '../idempotency';
+import { afterCommit, sendOnce, tallyOf, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 import { bodyValidator, optionalBody } from '../validation';
 import { registerStreamShutdown, replayPayload, streamBuildEvents } from './build-stream';
@@ -166,15 +167,13 @@ interface Shared {
 
 /** POST /v1/builds */
 function createBuildRoute(app: App, shared: Shared): void {
-  const {
-    deps: { signals },
-    buildContext,
-  } = shared;
+  const { deps, buildContext } = shared;
   app.post(
     '/v1/builds',
     {
-      // Its one write is build_create, which leaves nothing when it refuses: without a key it runs in autocommit.
-      config: { singleStatement: true },
+      // Its one write is build_create, which leaves nothing when it refuses: without a key it runs in autocommit,
+      // with one it runs with its record in one statement (sendOnce) unless it refuses.
+      config: { singleStatement: true, once: true },
       schema: {
         tags: ['builds'],
         summary: 'Queue a build (one active build per project unless it allows concurrent builds)',
@@ -183,9 +182,22 @@ function createBuildRoute(app: App, shared: Shared): void {
       },
     },
     async (request, reply) => {
-      const { idempotencyKey: _key, ...input } = request.body;
-      const build = await createBuild(transactionOf(request), input, buildContext(request));
-      afterCommit(request, () => signals.send('queued', build.id));
+      const { idempotencyKey: _key, ...body } = request.body;
+      const context = buildContext(request);
+      const once = request.idempotency?.deferred ? await createBuildOnce(deps.db, body, context) : undefined;
+      if (once) {
+        // The same build (id, estimate) whether the one statement queues it or the general way does.
+        const { id } = once.input;
+        afterCommit(request, () => deps.signals.send('queued', id));
+        reply.code(201).header('location', `/v1/builds/${id}`);
+        const sent = await sendOnce(deps, request, reply, once.write, (figure) => ({
+          ...toBuild(once.queued(new Date(0))),
+          createdAt: figure('createdAt'),
+        }));
+        if (sent) return reply;
+      }
+      const build = await createBuild(transactionOf(request), once?.input ?? body, context);
+      if (!once) afterCommit(request, () => deps.signals.send('queued', build.id));
       reply.code(201).header('location', `/v1/builds/${build.id}`);
       return toBuild(build);
     },

@@ -7,11 +7,14 @@ import {
   getLedger,
   getReservation,
   grant,
+  newReservationId,
   releaseReservation,
   reserveCredits,
+  reserveOnce,
+  resolveOnce,
 } from '../../services/credits';
 import type { App, AppDeps } from '../app';
-import { tallyOf, transactionOf } from '../idempotency';
+import { sendOnce, tallyOf, transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
 
 /** Largest single figure a request may carry; the database stores bigint, this keeps sums far from any limit. */
@@ -144,8 +147,8 @@ export function registerCreditRoutes(app: App, deps: AppDeps): void {
   grantRoute(app);
   balanceRoute(app, deps);
   reserveRoute(app, deps);
-  commitRoute(app);
-  releaseRoute(app);
+  commitRoute(app, deps);
+  releaseRoute(app, deps);
   reservationRoute(app, deps);
   ledgerRoute(app, deps);
   auditRoute(app, deps);
@@ -193,7 +196,7 @@ function reserveRoute(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/reserve',
     {
-      config: { singleStatement: true },
+      config: { singleStatement: true, once: true },
       schema: {
         tags,
         summary: 'Hold credits for a build; 402 INSUFFICIENT_CREDITS with what to buy when short',
@@ -203,7 +206,8 @@ function reserveRoute(app: App, deps: AppDeps): void {
     },
     async (request, reply) => {
       const body = request.body as Static<typeof ReserveBody>;
-      const held = await reserveCredits(transactionOf(request), {
+      const input = {
+        reservationId: newReservationId(),
         userId: body.userId,
         amount: body.estimatedCredits,
         buildId: body.buildId,
@@ -211,24 +215,31 @@ function reserveRoute(app: App, deps: AppDeps): void {
         ttlS: config.reservationTtlS,
         packages: config.creditPackages,
         ...actor(request),
-      });
-      reply.code(201).header('location', `/v1/credits/reservations/${held.reservationId}`);
-      return {
-        reservationId: held.reservationId,
-        reserved: held.reserved,
-        expires: held.expiresAt,
-        available: held.available,
       };
+      reply.code(201).header('location', `/v1/credits/reservations/${input.reservationId}`);
+      // The answer, with its figures known (the general way) or placeholders for them (sendOnce).
+      const answer = <N extends number | string>(expires: string, available: N) => ({
+        reservationId: input.reservationId,
+        reserved: input.amount,
+        expires,
+        available,
+      });
+      const sent = await sendOnce(deps, request, reply, reserveOnce(input), (figure) =>
+        answer(figure('expires'), figure('available')),
+      );
+      if (sent) return reply;
+      const held = await reserveCredits(transactionOf(request), input);
+      return answer(held.expiresAt, held.available);
     },
   );
 }
 
 /** POST /v1/credits/commit */
-function commitRoute(app: App): void {
+function commitRoute(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/commit',
     {
-      config: { singleStatement: true },
+      config: { singleStatement: true, once: true },
       schema: {
         tags,
         summary: 'Charge a hold (actualCredits ≤ reserved; the rest is refunded)',
@@ -239,23 +250,28 @@ function commitRoute(app: App): void {
         },
       },
     },
-    async (request) => {
-      const body = request.body as Static<typeof CommitBody>;
-      const { charged, refunded, newBalance } = await commitReservation(transactionOf(request), {
-        ...body,
-        ...actor(request),
+    async (request, reply) => {
+      const { idempotencyKey: _key, ...body } = request.body as Static<typeof CommitBody>;
+      const input = { ...body, ...actor(request) };
+      const view = (figure: (name: string) => string) => ({
+        charged: figure('charged'),
+        refunded: figure('refunded'),
+        newBalance: figure('newBalance'),
       });
+      const sent = await sendOnce(deps, request, reply, resolveOnce({ commit: input }), view);
+      if (sent) return reply;
+      const { charged, refunded, newBalance } = await commitReservation(transactionOf(request), input);
       return { charged, refunded, newBalance };
     },
   );
 }
 
 /** POST /v1/credits/release */
-function releaseRoute(app: App): void {
+function releaseRoute(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/release',
     {
-      config: { singleStatement: true },
+      config: { singleStatement: true, once: true },
       schema: {
         tags,
         summary: 'Give a whole hold back',
@@ -263,13 +279,16 @@ function releaseRoute(app: App): void {
         response: { 200: Type.Object({ released: Type.Integer(), newBalance: Type.Integer() }), ...errors },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const body = request.body as Static<typeof ReleaseBody>;
-      const { released, newBalance } = await releaseReservation(transactionOf(request), {
-        reservationId: body.reservationId,
-        reason: body.reason,
-        ...actor(request),
+      const input = { reservationId: body.reservationId, reason: body.reason, ...actor(request) };
+      const view = (figure: (name: string) => string) => ({
+        released: figure('released'),
+        newBalance: figure('newBalance'),
       });
+      const sent = await sendOnce(deps, request, reply, resolveOnce({ release: input }), view);
+      if (sent) return reply;
+      const { released, newBalance } = await releaseReservation(transactionOf(request), input);
       return { released, newBalance };
     },
   );
