@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import { type ChainableCommander, Redis } from 'ioredis';
 import { type ClaimResult, type EphemeralStore, StoreUnavailableError, type WindowCount } from './store';
 
 // One round trip: count the hit in the current fixed window and give the time left in it.
@@ -163,29 +163,34 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
   if (fresh === 1) await new Promise((resolve) => setTimeout(resolve, 1000 - (Number(epoch) % 1000) + 5));
   await warnOnEviction(client, options.warn);
   const subscribe = subscriptions(subscriber, options.prefix);
-  const claims = claimBatcher(scripts);
+  const turn = perTurn(client);
+  const claims = claimBatcher(turn);
 
   return {
     kind: 'redis',
+    // Every command goes with its turn's others (perTurn), so the store's commands run in the order they were
+    // issued: a copy stored after an answer is never overtaken by a delete or a read issued after it.
     async setIfAbsent(key, value, ttlMs) {
-      return (await wrap(client.set(key, value, 'PX', ttlMs, 'NX'))) === 'OK';
+      return (await inTurn(turn, (p) => p.set(key, value, 'PX', ttlMs, 'NX'))) === 'OK';
     },
-    get: (key) => wrap(client.get(key)),
+    get: (key) => inTurn<string | null>(turn, (p) => p.get(key)),
     async set(key, value, ttlMs) {
-      await wrap(client.set(key, value, 'PX', ttlMs));
+      await inTurn(turn, (p) => p.set(key, value, 'PX', ttlMs));
     },
     async delete(key) {
-      await wrap(client.del(key));
+      await inTurn(turn, (p) => p.del(key));
     },
     async hit(key, windowMs): Promise<WindowCount> {
       const now = Date.now();
       const windowStart = now - (now % windowMs);
-      const [count, ttl] = await wrap(scripts.kilnHit(`${key}:${windowStart}`, windowStart + windowMs - now));
+      const [count, ttl] = await inTurn<[number, number]>(turn, (p) =>
+        (p as unknown as ScriptRunner).kilnHit(`${key}:${windowStart}`, windowStart + windowMs - now),
+      );
       return { count, resetMs: Math.max(0, ttl) };
     },
     claimNonceAndHit: claims,
     async publish(channel, message) {
-      await wrap(client.publish(options.prefix + channel, message));
+      await inTurn(turn, (p) => p.publish(options.prefix + channel, message));
     },
     subscribe,
     async ping() {
@@ -198,16 +203,62 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
   };
 }
 
+/** Adds its commands to a pipeline and gives a handler for each reply, in the order it added them. */
+type Adder = (pipeline: ChainableCommander) => ((error: Error | null, reply: unknown) => void)[];
+
+/**
+ * Commands of one event-loop turn, sent together: every command issued while the event loop handles one batch of I/O
+ * goes out as one pipeline, one socket write, once that turn is over (the guard's claims, the stored copies of
+ * answers, the wake-ups). A write to Redis's socket is the largest single cost of a command here; a lone command
+ * waits for nothing but the end of its loop turn. Replies and errors reach each command's own handler.
+ */
+function perTurn(client: Redis): (add: Adder) => void {
+  let adders: Adder[] = [];
+  const flush = () => {
+    const batch = adders;
+    adders = [];
+    const pipeline = client.pipeline();
+    const handlers = batch.flatMap((add) => add(pipeline));
+    pipeline.exec().then(
+      (replies) => {
+        handlers.forEach((handle, i) => {
+          const [error, reply] = replies?.[i] ?? [new Error('no reply from Redis'), null];
+          handle(error, reply);
+        });
+      },
+      (error: Error) => {
+        for (const handle of handlers) handle(error, null);
+      },
+    );
+  };
+  return (add) => {
+    if (adders.length === 0) setImmediate(flush);
+    adders.push(add);
+  };
+}
+
+/** One command sent with the turn's others (perTurn); its reply, or StoreUnavailableError. */
+function inTurn<T>(turn: (add: Adder) => void, command: (pipeline: ChainableCommander) => unknown): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    turn((pipeline) => {
+      command(pipeline);
+      return [(error, reply) => (error ? reject(new StoreUnavailableError(error)) : resolve(reply as T))];
+    });
+  });
+}
+
 /**
  * The guard's claims, batched: the claims made while the event loop handles one batch of I/O leave together, as one
  * script, one socket write and one reply. A write to Redis's socket was the largest single cost of a signed request
  * (one per request); batched, it is one per loop turn. A lone request waits for nothing but the end of its loop turn.
  */
-function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit'] {
+function claimBatcher(turn: (add: Adder) => void): EphemeralStore['claimNonceAndHit'] {
   let pending: PendingClaim[] = [];
-  const sendClaims = () => {
+  // Added to the turn's pipeline when the turn ends: every claim of the turn is in by then.
+  const addClaims: Adder = (pipeline) => {
     const claims = pending;
     pending = [];
+    const handlers: ReturnType<Adder> = [];
     for (let from = 0; from < claims.length; from += CLAIM_BATCH) {
       const batch = claims.slice(from, from + CLAIM_BATCH);
       const failed = (error: unknown) => {
@@ -242,14 +293,10 @@ function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit']
         );
       }
       for (const { hits: n, ttlMs } of hits.values()) args.push(n, ttlMs);
-      let sent: Promise<(number | string | null)[]>;
-      try {
-        sent = scripts.kilnClaim(keys.length, ...keys, ...args);
-      } catch (error) {
-        failed(error);
-        continue;
-      }
-      sent.then((reply) => {
+      (pipeline as unknown as ScriptRunner).kilnClaim(keys.length, ...keys, ...args);
+      handlers.push((error, replied) => {
+        if (error) return failed(error);
+        const reply = replied as (number | string | null)[];
         const epochMs = Number(reply[0]);
         // Each counter's hits, in batch order, take the counts its INCRBY covered.
         let at = 1 + batch.length;
@@ -268,8 +315,9 @@ function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit']
           if (claim.read !== undefined) result.read = (reply[at++] as string | null) ?? null;
           claim.resolve(result);
         });
-      }, failed);
+      });
     }
+    return handlers;
   };
   return (nonce, counters, read) => {
     const now = Date.now();
@@ -278,7 +326,7 @@ function claimBatcher(scripts: ScriptRunner): EphemeralStore['claimNonceAndHit']
       return { key: `${key}:${windowStart}`, ttlMs: windowStart + windowMs - now };
     });
     return new Promise((resolve, reject) => {
-      if (pending.length === 0) setImmediate(sendClaims);
+      if (pending.length === 0) turn(addClaims);
       pending.push({
         nonceKeys: nonce.keys,
         markKeys: nonce.marks ?? [],
