@@ -25,25 +25,70 @@ DATABASE_URL and DATABASE_SCHEMA (else the embedded database in DATA_DIR) for au
 
 const shellQuote = (text: string) => `'${text.replaceAll("'", `'\\''`)}'`;
 
-async function sign(args: string[]): Promise<number> {
-  const [method, path, body = ''] = args;
-  if (!method || !path || !/^(GET|POST|PUT|PATCH|DELETE|HEAD)$/i.test(method) || !path.startsWith('/')) {
-    process.stderr.write(`${USAGE}\n`);
-    return 2;
-  }
-  if (body) {
-    try {
-      JSON.parse(body);
-    } catch (error) {
-      process.stderr.write(`kiln sign: BODY is not valid JSON (${(error as Error).message})\n`);
-      return 2;
+/** A command line, understood; or what is wrong with it. */
+export type Command =
+  | { command: 'sign'; method: string; path: string; body: string }
+  | { command: 'audit'; userId?: string }
+  | { command: 'demo' }
+  | { command: 'help' };
+
+const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD'];
+
+/** Read `kiln`'s arguments. Pure; the error names the argument and says why, and the usage follows it. */
+export function parseCommand(argv: string[]): Command | { error: string } {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      return { command: 'help' };
+    case 'sign': {
+      const [method, path, body = '', ...extra] = rest;
+      if (!method) return { error: 'kiln sign: METHOD is missing (GET, POST, PUT, PATCH, DELETE or HEAD)' };
+      if (!METHODS.includes(method.toUpperCase())) {
+        return { error: `kiln sign: METHOD "${method}" is not one of ${METHODS.join(', ')}` };
+      }
+      if (!path) return { error: 'kiln sign: PATH is missing (e.g. /v1/ping)' };
+      if (!path.startsWith('/')) {
+        return { error: `kiln sign: PATH "${path}" must start with / (the path and query, without the host)` };
+      }
+      if (extra.length > 0) {
+        return { error: `kiln sign: unexpected argument "${extra[0]}" after BODY (quote the body as one argument)` };
+      }
+      if (body) {
+        try {
+          JSON.parse(body);
+        } catch (error) {
+          return { error: `kiln sign: BODY is not valid JSON (${(error as Error).message})` };
+        }
+      }
+      return { command: 'sign', method: method.toUpperCase(), path, body };
     }
+    case 'audit': {
+      if (rest.length === 0) return { command: 'audit' };
+      if (rest[0] !== '--user') return { error: `kiln audit: unknown argument "${rest[0]}" (only --user ID)` };
+      const userId = rest[1];
+      if (userId === undefined) return { error: 'kiln audit: --user needs a user id' };
+      if (!/^[\w.:@-]{1,128}$/.test(userId)) {
+        return { error: `kiln audit: user id "${userId}" is not 1-128 letters, digits or . : @ _ -` };
+      }
+      if (rest.length > 2) return { error: `kiln audit: unexpected argument "${rest[2]}"` };
+      return { command: 'audit', userId };
+    }
+    case 'demo':
+      return rest.length === 0 ? { command: 'demo' } : { error: `kiln demo: takes no arguments, got "${rest[0]}"` };
+    default:
+      return { error: `kiln: unknown command "${command}" (sign, audit, demo or help)` };
   }
+}
+
+async function sign({ method, path, body }: { method: string; path: string; body: string }): Promise<number> {
   const config = loadConfig(process.env);
   const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
   const headers = signRequest({
     secret: secrets[0],
-    method: method.toUpperCase(),
+    method,
     path,
     body,
     prefix: config.signatureHeaderPrefix,
@@ -53,7 +98,7 @@ async function sign(args: string[]): Promise<number> {
   const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
   const curl = [
     'curl -sS',
-    method.toUpperCase() === 'HEAD' ? '-I' : `-X ${method.toUpperCase()}`,
+    method === 'HEAD' ? '-I' : `-X ${method}`,
     ...Object.entries(headers).map(([name, value]) => `-H ${shellQuote(`${name}: ${value}`)}`),
     ...(body ? [`--data-binary ${shellQuote(body)}`] : []),
     shellQuote(`http://${host}:${config.port}${path}`),
@@ -63,14 +108,7 @@ async function sign(args: string[]): Promise<number> {
 }
 
 /** `kiln audit [--user ID]`: the credit audit as JSON; 0 when the books balance, 1 when not, 2 when it cannot run. */
-async function auditCommand(args: string[]): Promise<number> {
-  const userIndex = args.indexOf('--user');
-  const userId = userIndex >= 0 ? args[userIndex + 1] : undefined;
-  const unknown = userIndex >= 0 ? args.filter((_arg, i) => i !== userIndex && i !== userIndex + 1) : args;
-  if ((userIndex >= 0 && !/^[\w.:@-]{1,128}$/.test(userId ?? '')) || unknown.length > 0) {
-    process.stderr.write(`${USAGE}\n`);
-    return 2;
-  }
+async function auditCommand(userId: string | undefined): Promise<number> {
   const config = loadConfig(process.env);
   let db: Awaited<ReturnType<typeof openDatabase>>;
   try {
@@ -103,18 +141,31 @@ async function demo(): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  if (command === 'sign') return sign(rest);
-  if (command === 'audit') return auditCommand(rest);
-  if (command === 'demo') return demo();
-  process.stderr.write(`${USAGE}\n`);
-  return command === undefined || command === 'help' || command === '--help' ? 0 : 2;
+  const parsed = parseCommand(argv);
+  if ('error' in parsed) {
+    process.stderr.write(`${parsed.error}\n\n${USAGE}\n`);
+    return 2;
+  }
+  switch (parsed.command) {
+    case 'sign':
+      return sign(parsed);
+    case 'audit':
+      return auditCommand(parsed.userId);
+    case 'demo':
+      return demo();
+    case 'help':
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+  }
 }
 
-main(process.argv.slice(2))
-  .then((code) => process.exit(code))
-  .catch((error: unknown) => {
-    const message = error instanceof ConfigError || error instanceof Error ? error.message : String(error);
-    process.stderr.write(`kiln: ${message}\n`);
-    process.exit(1);
-  });
+// Run only as the program (bin/kiln.mjs), not when a test imports parseCommand.
+if (process.argv[1] && /[\\/]cli\.[cm]?[jt]s$/.test(process.argv[1])) {
+  main(process.argv.slice(2))
+    .then((code) => process.exit(code))
+    .catch((error: unknown) => {
+      const message = error instanceof ConfigError ? `bad configuration — ${error.message}` : (error as Error).message;
+      process.stderr.write(`kiln: ${message ?? String(error)}\n`);
+      process.exit(error instanceof ConfigError ? 2 : 1);
+    });
+}

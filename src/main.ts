@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
@@ -15,12 +17,19 @@ import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
 import { startMaintenance } from './services/maintenance';
 import { deploymentId, recordedV1Retirement, settleV1Retirement } from './services/settings';
+import { startStep } from './startup';
 import { BuildSignals } from './store/signals';
 import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
 
 /** The bundled sample command, run when BUILD_COMMAND is not set. */
 const SAMPLE_BUILD_COMMAND = `"${process.execPath}" "${fileURLToPath(new URL('../scripts/sample-build.mjs', import.meta.url))}"`;
+
+/**
+ * What a failed start must close before the process exits: the embedded database's directory lock above all, so
+ * that the next start does not find one left behind. Steps push their closers as they open things.
+ */
+const openedAtStart: (() => Promise<unknown>)[] = [];
 
 /** Start-up and shutdown only: read config, open stores, start the server, close in order. */
 async function main(): Promise<void> {
@@ -36,19 +45,31 @@ async function main(): Promise<void> {
   }
   const logger = createLogger(config.logLevel);
   const exit = (code: number) => logger.flush(() => process.exit(code));
-  const { secrets, file } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
-  if (file) logger.info({ file }, 'using the HMAC secret saved in DATA_DIR (set HMAC_SECRET to choose one)');
+  const { secrets, file, generated } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
+  if (generated) {
+    logger.info(
+      { file },
+      `generated a new HMAC secret and saved it in ${file} (mode 0600, the secret alone, no newline): sign requests with it, e.g. \`npx kiln sign GET /v1/ping\`, or set HMAC_SECRET to choose your own`,
+    );
+  } else if (file) logger.info({ file }, `using the HMAC secret saved in ${file} (set HMAC_SECRET to choose one)`);
   config = { ...config, hmacSecrets: secrets };
 
-  const db = await openDatabase(config);
+  const pgdata = resolve(join(config.dataDir, 'pgdata'));
+  if (!config.databaseUrl && !existsSync(pgdata)) {
+    logger.info(
+      { dataDir: pgdata },
+      `first start: initialising the embedded database in ${pgdata}; this takes a while (up to a minute on a slow machine), once`,
+    );
+  }
+  const dbUrl = config.databaseUrl;
+  const db = await startStep(dbUrl ? { kind: 'postgres', url: dbUrl } : { kind: 'embedded', dataDir: pgdata }, () =>
+    openDatabase(config),
+  );
+  openedAtStart.push(() => db.close());
   // Background work has its own connections (PostgreSQL): requests holding all of theirs never starve it.
   const background = db.background;
-  const retirement = await settleV1Retirement(db, config.hmacV1Until, Date.now()).catch(async (error) => {
-    await db.close();
-    throw error;
-  });
+  const retirement = await settleV1Retirement(db, config.hmacV1Until, Date.now());
   if (retirement.until && retirement.until.getTime() <= Date.now() && config.hmacMode === 'v1') {
-    await db.close();
     throw new Error(
       `HMAC_MODE=v1, but v1 signatures were retired at ${retirement.until.toISOString()} (recorded in kiln_settings, so a restart never reopens them): set HMAC_MODE=v2 or dual. To reopen v1 deliberately, delete that row: delete from kiln_settings where name = 'hmac_v1_until'.`,
     );
@@ -60,7 +81,8 @@ async function main(): Promise<void> {
     );
   }
   config = { ...config, hmacV1Until: retirement.until };
-  const store = await openStore(config, db, {
+  const redisUrl = config.redisUrl;
+  const openingStore = openStore(config, db, {
     deploymentId: await deploymentId(db),
     warn: (message) => logger.warn(message),
     onListenConnection: (channel, event) => {
@@ -71,10 +93,9 @@ async function main(): Promise<void> {
         );
       } else logger.info({ channel, attempt: event.attempt }, 'LISTEN connection restored');
     },
-  }).catch(async (error) => {
-    await db.close();
-    throw error;
   });
+  const store = redisUrl ? await startStep({ kind: 'redis', url: redisUrl }, () => openingStore) : await openingStore;
+  openedAtStart.push(() => store.close());
   const instanceId = `kiln_${hostname()}_${process.pid}_${randomBytes(3).toString('hex')}`;
   await registerInstance(background, { id: instanceId, hostname: hostname(), pid: process.pid, version: VERSION });
   const heartbeat = setInterval(() => {
@@ -114,7 +135,10 @@ async function main(): Promise<void> {
   const stopCreditAuditor =
     config.creditAuditIntervalS > 0 ? startCreditAuditor(background, logger, config.creditAuditIntervalS) : () => {};
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
-  const address = await app.listen({ port: config.port, host: config.host });
+  openedAtStart.push(() => app.close());
+  const address = await startStep({ kind: 'listen', host: config.host, port: config.port }, () =>
+    app.listen({ port: config.port, host: config.host }),
+  );
   await runner.start();
   const deliveries = new DeliveryWorker({
     db: background,
@@ -173,8 +197,11 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void shutdown('SIGINT'));
 }
 
-main().catch((error: unknown) => {
+main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`kiln: could not start — ${message}\n`);
+  // Close what was opened, last first (the embedded database's lock included), but never hang on it.
+  const deadline = new Promise((done) => setTimeout(done, 5_000).unref());
+  for (const close of openedAtStart.reverse()) await Promise.race([close().catch(() => {}), deadline]);
   process.exit(1);
 });

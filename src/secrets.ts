@@ -9,7 +9,7 @@ import { join } from 'node:path';
 export async function resolveHmacSecrets(
   configured: string[],
   dataDir: string,
-): Promise<{ secrets: string[]; file?: string }> {
+): Promise<{ secrets: string[]; file?: string; generated?: boolean }> {
   if (configured.length > 0) return { secrets: configured };
   const file = join(dataDir, 'hmac-secret');
   try {
@@ -20,6 +20,8 @@ export async function resolveHmacSecrets(
   }
   await mkdir(dataDir, { recursive: true });
   const secret = randomBytes(32).toString('hex');
-  await writeFile(file, `${secret}\n`, { mode: 0o600, flag: 'w' });
-  return { secrets: [secret], file };
+  // Exactly the secret, no newline: a reader that takes the file as is (`$(cat …)`, readFileSync) signs with the
+  // right bytes. Kiln itself tolerates surrounding whitespace (an editor's newline) when it reads the file back.
+  await writeFile(file, secret, { mode: 0o600, flag: 'w' });
+  return { secrets: [secret], file, generated: true };
 }

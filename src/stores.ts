@@ -5,6 +5,7 @@ import type { Database } from './db/database';
 import { migrate } from './db/migrate';
 import { openPglite } from './db/pglite';
 import { openPostgres } from './db/postgres';
+import { redactUrl } from './startup';
 import { openDatabaseStore } from './store/database';
 import { openRedisStore } from './store/redis';
 import type { EphemeralStore } from './store/store';
@@ -73,14 +74,9 @@ export function openStore(config: Config, db: Database, options: StoreOptions): 
 
 /** A one-line description of the stores in use, with credentials removed. */
 export function describeStores(config: Config): string {
-  const redact = (url: string) => {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  };
   const database = config.databaseUrl
-    ? `PostgreSQL ${redact(config.databaseUrl)} (schema ${config.databaseSchema})`
+    ? `PostgreSQL ${redactUrl(config.databaseUrl)} (schema ${config.databaseSchema})`
     : `embedded PGlite in ${resolve(config.dataDir, 'pgdata')}`;
-  const store = config.redisUrl ? `Redis ${redact(config.redisUrl)}` : 'nonces and rate limits in the database';
+  const store = config.redisUrl ? `Redis ${redactUrl(config.redisUrl)}` : 'nonces and rate limits in the database';
   return `database: ${database}; store: ${store}`;
 }

@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import type { Config } from '../config';
-import { type SignatureVersion, signV1, signV2, verifiesWithAny } from '../domain/signature';
+import { canonicalPath, type SignatureVersion, signV1, signV2, verifiesWithAny } from '../domain/signature';
 import { countSignatureOutcome } from '../metrics';
 import { ApiError } from './errors';
 
@@ -90,16 +91,18 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
     fail(
       'MISSING_SIGNATURE',
       sentOnly ? 'version_not_accepted' : 'missing_signature',
-      `${why}; sign the request with ${accepted}.`,
+      `${why}; sign the request with ${accepted}, and send ${names.timestamp} and ${names.nonce} with it.`,
       {
         header: v2Allowed ? names.v2 : names.v1,
         accepted: accepted.split(' or '),
+        expected: expectedHeaders(names, v1Allowed, v2Allowed),
       },
     );
   }
   if (!timestamp) {
     fail('MISSING_SIGNATURE', 'missing_timestamp', `Send ${names.timestamp} with the Unix time in seconds.`, {
       header: names.timestamp,
+      expected: expectedHeaders(names, v1Allowed, v2Allowed),
     });
   }
   if (!nonce) {
@@ -109,6 +112,7 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
       `Send ${names.nonce} with a fresh random string (8-128 visible characters).`,
       {
         header: names.nonce,
+        expected: expectedHeaders(names, v1Allowed, v2Allowed),
       },
     );
   }
@@ -152,10 +156,41 @@ export function verifySignature(request: FastifyRequest, config: Config, nowMs: 
     };
   }
   const checked = [v2 && v2Allowed && names.v2, v1 && v1Allowed && names.v1].filter(Boolean) as string[];
-  return fail(
-    'INVALID_SIGNATURE',
-    'signature',
-    `${checked.join(' and ')} did not verify: sign ${checked.includes(names.v2) ? 'METHOD\\nPATH(sorted query)\\ntimestamp\\nnonce\\nbody' : 'timestamp + body'} over the exact body bytes with the shared secret.`,
-    { header: checked[0], checked },
-  );
+  return fail('INVALID_SIGNATURE', 'signature', mismatchMessage(checked, names), {
+    header: checked[0],
+    checked,
+    signed: whatWasSigned(request, timestamp, nonce, body),
+  });
+}
+
+/** Every header a signed request carries here: the accepted signatures, then the timestamp and the nonce. */
+function expectedHeaders(names: HeaderNames, v1Allowed: boolean, v2Allowed: boolean): string[] {
+  return [v2Allowed && names.v2, v1Allowed && names.v1, names.timestamp, names.nonce].filter(Boolean) as string[];
+}
+
+function mismatchMessage(checked: string[], names: HeaderNames): string {
+  const recipes = [
+    checked.includes(names.v2) && `${names.v2} = hex HMAC-SHA256 of METHOD\\nPATH\\ntimestamp\\nnonce\\nbody`,
+    checked.includes(names.v1) && `${names.v1} = hex HMAC-SHA256 of timestamp + body`,
+  ].filter(Boolean);
+  return `${checked.join(' and ')} did not verify with the shared secret. ${recipes.join('; ')}. data.signed shows what the server signed (PATH with its query sorted and re-encoded, the body's length and SHA-256): compare it with your string to sign.`;
+}
+
+/**
+ * What the server put into the string to sign, for the 401: nothing here is secret (all of it came with the request),
+ * and the body is given by length and hash so that a large body does not come back.
+ */
+function whatWasSigned(request: FastifyRequest, timestamp: string, nonce: string, body: string | Buffer) {
+  const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+  const method = request.method.toUpperCase();
+  const path = canonicalPath(request.url);
+  return {
+    method,
+    path,
+    timestamp,
+    nonce,
+    bodyLength: bytes.length,
+    bodySha256: createHash('sha256').update(bytes).digest('hex'),
+    v2StringToSignWithoutBody: `${method}\n${path}\n${timestamp}\n${nonce}\n`,
+  };
 }

@@ -149,9 +149,19 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Epheme
   const client = new Redis(options.url, common);
   const subscriber = new Redis(options.url, { ...common, keyPrefix: undefined, enableOfflineQueue: true });
   // Connection errors are reported through commands failing and /readyz; without a listener ioredis would log noise.
-  client.on('error', () => {});
+  // The first one is kept until connected, so that a failed start says why (refused, unknown host, bad password).
+  let connectError: unknown;
+  client.on('error', (error) => {
+    if (client.status !== 'ready') connectError ??= error;
+  });
   subscriber.on('error', () => {});
-  await wrap(client.connect());
+  try {
+    await wrap(client.connect());
+  } catch (error) {
+    client.disconnect();
+    subscriber.disconnect();
+    throw connectError ? new StoreUnavailableError(connectError) : error;
+  }
   client.defineCommand('kilnHit', { numberOfKeys: 1, lua: HIT_SCRIPT });
   // No fixed key count: the caller passes it first (the nonce plus however many counters).
   client.defineCommand('kilnClaim', { lua: CLAIM_SCRIPT });

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signRequest } from '../../src/client/sign';
 import { registry } from '../../src/metrics';
@@ -69,6 +70,9 @@ describe('signed requests (dual mode)', () => {
     const none = expectError(await t.app.inject({ method: 'GET', url: '/v1/ping' }), 401, 'MISSING_SIGNATURE');
     expect(none.data).toMatchObject({ reason: 'missing_signature', header: 'x-sheen-sig-v2' });
     expect(none.message).toContain('x-sheen-sig-v2');
+    const every = ['x-sheen-sig-v2', 'x-sheen-signature', 'x-sheen-timestamp', 'x-sheen-nonce'];
+    expect(none.data.expected).toEqual(every);
+    for (const name of every) expect(none.message).toContain(name);
     const full = signRequest({ secret: TEST_SECRET, method: 'GET', path: '/v1/ping' });
     for (const [drop, reason] of [
       ['x-sheen-timestamp', 'missing_timestamp'],
@@ -81,7 +85,7 @@ describe('signed requests (dual mode)', () => {
         401,
         'MISSING_SIGNATURE',
       );
-      expect(body.data).toMatchObject({ reason, header: drop });
+      expect(body.data).toMatchObject({ reason, header: drop, expected: every });
     }
   });
 
@@ -100,6 +104,36 @@ describe('signed requests (dual mode)', () => {
     const res = await t.app.inject({ method: 'GET', url: '/v1/ping', headers });
     const body = expectError(res, 401, 'INVALID_SIGNATURE');
     expect(body.data).toMatchObject({ reason: 'signature', header: 'x-sheen-sig-v2' });
+    // What the server signed, whichever part the client got wrong: the request as it arrived.
+    expect(body.data.signed).toEqual({
+      method: 'GET',
+      path: '/v1/ping',
+      timestamp: String(sent.timestamp),
+      nonce: sent.nonce,
+      bodyLength: 0,
+      bodySha256: createHash('sha256').update('').digest('hex'),
+      v2StringToSignWithoutBody: `GET\n/v1/ping\n${sent.timestamp}\n${sent.nonce}\n`,
+    });
+  });
+
+  it('shows, on a 401, the canonical path and query and the body it signed, and nothing secret', async () => {
+    const body = '{"name":"Café"}';
+    const url = '/v1/ping?z=1&ids=a,b&q=two words';
+    // Signed the way a hand-written client might get wrong: the query as sent, not re-encoded and sorted.
+    const headers = signRequest({ secret: TEST_SECRET, method: 'POST', path: '/v1/ping', body, versions: ['v2'] });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: encodeURI(url),
+      headers: { ...headers, 'content-type': 'application/json' },
+      payload: body,
+    });
+    const refused = expectError(res, 401, 'INVALID_SIGNATURE');
+    const signed = refused.data.signed as Record<string, unknown>;
+    expect(signed.path).toBe('/v1/ping?ids=a%2Cb&q=two+words&z=1');
+    expect(signed.bodyLength).toBe(Buffer.byteLength(body));
+    expect(signed.bodySha256).toBe(createHash('sha256').update(body).digest('hex'));
+    expect(refused.message).toContain('data.signed');
+    expect(JSON.stringify(refused)).not.toContain(TEST_SECRET);
   });
 
   it('accepts timestamps just inside the window and refuses those just outside', async () => {
