@@ -27,3 +27,26 @@ export async function deployedUsage(q: Queryable, operation: string, projectId: 
   const row = rows[0];
   return { count: Number(row.n), p10: Number(row.p10 ?? 0), p50: Number(row.p50 ?? 0), p90: Number(row.p90 ?? 0) };
 }
+
+/**
+ * Whether any build carries this operation (`metadata.operation`, `build` when none), in any state; and, when
+ * none does, up to `limit` operations that builds do carry, for the refusal's message. `build` is always known.
+ */
+export async function knownOperation(
+  q: Queryable,
+  operation: string,
+  limit: number,
+): Promise<{ known: true } | { known: false; others: string[] }> {
+  if (operation === 'build') return { known: true };
+  const { rows } = await q.query<{ found: boolean }>(
+    `select exists (select 1 from builds where metadata->>'operation' = $1::text) as found`,
+    [operation],
+  );
+  if (rows[0]?.found) return { known: true };
+  const others = await q.query<{ operation: string }>(
+    `select distinct metadata->>'operation' as operation from builds
+      where metadata->>'operation' is not null order by 1 limit $1::int`,
+    [limit],
+  );
+  return { known: false, others: ['build', ...others.rows.map((row) => row.operation).filter((op) => op !== 'build')] };
+}

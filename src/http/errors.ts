@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { DatabaseUnavailableError } from '../db/database';
 import { ApiError, type ErrorCode } from '../domain/errors';
+import { issuesFrom, type SchemaError } from '../domain/validation-issues';
 import { StoreUnavailableError } from '../store/store';
 import type { App } from './app';
 import { contextHeaders, correlationIdFrom, newRequestId, requestIdFrom } from './context';
@@ -91,17 +92,7 @@ function unavailable(dependency: 'database' | 'store'): ApiError {
 export function validationIssues(error: FastifyError): { path: string; message: string }[] {
   // Fastify says "querystring"; the client reads "query.limit", as the hand-made issues say.
   const context = error.validationContext === 'querystring' ? 'query' : (error.validationContext ?? 'body');
-  return (error.validation ?? []).map((issue) => {
-    const params = issue.params as Record<string, unknown>;
-    const base = `${context}${issue.instancePath.replaceAll('/', '.')}`;
-    if (issue.keyword === 'additionalProperties') {
-      return { path: `${base}.${String(params.additionalProperty)}`, message: 'is not an allowed field' };
-    }
-    if (issue.keyword === 'required') {
-      return { path: `${base}.${String(params.missingProperty)}`, message: 'is required' };
-    }
-    return { path: base, message: issue.message ?? 'is invalid' };
-  });
+  return issuesFrom((error.validation ?? []) as SchemaError[], context);
 }
 
 /** Turn anything thrown while handling a request into an ApiError; unknown errors become a bare 500. */
@@ -114,7 +105,9 @@ export function toApiError(error: unknown, bodyLimit: number): ApiError {
     const issues = validationIssues(fastifyError);
     return new ApiError(
       'VALIDATION_ERROR',
-      `The request has ${issues.length} invalid field${issues.length === 1 ? '' : 's'}: fix them and send it again.`,
+      issues.length === 1
+        ? `The request has 1 invalid field (${issues[0].path} ${issues[0].message}): fix it and send it again.`
+        : `The request has ${issues.length} invalid fields: fix them and send it again (data.issues lists each).`,
       { issues },
     );
   }

@@ -1,7 +1,8 @@
 /** Estimates (SPEC section 7): what an operation will likely cost, and whether the user can afford it. */
 
 import type { Queryable } from '../db/database';
-import { deployedUsage } from '../db/usage';
+import { deployedUsage, knownOperation } from '../db/usage';
+import { ApiError } from '../domain/errors';
 import { type EstimateFigures, estimateFrom, MIN_PROJECT_SAMPLES } from '../domain/estimate';
 import type { CreditPackage } from '../domain/recommendation';
 import { type Recommendation, recommendPackage } from '../domain/recommendation';
@@ -48,4 +49,35 @@ export async function estimate(
     if (recommendation) result.recommendation = recommendation;
   }
   return result;
+}
+
+/** How many of the operations builds carry a refusal lists. */
+const LISTED_OPERATIONS = 20;
+
+/**
+ * `POST /v1/estimate`: as `estimate`, but an operation no build has ever carried is refused (400) rather than
+ * answered with the default, so that a typo does not pass for an estimate.
+ */
+export async function estimateKnown(
+  q: Queryable,
+  input: EstimateInput,
+  options: { defaultCredits: number; packages: readonly CreditPackage[] },
+): Promise<Estimate> {
+  const known = await knownOperation(q, input.operation, LISTED_OPERATIONS);
+  if (!known.known) {
+    throw new ApiError(
+      'VALIDATION_ERROR',
+      `Kiln knows no operation "${input.operation}": estimate build, or an operation your builds carry in metadata.operation (${known.others.join(', ')}).`,
+      {
+        issues: [
+          {
+            path: 'body.operation',
+            message: `is not an operation any build carries: one of ${known.others.join(', ')}`,
+          },
+        ],
+        known: known.others,
+      },
+    );
+  }
+  return estimate(q, input, options);
 }

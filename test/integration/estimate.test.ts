@@ -65,8 +65,23 @@ describe('POST /v1/estimate', () => {
     await deployed('prj_new', [1000]);
     const res = (await estimate({ operation: 'build', projectId: 'prj_new' })).json();
     expect(res).toMatchObject({ basis: 'all_projects', basedOnSamples: 11, estimatedCredits: 60 });
+    // An operation no build carries is refused, naming those that are known (a typo is not an estimate).
+    const unknown = await estimate({ operation: 'preview', projectId: 'prj_est' });
+    expect(unknown.statusCode).toBe(400);
+    expect(unknown.json()).toMatchObject({
+      error: 'VALIDATION_ERROR',
+      data: { issues: [{ path: 'body.operation' }], known: ['build'] },
+    });
+    expect(unknown.json().message).toContain('"preview"');
+    // Once a build carries it (queued, so no history yet), it is known, and estimated from the default.
+    await t.database.db.query(
+      `insert into builds (id, project_id, user_id, state, exclusive, estimated_credits, metadata)
+       values ('prj_est_preview', 'prj_est', 'owner', 'queued', false, 10, '{"operation":"preview"}')`,
+    );
     const other = (await estimate({ operation: 'preview', projectId: 'prj_est' })).json();
     expect(other).toMatchObject({ basis: 'default', basedOnSamples: 0, estimatedCredits: 90 });
+    const typo = await estimate({ operation: 'previw' });
+    expect(typo.json().data.known).toEqual(['build', 'preview']);
   });
 
   it('with a userId: sufficient and available, and what to buy when short', async () => {

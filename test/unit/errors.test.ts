@@ -47,14 +47,14 @@ describe('toApiError', () => {
     const error = Object.assign(new Error('bad'), {
       validationContext: 'body',
       validation: [
-        { keyword: 'type', instancePath: '/name', params: {}, message: 'must be string' },
+        { keyword: 'type', instancePath: '/name', params: { type: 'string' }, message: 'must be string' },
         { keyword: 'required', instancePath: '', params: { missingProperty: 'ownerId' }, message: 'x' },
         { keyword: 'additionalProperties', instancePath: '', params: { additionalProperty: 'evil' }, message: 'x' },
       ],
     });
     expect(toApiError(error, 1).data).toEqual({
       issues: [
-        { path: 'body.name', message: 'must be string' },
+        { path: 'body.name', message: 'must be a string' },
         { path: 'body.ownerId', message: 'is required' },
         { path: 'body.evil', message: 'is not an allowed field' },
       ],

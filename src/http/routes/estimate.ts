@@ -1,5 +1,5 @@
 import { type Static, Type } from '@sinclair/typebox';
-import { estimate } from '../../services/estimate';
+import { estimateKnown } from '../../services/estimate';
 import type { App, AppDeps } from '../app';
 import { transactionOf } from '../idempotency';
 import { ERROR_RESPONSES, Id, Token } from '../schemas';
@@ -8,7 +8,8 @@ const EstimateBody = Type.Object(
   {
     operation: Type.String({
       pattern: '^[\\w.:-]{1,64}$',
-      description: 'e.g. build; matches builds’ metadata.operation',
+      description:
+        'build, or an operation builds carry in metadata.operation; one no build has carried is refused with 400',
     }),
     projectId: Type.Optional(Id),
     userId: Type.Optional(Token),
@@ -58,7 +59,7 @@ export function registerEstimateRoutes(app: App, deps: AppDeps): void {
     },
     async (request) => {
       const { operation, projectId, userId } = request.body as Static<typeof EstimateBody>;
-      return estimate(
+      return estimateKnown(
         transactionOf(request),
         { operation, projectId, userId },
         { defaultCredits: deps.config.defaultEstimateCredits, packages: deps.config.creditPackages },
