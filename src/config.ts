@@ -85,6 +85,8 @@ export interface Config {
   /** After a rotation or a new URL, the previous secret signs too for this long. */
   webhookSecretOverlapS: number;
   logLevel: LogLevel;
+  /** LOG_FORMAT: json lines, pretty lines for people, or auto (pretty when stdout is a terminal). */
+  logFormat: 'json' | 'pretty' | 'auto';
   bodyLimitBytes: number;
   shutdownTimeoutS: number;
 }
@@ -301,6 +303,7 @@ export function loadConfig(env: Env = process.env): Config {
     webhookConcurrency: integer(env, 'WEBHOOK_CONCURRENCY', 32, 0, 1024),
     webhookSecretOverlapS: integer(env, 'WEBHOOK_SECRET_OVERLAP_S', DAY, 0, 30 * DAY),
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
+    logFormat: oneOf(env, 'LOG_FORMAT', ['json', 'pretty', 'auto'] as const, 'auto'),
     bodyLimitBytes: integer(env, 'BODY_LIMIT_BYTES', 1_048_576, 1024, 64 * 1_048_576),
     shutdownTimeoutS: integer(env, 'SHUTDOWN_TIMEOUT_S', 10, 1, 600),
   });

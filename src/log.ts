@@ -59,9 +59,68 @@ export class BatchedDestination {
   }
 }
 
-/** The process's logger: JSON lines on stdout at `level`, each with the process id. */
-export function createLogger(level: string): Logger {
-  const destination = new BatchedDestination(1);
+/** How log lines are written: JSON lines, or lines for people (a terminal). */
+export type LogFormat = 'json' | 'pretty';
+
+const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+// Fields every line has, or that the line's head already shows.
+const HEAD_FIELDS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'requestId', 'v']);
+
+function fieldValue(value: unknown): string {
+  if (typeof value === 'string') return /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
+  return JSON.stringify(value);
+}
+
+/**
+ * One JSON log line as a line for people: the request id first (when there is one), then the time, the level, the
+ * message and the other fields as key=value; an error's stack on the lines after. Anything unparsable passes as is.
+ */
+export function prettyLine(json: string): string {
+  let entry: Record<string, unknown>;
+  try {
+    entry = JSON.parse(json);
+  } catch {
+    return json;
+  }
+  const time = typeof entry.time === 'number' ? new Date(entry.time).toISOString().slice(11, 23) : '';
+  const level = LEVELS[entry.level as number] ?? String(entry.level ?? '');
+  const head = [entry.requestId ? `[${String(entry.requestId)}]` : '', time, level.padEnd(5), String(entry.msg ?? '')]
+    .filter(Boolean)
+    .join(' ');
+  let stack = '';
+  const fields: string[] = [];
+  for (const [key, value] of Object.entries(entry)) {
+    if (HEAD_FIELDS.has(key) || value === undefined) continue;
+    const error = value as { stack?: unknown; message?: unknown; type?: unknown };
+    if ((key === 'err' || key === 'error') && error && typeof error === 'object' && typeof error.stack === 'string') {
+      fields.push(`${key}=${fieldValue(error.message ?? error.type)}`);
+      stack = `\n    ${error.stack.split('\n').join('\n    ')}`;
+      continue;
+    }
+    fields.push(`${key}=${fieldValue(value)}`);
+  }
+  return `${head}${fields.length > 0 ? `  ${fields.join(' ')}` : ''}${stack}\n`;
+}
+
+/** Lines for people, written through the batching destination. */
+class PrettyDestination {
+  constructor(private readonly out: BatchedDestination) {}
+  write(line: string): boolean {
+    return this.out.write(prettyLine(line));
+  }
+  flushSync = (): void => this.out.flushSync();
+  flush(cb?: (error?: Error) => void): void {
+    this.out.flush(cb);
+  }
+}
+
+/**
+ * The process's logger at `level`, on stdout: JSON lines, each with the process id, or with `format` 'pretty' lines
+ * for people (LOG_FORMAT=pretty, or by default when stdout is a terminal).
+ */
+export function createLogger(level: string, format: LogFormat = 'json'): Logger {
+  const batched = new BatchedDestination(1);
+  const destination = format === 'pretty' ? new PrettyDestination(batched) : batched;
   // Lines logged just before an exit (a crash included) are written, not left pending.
   process.on('exit', () => destination.flushSync());
   return pino({ level, base: { pid: process.pid } }, destination);

@@ -43,7 +43,8 @@ async function main(): Promise<void> {
     }
     throw error;
   }
-  const logger = createLogger(config.logLevel);
+  const format = config.logFormat === 'auto' ? (process.stdout.isTTY ? 'pretty' : 'json') : config.logFormat;
+  const logger = createLogger(config.logLevel, format);
   const exit = (code: number) => logger.flush(() => process.exit(code));
   const { secrets, file, generated } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
   if (generated) {

@@ -1,13 +1,15 @@
 import { Type } from '@sinclair/typebox';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signRequest } from '../../src/client/sign';
 import { insertRecord, purgeExpired, tryLockKey } from '../../src/db/idempotency';
 import { openPostgres } from '../../src/db/postgres';
 import { ApiError } from '../../src/domain/errors';
 import { canonicalJson, sha256 } from '../../src/domain/fingerprint';
 import { isRecordable, transactionOf } from '../../src/http/idempotency';
 import { registry } from '../../src/metrics';
-import { startTestApp, type TestApp } from '../helpers/app';
+import { startTestApp, TEST_SECRET, type TestApp } from '../helpers/app';
 import { DATABASE_URL } from '../helpers/env';
+import { rawRequest } from '../helpers/raw-http';
 import { signedInject } from '../helpers/signed';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -262,14 +264,22 @@ describe('idempotency', () => {
   });
 
   it('refuses an Idempotency-Key header sent twice', async () => {
-    const twice = await signedInject(t.app, {
-      method: 'POST',
-      url: '/v1/projects',
-      body: { ownerId: 'owner_twice', name: 'N' },
-      headers: { 'idempotency-key': ['key-a', 'key-b'] },
+    // Over a real socket: two header lines, as a client would send them (an in-process inject may join them).
+    const url = await t.app.listen({ port: 0, host: '127.0.0.1' });
+    const body = JSON.stringify({ ownerId: 'owner_twice', name: 'N' });
+    const signed = signRequest({ secret: TEST_SECRET, method: 'POST', path: '/v1/projects', body });
+    const head = Object.entries({ ...signed, 'content-type': 'application/json' })
+      .map(([name, value]) => `${name}: ${value}\r\n`)
+      .join('');
+    const twice = await rawRequest(
+      url,
+      `POST /v1/projects HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n${head}Idempotency-Key: key-a\r\nIdempotency-Key: key-b\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+    expect(twice.status).toBe(400);
+    expect(JSON.parse(twice.body)).toMatchObject({
+      error: 'INVALID_IDEMPOTENCY_KEY',
+      data: { rule: 'send the header once' },
     });
-    expect(twice.statusCode).toBe(400);
-    expect(twice.json()).toMatchObject({ error: 'INVALID_IDEMPOTENCY_KEY', data: { rule: 'send the header once' } });
     // One header whose value holds ", " is one key.
     const once = await post('/v1/projects', { ownerId: 'owner_twice', name: 'N' }, 'key-a, key-b');
     expect(once.statusCode).toBe(201);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BatchedDestination } from '../../src/log';
+import { BatchedDestination, prettyLine } from '../../src/log';
 
 const LOG_MODULE = new URL('../../src/log.ts', import.meta.url).pathname;
 
@@ -70,5 +70,53 @@ describe('BatchedDestination', () => {
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
     expect(stderr).toBe('');
     expect(code).toBe(0);
+  });
+});
+
+describe('lines for people (LOG_FORMAT=pretty)', () => {
+  it('puts the request id first, then time, level, message and the other fields', () => {
+    const json = JSON.stringify({
+      level: 30,
+      time: Date.UTC(2026, 11, 5, 14, 3, 7, 250),
+      pid: 42,
+      requestId: 'req_abc',
+      correlationId: 'cor 1',
+      msg: 'request completed',
+      statusCode: 201,
+      route: '/v1/builds',
+    });
+    expect(prettyLine(json)).toBe(
+      '[req_abc] 14:03:07.250 INFO  request completed  correlationId="cor 1" statusCode=201 route=/v1/builds\n',
+    );
+  });
+
+  it('a line without a request id starts with the time; an error’s stack follows on its own lines', () => {
+    const error = new Error('boom');
+    const line = prettyLine(
+      JSON.stringify({
+        level: 50,
+        time: 0,
+        msg: 'failed',
+        err: { type: 'Error', message: 'boom', stack: error.stack },
+      }),
+    );
+    expect(line.startsWith('00:00:00.000 ERROR failed  err=boom\n    Error: boom')).toBe(true);
+    expect(line.endsWith('\n')).toBe(true);
+    expect(prettyLine('not json\n')).toBe('not json\n');
+  });
+
+  it('a process logging with createLogger(level, "pretty") writes such lines', async () => {
+    const script = `import { createLogger } from ${JSON.stringify(LOG_MODULE)};
+      const logger = createLogger('info', 'pretty');
+      logger.child({ requestId: 'req_1' }).info({ n: 1 }, 'hello');`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+    });
+    await new Promise((resolve) => child.on('close', resolve));
+    expect(out).toMatch(/^\[req_1\] \d\d:\d\d:\d\d\.\d{3} INFO {2}hello {2}n=1\n$/);
   });
 });
