@@ -142,7 +142,11 @@ function url(env: Env, name: string, protocols: string[]): string | undefined {
   try {
     parsed = new URL(raw);
   } catch {
-    throw new ConfigError(name, `not a URL: "${raw}" (expected ${protocols.map((p) => `${p}//…`).join(' or ')})`);
+    // The value is not echoed: an unparsable URL is often one whose password holds a character needing %-encoding.
+    throw new ConfigError(
+      name,
+      `not a URL (expected ${protocols.map((p) => `${p}//…`).join(' or ')}; %-encode special characters in the user and password, e.g. # as %23)`,
+    );
   }
   if (!protocols.includes(parsed.protocol)) {
     throw new ConfigError(name, `expected a ${protocols.join(' or ')} URL, got "${parsed.protocol}"`);

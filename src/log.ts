@@ -67,9 +67,19 @@ const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 4
 const HEAD_FIELDS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'requestId', 'v']);
 
 function fieldValue(value: unknown): string {
-  if (typeof value === 'string') return /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
+  if (typeof value === 'string')
+    return /^[\x21-\x7e]+$/.test(value) && !/["=]/.test(value) ? value : JSON.stringify(value);
   return JSON.stringify(value);
 }
+
+/** A message as is when it is printable; quoted (control characters escaped) when not, so it cannot forge lines. */
+const printable = (text: string) => {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x20 || code === 0x7f) return JSON.stringify(text);
+  }
+  return text;
+};
 
 /**
  * One JSON log line as a line for people: the request id first (when there is one), then the time, the level, the
@@ -84,7 +94,12 @@ export function prettyLine(json: string): string {
   }
   const time = typeof entry.time === 'number' ? new Date(entry.time).toISOString().slice(11, 23) : '';
   const level = LEVELS[entry.level as number] ?? String(entry.level ?? '');
-  const head = [entry.requestId ? `[${String(entry.requestId)}]` : '', time, level.padEnd(5), String(entry.msg ?? '')]
+  const head = [
+    entry.requestId ? `[${printable(String(entry.requestId))}]` : '',
+    time,
+    level.padEnd(5),
+    printable(String(entry.msg ?? '')),
+  ]
     .filter(Boolean)
     .join(' ');
   let stack = '';

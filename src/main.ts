@@ -110,6 +110,10 @@ async function main(): Promise<void> {
       .catch((error) => logger.warn({ err: error }, 'could not read the recorded v1 retirement'));
   }, 15_000);
   heartbeat.unref();
+  openedAtStart.push(async () => {
+    clearInterval(heartbeat);
+    await unregisterInstance(background, instanceId);
+  });
 
   const stopMaintenance = startMaintenance(background, store, logger);
   const signals = new BuildSignals(store, logger);
@@ -135,6 +139,12 @@ async function main(): Promise<void> {
       : () => {};
   const stopCreditAuditor =
     config.creditAuditIntervalS > 0 ? startCreditAuditor(background, logger, config.creditAuditIntervalS) : () => {};
+  openedAtStart.push(async () => {
+    stopMaintenance();
+    stopCreditSweeper();
+    stopCreditAuditor();
+    stopAnalyticsFolder();
+  });
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   openedAtStart.push(() => app.close());
   const address = await startStep({ kind: 'listen', host: config.host, port: config.port }, () =>
@@ -201,8 +211,11 @@ async function main(): Promise<void> {
 main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`kiln: could not start — ${message}\n`);
-  // Close what was opened, last first (the embedded database's lock included), but never hang on it.
-  const deadline = new Promise((done) => setTimeout(done, 5_000).unref());
-  for (const close of openedAtStart.reverse()) await Promise.race([close().catch(() => {}), deadline]);
+  // Exit 1 even if the event loop empties while a close below hangs.
+  process.exitCode = 1;
+  // Close what was opened, last first (the embedded database's lock included); each gets its own few seconds.
+  for (const close of openedAtStart.reverse()) {
+    await Promise.race([close().catch(() => {}), new Promise((done) => setTimeout(done, 3_000).unref())]);
+  }
   process.exit(1);
 });

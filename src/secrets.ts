@@ -22,6 +22,17 @@ export async function resolveHmacSecrets(
   const secret = randomBytes(32).toString('hex');
   // Exactly the secret, no newline: a reader that takes the file as is (`$(cat …)`, readFileSync) signs with the
   // right bytes. Kiln itself tolerates surrounding whitespace (an editor's newline) when it reads the file back.
-  await writeFile(file, secret, { mode: 0o600, flag: 'w' });
+  // Created exclusively: a `kiln sign` starting at the same moment as the server never writes a second secret over
+  // the first; whoever loses reads the winner's.
+  try {
+    await writeFile(file, secret, { mode: 0o600, flag: 'wx' });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const saved = (await readFile(file, 'utf8')).trim();
+    if (saved.length < 16)
+      throw new Error(`${file} holds no usable secret (under 16 characters): delete it or set HMAC_SECRET`);
+    return { secrets: [saved], file };
+  }
   return { secrets: [secret], file, generated: true };
 }

@@ -16,7 +16,8 @@ export function canonicalPath(pathWithQuery: string): string {
   if (mark === -1) return pathWithQuery;
   const path = pathWithQuery.slice(0, mark);
   const params = new URLSearchParams(pathWithQuery.slice(mark + 1));
-  const sorted = new URLSearchParams([...params.entries()].sort(([a], [b]) => a.localeCompare(b)));
+  // The 'en' collation, not the process's locale: a server started with LANG=da_DK or lt_LT would sort otherwise.
+  const sorted = new URLSearchParams([...params.entries()].sort(([a], [b]) => a.localeCompare(b, 'en')));
   const query = sorted.toString();
   return query ? `${path}?${query}` : path;
 }

@@ -117,8 +117,19 @@ export function issuesFrom(errors: readonly SchemaError[], context: string): Iss
     }
   }
 
+  // A choice one of whose branches matched the value's type but failed a check of its own (a string too long for
+  // "string or null", an object with a field not allowed): that check is the issue, not the list of types.
+  const CHOICE_NOISE = new Set(['type', 'const', 'enum', 'anyOf']);
+  const detailed = new Set<string>();
+  for (const error of errors) {
+    const choice = underChoice(error.instancePath);
+    if (choice !== undefined && !CHOICE_NOISE.has(error.keyword)) detailed.add(choice);
+  }
+
   const issues = new Map<string, string>();
   for (const error of errors) {
+    const choice = underChoice(error.instancePath);
+    if (choice !== undefined && detailed.has(choice) && CHOICE_NOISE.has(error.keyword)) continue;
     const base = `${context}${error.instancePath.replaceAll('/', '.')}`;
     let path = base;
     let message: string;
@@ -133,8 +144,8 @@ export function issuesFrom(errors: readonly SchemaError[], context: string): Iss
       const allowed = [...(choice.values.length > 0 ? [`one of ${choice.values.join(', ')}`] : []), ...choice.types];
       message = allowed.length > 0 ? `must be ${either([...new Set(allowed)])}` : 'does not match any allowed form';
     } else {
-      // A branch of a choice: the choice speaks for it.
-      if (underChoice(error.instancePath) !== undefined) continue;
+      // A branch of a choice: the choice speaks for it, unless the branch's own check is the issue (above).
+      if (choice !== undefined && !detailed.has(choice)) continue;
       message = wording(error) ?? error.message ?? 'is invalid';
     }
     // The first failure of a field is the one reported; an anyOf replaces its branches' (reported before it).

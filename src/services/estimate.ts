@@ -63,6 +63,9 @@ export async function estimateKnown(
   input: EstimateInput,
   options: { defaultCredits: number; packages: readonly CreditPackage[] },
 ): Promise<Estimate> {
+  const result = await estimate(q, input, options);
+  // Only an operation without any deployed history needs the check (and its scan of builds' metadata).
+  if (result.basis !== 'default') return result;
   const known = await knownOperation(q, input.operation, LISTED_OPERATIONS);
   if (!known.known) {
     throw new ApiError(
@@ -79,5 +82,5 @@ export async function estimateKnown(
       },
     );
   }
-  return estimate(q, input, options);
+  return result;
 }

@@ -77,7 +77,7 @@ function readmePath(sent: string): string {
         : [decodeComponent(piece.slice(0, eq)), decodeComponent(piece.slice(eq + 1))];
     });
   // Step 2: localeCompare on names; Array.prototype.sort is stable, so equal names keep their order.
-  pairs.sort(([a], [b]) => a.localeCompare(b));
+  pairs.sort(([a], [b]) => a.localeCompare(b, 'en'));
   const query = pairs.map(([name, value]) => `${encodeComponent(name)}=${encodeComponent(value)}`).join('&');
   return query ? `${sent.slice(0, mark)}?${query}` : sent.slice(0, mark);
 }

@@ -120,3 +120,11 @@ describe('lines for people (LOG_FORMAT=pretty)', () => {
     expect(out).toMatch(/^\[req_1\] \d\d:\d\d:\d\d\.\d{3} INFO {2}hello {2}n=1\n$/);
   });
 });
+
+describe('pretty lines cannot be forged', () => {
+  it('quotes a message or request id holding a newline or an escape', () => {
+    const line = prettyLine(JSON.stringify({ level: 30, time: 0, requestId: 'r\n1', msg: 'a\nfake line\u001b[2J' }));
+    expect(line.split('\n')).toHaveLength(2);
+    expect(line).toContain('"a\\nfake line\\u001b[2J"');
+  });
+});

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config';
 import { explainStartFailure, redactUrl, StartError, startStep } from '../../src/startup';
 
 const coded = (code: string, message = `failed with ${code}`) => Object.assign(new Error(message), { code });
@@ -72,5 +73,23 @@ describe('start-up failure messages', () => {
     expect(redactUrl('postgres://u:p@h:1/d?sslmode=require')).toBe('postgres://u:***@h:1/d?sslmode=require');
     expect(redactUrl('redis://h:6379')).toBe('redis://h:6379');
     expect(redactUrl('not a url')).toBe('(an unparsable URL)');
+    expect(redactUrl('postgres://u@h/d?password=p&sslmode=require&authToken=t')).toBe(
+      'postgres://u@h/d?password=***&sslmode=require&authToken=***',
+    );
+  });
+});
+
+describe('a URL that does not parse', () => {
+  it('is refused without echoing it (its password is often why)', () => {
+    let error: unknown;
+    try {
+      loadConfig({ DATABASE_URL: 'postgres://kiln:p#ss@db/kiln' });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('DATABASE_URL');
+    expect((error as Error).message).toContain('%23');
+    expect((error as Error).message).not.toContain('p#ss');
   });
 });

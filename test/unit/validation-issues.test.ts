@@ -26,17 +26,28 @@ describe('validation issues for people', () => {
     expect(issuesFrom(errors, 'body')).toEqual([{ path: 'body.reason', message: 'must be a string or null' }]);
   });
 
-  it('drops failures inside a choice’s branches, and keeps other fields', () => {
-    const errors = [
-      e('required', '/target', { missingProperty: 'url' }),
-      e('type', '/target/url', { type: 'string' }),
-      e('anyOf', '/target'),
+  it('a choice whose matching branch failed a check of its own reports that check', () => {
+    // "string or null" given a string too long: not "must be a string or null".
+    const tooLong = [
+      e('maxLength', '/name', { limit: 64 }),
+      e('type', '/name', { type: 'null' }),
+      e('anyOf', '/name'),
       e('type', '/limit', { type: 'integer' }),
     ];
-    expect(issuesFrom(errors, 'body')).toEqual([
-      { path: 'body.target.url', message: 'is required' },
-      { path: 'body.target', message: 'does not match any allowed form' },
+    expect(issuesFrom(tooLong, 'body')).toEqual([
+      { path: 'body.name', message: 'must be at most 64 characters long' },
       { path: 'body.limit', message: 'must be an integer' },
+    ]);
+    // "object or null" with a field not allowed, and with a required one missing.
+    const settings = [
+      e('additionalProperties', '/settings', { additionalProperty: 'a' }),
+      e('required', '/settings', { missingProperty: 'url' }),
+      e('type', '/settings', { type: 'null' }),
+      e('anyOf', '/settings'),
+    ];
+    expect(issuesFrom(settings, 'body')).toEqual([
+      { path: 'body.settings.a', message: 'is not an allowed field' },
+      { path: 'body.settings.url', message: 'is required' },
     ]);
   });
 
