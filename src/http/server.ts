@@ -91,6 +91,21 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         description: 'Builds, credits and the guarantees around them. Every /v1 route is signed (see README).',
       },
     },
+    // A query parameter with a default may be left out: the server fills it in, so the document must not call it
+    // required (TypeBox leaves a property with a default in `required`).
+    transformObject: (documentObject) => {
+      if (!('openapiObject' in documentObject)) return documentObject.swaggerObject;
+      const { openapiObject } = documentObject;
+      for (const operations of Object.values(openapiObject.paths ?? {})) {
+        for (const operation of Object.values(operations as Record<string, { parameters?: unknown[] }>)) {
+          for (const parameter of operation?.parameters ?? []) {
+            const p = parameter as { in?: string; required?: boolean; schema?: { default?: unknown } };
+            if (p.in === 'query' && p.required && p.schema?.default !== undefined) p.required = false;
+          }
+        }
+      }
+      return openapiObject;
+    },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 

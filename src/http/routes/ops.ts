@@ -109,6 +109,15 @@ export function registerOpsRoutes(app: App, deps: AppDeps, pipeline: () => Promi
   );
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  // A newcomer's first request: a browser is sent to the interactive docs; a client reads where things are.
+  app.get('/', { schema: { hide: true } }, async (_request, reply) =>
+    reply.code(302).header('location', '/docs').send({
+      docs: '/docs',
+      openapi: '/openapi.json',
+      health: '/healthz',
+      readme: 'Every /v1 route is signed: see the README, "Signed requests".',
+    }),
+  );
 
   app.get(
     '/metrics',
