@@ -14,7 +14,10 @@ import { deleteKeys } from '../helpers/store';
  * process at a time owns DATA_DIR, so "another process" is the same directory restarted.
  */
 describe('idempotency across processes and crashes', () => {
-  const shared = sharedKilns();
+  // The storm's 200 requests at once, over three processes and PostgreSQL on a 2-core machine, can keep a request
+  // waiting for a pooled connection past the default 2 s (seen on the keyed-build storm, 2026-12-05, back to the code
+  // of c651da2); the waits are for the pool, not a lost connection (15 s passes). The assertions are unchanged.
+  const shared = sharedKilns({ DATABASE_POOL_TIMEOUT_MS: '15000' });
   const start = () => shared.start();
   const client = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
 
@@ -39,9 +42,11 @@ describe('idempotency across processes and crashes', () => {
         client(processes[i % processes.length])('POST', path, body, { 'idempotency-key': key }),
       ),
     );
-    const statuses = responses.map((r) => r.status);
     const successes = responses.filter((r) => r.status === 201);
-    expect(statuses.every((s) => s === 201 || s === 409)).toBe(true);
+    // Listed, so that a failure shows what came back instead.
+    expect(responses.filter((r) => r.status !== 201 && r.status !== 409).map((r) => `${r.status} ${r.text}`)).toEqual(
+      [],
+    );
     expect(successes.length).toBeGreaterThanOrEqual(1);
     expect(new Set(successes.map((r) => r.text)).size).toBe(1);
     expect(successes.filter((r) => r.headers.get('idempotent-replayed') !== 'true')).toHaveLength(1);
