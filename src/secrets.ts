@@ -12,12 +12,8 @@ export async function resolveHmacSecrets(
 ): Promise<{ secrets: string[]; file?: string; generated?: boolean }> {
   if (configured.length > 0) return { secrets: configured };
   const file = join(dataDir, 'hmac-secret');
-  try {
-    const saved = (await readFile(file, 'utf8')).trim();
-    if (saved.length >= 16) return { secrets: [saved], file };
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
+  const saved = await savedSecret(file);
+  if (saved !== undefined) return { secrets: [saved], file };
   await mkdir(dataDir, { recursive: true });
   const secret = randomBytes(32).toString('hex');
   // Exactly the secret, no newline: a reader that takes the file as is (`$(cat …)`, readFileSync) signs with the
@@ -29,10 +25,22 @@ export async function resolveHmacSecrets(
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     await new Promise((resolve) => setTimeout(resolve, 50));
-    const saved = (await readFile(file, 'utf8')).trim();
-    if (saved.length < 16)
+    const winner = await savedSecret(file);
+    if (winner === undefined) {
       throw new Error(`${file} holds no usable secret (under 16 characters): delete it or set HMAC_SECRET`);
-    return { secrets: [saved], file };
+    }
+    return { secrets: [winner], file };
   }
   return { secrets: [secret], file, generated: true };
+}
+
+/** The secret saved in `file`, whitespace around it ignored; undefined when there is none or it is under 16 characters. */
+async function savedSecret(file: string): Promise<string | undefined> {
+  try {
+    const saved = (await readFile(file, 'utf8')).trim();
+    return saved.length >= 16 ? saved : undefined;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    return undefined;
+  }
 }

@@ -2,6 +2,7 @@ import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestApp, TEST_SECRET, type TestApp } from '../helpers/app';
+import { signatureVectors } from '../helpers/vectors';
 
 /**
  * Signing as a newcomer would: only from the rules as the README states them, with no code of the project's (no
@@ -11,18 +12,7 @@ import { startTestApp, TEST_SECRET, type TestApp } from '../helpers/app';
  */
 
 const README = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-const VECTORS = JSON.parse(readFileSync(new URL('../fixtures/signatures.json', import.meta.url), 'utf8')).vectors as {
-  name: string;
-  method: string;
-  path: string;
-  body: string;
-  secret: string;
-  timestamp: string;
-  nonce: string;
-  signedPath: string;
-  v1: string;
-  v2: string;
-}[];
+const VECTORS = signatureVectors;
 
 function between(marker: string): string {
   const start = README.indexOf(`<!-- ${marker} -->`);

@@ -1,24 +1,9 @@
-import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { signRequest } from '../../src/client/sign';
 import { canonicalPath, signatureMatches, signV1, signV2, verifiesWithAny } from '../../src/domain/signature';
+import { signatureVectors } from '../helpers/vectors';
 
-interface Vector {
-  name: string;
-  method: string;
-  path: string;
-  body: string;
-  secret: string;
-  timestamp: string;
-  nonce: string;
-  signedPath: string;
-  v1: string;
-  v2: string;
-}
-
-const vectors: Vector[] = JSON.parse(
-  readFileSync(new URL('../fixtures/signatures.json', import.meta.url), 'utf8'),
-).vectors;
+const vectors = signatureVectors;
 
 describe('signature vectors (shared with the existing client)', () => {
   it('has the cases the SPEC names', () => {
