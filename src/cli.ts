@@ -2,7 +2,7 @@
  * `kiln` command line. `kiln sign METHOD PATH [BODY]` prints the signature headers for one request, and a ready
  * curl line, using HMAC_SECRET(S) or the secret Kiln generated in DATA_DIR.
  */
-import { signRequest } from './client/sign';
+import { signRequest } from '../packages/client/src/index';
 import { ConfigError, loadConfig } from './config';
 import { DirectoryInUseError } from './db/directory-lock';
 import { runDemo } from './demo';
@@ -86,7 +86,7 @@ export function parseCommand(argv: string[]): Command | { error: string } {
 async function sign({ method, path, body }: { method: string; path: string; body: string }): Promise<number> {
   const config = loadConfig(process.env);
   const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
-  const headers = signRequest({
+  const headers = await signRequest({
     secret: secrets[0],
     method,
     path,

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createKilnClient, signRequest } from './client/sign';
+import { createKilnClient, signRequest } from '../packages/client/src/index';
 
 /**
  * `kiln demo`: against a running Kiln, grant a demo user credits, create a project and a build, and print the
@@ -11,7 +11,8 @@ export async function runDemo(
   prefix: string,
   out: (line: string) => void,
 ): Promise<number> {
-  const call = createKilnClient({ baseUrl, secret, prefix, correlationId: `demo_${Date.now()}` });
+  // raw(): the demo prints any refusal as it came rather than throwing; one attempt, as a person is watching.
+  const client = createKilnClient({ baseUrl, secret, prefix, correlationId: `demo_${Date.now()}`, retry: false });
   const suffix = randomBytes(3).toString('hex');
   const userId = `demo_user_${suffix}`;
   const steps: [string, string, unknown][] = [
@@ -21,7 +22,7 @@ export async function runDemo(
   ];
   let build: { id: string; state: string } | undefined;
   for (const [method, path, body] of steps) {
-    const res = await call<{ id: string; state: string; message?: string }>(method, path, body);
+    const res = await client.raw<{ id: string; state: string; message?: string }>(method, path, { body });
     if (res.status >= 300) {
       out(`${method} ${path} → ${res.status}: ${res.text}`);
       return 1;
@@ -30,7 +31,9 @@ export async function runDemo(
     build = res.body;
   }
   const path = `/v1/builds/${build!.id}/events/stream`;
-  const stream = await fetch(`${baseUrl}${path}`, { headers: signRequest({ secret, method: 'GET', path, prefix }) });
+  const stream = await fetch(`${baseUrl}${path}`, {
+    headers: await signRequest({ secret, method: 'GET', path, prefix }),
+  });
   const decoder = new TextDecoder();
   let buffer = '';
   for await (const chunk of stream.body as unknown as AsyncIterable<Uint8Array>) {
@@ -47,7 +50,7 @@ export async function runDemo(
       out(`  #${event.seq} ${event.type}${progress} ${event.message ?? ''}`);
     }
   }
-  const final = await call<{ state: string; previewUrl: string | null; actualCredits: number | null }>(
+  const final = await client.raw<{ state: string; previewUrl: string | null; actualCredits: number | null }>(
     'GET',
     `/v1/builds/${build!.id}`,
   );

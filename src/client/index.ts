@@ -1,4 +1,8 @@
-/** Kiln's client-side helpers, exported for callers: request signing, a small signing HTTP client, and webhooks. */
-export { canonicalPath, signV1, signV2 } from '../domain/signature';
-export { createKilnClient, type KilnClientOptions, type KilnResponse, type SignOptions, signRequest } from './sign';
-export { type VerifiedWebhook, verifyWebhook, type WebhookRejection, WebhookVerificationError } from './webhook';
+/**
+ * Kiln's client, for code in this repository: the client package (packages/client, published as `@kiln/client`),
+ * which signs with Web Crypto and calls with fetch, plus the synchronous node:crypto twins of its signer and webhook
+ * verifier for Node code that cannot await.
+ */
+export * from '../../packages/client/src/index';
+export { type SignOptions as SyncSignOptions, signRequest as signRequestSync } from './sign';
+export { verifyWebhook as verifyWebhookSync } from './webhook';

@@ -1,5 +1,19 @@
 import { randomBytes } from 'node:crypto';
+import {
+  createKilnClient as createPackageClient,
+  type KilnResponse,
+  type KilnClientOptions as PackageClientOptions,
+} from '../../packages/client/src/index';
 import { type SignatureVersion, signV1, signV2 } from '../domain/signature';
+
+export type { KilnResponse };
+
+/**
+ * Node-side helpers over the client package (packages/client, `@kiln/client`) for this repository's tests, tools
+ * and benchmarks. The package is what callers use; what is here exists because a promise does not fit where it is
+ * used: a synchronous signer (in-process `inject` tests, benchmarks that sign thousands of requests up front) and
+ * the `call(method, path, body?, headers?)` shape the end-to-end tests are written in.
+ */
 
 export interface SignOptions {
   secret: string;
@@ -17,8 +31,9 @@ export interface SignOptions {
 }
 
 /**
- * Headers that sign one request for Kiln: `<prefix>-timestamp`, `<prefix>-nonce`, and `<prefix>-signature` (v1)
- * and/or `<prefix>-sig-v2` (v2). Use a fresh nonce per request: Kiln accepts each nonce once.
+ * The package's signRequest, synchronously: the same headers (`<prefix>-timestamp`, `<prefix>-nonce`,
+ * `<prefix>-signature` and/or `<prefix>-sig-v2`), computed with the server's node:crypto HMAC over the package's
+ * canonical request. Use a fresh nonce per request: Kiln accepts each nonce once.
  */
 export function signRequest(options: SignOptions): Record<string, string> {
   const prefix = (options.prefix ?? 'x-sheen').toLowerCase();
@@ -37,52 +52,24 @@ export function signRequest(options: SignOptions): Record<string, string> {
   return headers;
 }
 
-export interface KilnClientOptions {
-  baseUrl: string;
-  secret: string;
-  prefix?: string;
-  versions?: SignatureVersion[];
-  /** Sent as x-correlation-id on every request when given. */
-  correlationId?: string;
-}
+export type KilnClientOptions = Pick<
+  PackageClientOptions,
+  'baseUrl' | 'secret' | 'prefix' | 'versions' | 'correlationId' | 'fetch' | 'onResponse'
+>;
 
-export interface KilnResponse<T = unknown> {
-  status: number;
-  headers: Headers;
-  body: T;
-  text: string;
-}
-
-/** A minimal signing HTTP client for Kiln (used by the end-to-end tests and by hand). */
+/**
+ * `call(method, path, body?, extraHeaders?)` → `{status, headers, body, text}`, whatever the status: the package
+ * client's `raw()`, sent once, with no Idempotency-Key unless the headers carry one (tests assert on exactly the
+ * request they send). `extraHeaders` win over the signature headers, so a test can send a bad one.
+ */
 export function createKilnClient(options: KilnClientOptions) {
-  return async function call<T = unknown>(
+  const client = createPackageClient({ ...options, retry: false });
+  return function call<T = unknown>(
     method: string,
     path: string,
     body?: unknown,
     extraHeaders: Record<string, string> = {},
   ): Promise<KilnResponse<T>> {
-    const text = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
-    const headers: Record<string, string> = {
-      ...signRequest({
-        secret: options.secret,
-        method,
-        path,
-        body: text,
-        prefix: options.prefix,
-        versions: options.versions,
-      }),
-      ...(text ? { 'content-type': 'application/json' } : {}),
-      ...(options.correlationId ? { 'x-correlation-id': options.correlationId } : {}),
-      ...extraHeaders,
-    };
-    const response = await fetch(`${options.baseUrl}${path}`, { method, headers, body: text || undefined });
-    const responseText = await response.text();
-    let parsed: unknown = responseText;
-    try {
-      parsed = responseText ? JSON.parse(responseText) : undefined;
-    } catch {
-      // not JSON (e.g. an event stream); keep the text
-    }
-    return { status: response.status, headers: response.headers, body: parsed as T, text: responseText };
+    return client.raw<T>(method, path, { body, headers: extraHeaders });
   };
 }

@@ -1,26 +1,16 @@
+import { canonicalPath, stringToSignV2 } from '../../packages/client/src/canonical';
 import { hexSignatureEquals, hmacSha256Hex } from './hmac';
 
 /**
- * The request-signing scheme of SPEC section 3, shared by the server's check and the bundled client.
- * Pure: no I/O, no clock (callers pass the time).
+ * The request-signing scheme of SPEC section 3 on the server's side. What a request's canonical form is comes from
+ * the client package (packages/client/src/canonical.ts), so the server and every client built on the package read
+ * one rule; the HMACs stay here, synchronous on node:crypto, since the package's Web Crypto ones are async and
+ * slower for the per-request check. Pure: no I/O, no clock (callers pass the time).
  */
+
+export { canonicalPath, stringToSignV2 };
 
 export type SignatureVersion = 'v1' | 'v2';
-
-/**
- * The PATH that v2 signs: the path as sent, with its query parameters sorted by name the way the existing
- * client does it (URLSearchParams, localeCompare on keys, stable for repeated keys), and a bare `?` dropped.
- */
-export function canonicalPath(pathWithQuery: string): string {
-  const mark = pathWithQuery.indexOf('?');
-  if (mark === -1) return pathWithQuery;
-  const path = pathWithQuery.slice(0, mark);
-  const params = new URLSearchParams(pathWithQuery.slice(mark + 1));
-  // The 'en' collation, not the process's locale: a server started with LANG=da_DK or lt_LT would sort otherwise.
-  const sorted = new URLSearchParams([...params.entries()].sort(([a], [b]) => a.localeCompare(b, 'en')));
-  const query = sorted.toString();
-  return query ? `${path}?${query}` : path;
-}
 
 type Body = string | Buffer;
 
@@ -29,7 +19,7 @@ export function signV1(secret: string, timestamp: string, body: Body): string {
   return hmacSha256Hex(secret, [timestamp, body]);
 }
 
-/** v2: hex HMAC-SHA256 over `METHOD\nPATH\ntimestamp\nnonce\nbody` with PATH from `canonicalPath`. */
+/** v2: hex HMAC-SHA256 over `METHOD\nPATH\ntimestamp\nnonce\nbody` (stringToSignV2, then the body). */
 export function signV2(
   secret: string,
   method: string,
@@ -38,10 +28,7 @@ export function signV2(
   nonce: string,
   body: Body,
 ): string {
-  return hmacSha256Hex(secret, [
-    `${method.toUpperCase()}\n${canonicalPath(pathWithQuery)}\n${timestamp}\n${nonce}\n`,
-    body,
-  ]);
+  return hmacSha256Hex(secret, [stringToSignV2(method, pathWithQuery, timestamp, nonce), body]);
 }
 
 const HEX_SHA256 = /^[0-9a-f]{64}$/i;

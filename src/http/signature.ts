@@ -1,7 +1,14 @@
 import { createHash } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import type { Config } from '../config';
-import { canonicalPath, type SignatureVersion, signV1, signV2, verifiesWithAny } from '../domain/signature';
+import {
+  canonicalPath,
+  type SignatureVersion,
+  signV1,
+  signV2,
+  stringToSignV2,
+  verifiesWithAny,
+} from '../domain/signature';
 import { countSignatureOutcome } from '../metrics';
 import { ApiError } from './errors';
 
@@ -191,6 +198,6 @@ function whatWasSigned(request: FastifyRequest, timestamp: string, nonce: string
     nonce,
     bodyLength: bytes.length,
     bodySha256: createHash('sha256').update(bytes).digest('hex'),
-    v2StringToSignWithoutBody: `${method}\n${path}\n${timestamp}\n${nonce}\n`,
+    v2StringToSignWithoutBody: stringToSignV2(method, request.url, timestamp, nonce),
   };
 }

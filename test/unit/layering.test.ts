@@ -9,9 +9,17 @@ import { describe, expect, it } from 'vitest';
  * rules forbid, naming the file and the import.
  */
 const SRC = resolve(new URL('../../src', import.meta.url).pathname);
+/**
+ * The client package's sources, outside src/ but imported by it: the server signs with the package's canonical
+ * request (one rule for both sides, so they cannot drift), and src/client and the CLI are built on the package.
+ * The package imports nothing of src/ and nothing but Web platform APIs, so it is a leaf below every layer, like a
+ * dependency from node_modules; it is named here so that only the layers listed may reach it.
+ */
+const CLIENT_PACKAGE = resolve(new URL('../../packages/client/src', import.meta.url).pathname);
 
 /** The layer of a file of src/: its first directory, or `top` for the composition files at the root. */
 function layerOf(file: string): string {
+  if (file.startsWith(`${CLIENT_PACKAGE}/`)) return 'package';
   const [first, second] = relative(SRC, file).split('/');
   if (second === undefined) return 'top';
   if (first === 'http' && second === 'routes') return 'routes';
@@ -20,7 +28,7 @@ function layerOf(file: string): string {
 
 /** What each layer may import (besides itself). `db/database` is the database interface and its errors. */
 const ALLOWED: Record<string, string[]> = {
-  domain: [],
+  domain: ['package'],
   db: ['domain'],
   store: ['db', 'domain'],
   services: ['db', 'store', 'domain', 'top:metrics', 'top:log'],
@@ -28,7 +36,7 @@ const ALLOWED: Record<string, string[]> = {
   delivery: ['services', 'store', 'db', 'domain', 'top:metrics'],
   http: ['routes', 'services', 'store', 'domain', 'db/database', 'top:config', 'top:metrics', 'top:version'],
   routes: ['http', 'services', 'domain', 'top:config', 'top:metrics'],
-  client: ['domain'],
+  client: ['domain', 'package'],
   top: ['*'],
 };
 
