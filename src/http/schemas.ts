@@ -21,11 +21,3 @@ export const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', minLength: 1, 
 
 /** An opaque token such as a user id: 1-128 of word characters and . : @ - */
 export const Token = Type.String({ pattern: '^[\\w.:@-]{1,128}$', minLength: 1, maxLength: 128 });
-
-/**
- * The error responses a signed /v1 route may give (SPEC section 2), all in the one envelope: for the serializer
- * and the OpenAPI document.
- */
-export const ERROR_RESPONSES = Object.fromEntries(
-  [400, 401, 402, 404, 409, 413, 415, 422, 429, 503].map((status) => [status, ErrorEnvelopeSchema]),
-) as Record<400 | 401 | 402 | 404 | 409 | 413 | 415 | 422 | 429 | 503, typeof ErrorEnvelopeSchema>;

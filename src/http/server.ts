@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -24,6 +25,8 @@ import {
 import { isSignedPath, signatureGuard } from './guard';
 import { idempotencyHooks, isMutatingMethod, storedResponseKey } from './idempotency';
 import { readIdempotencyKey } from './idempotency-key';
+import { documentErrors, documentRoute, securitySchemes } from './openapi';
+import { ROUTE_EXAMPLES } from './openapi-examples';
 import { registerAnalyticsRoutes } from './routes/analytics';
 import { registerBuildRoutes } from './routes/builds';
 import { registerCreditRoutes } from './routes/credits';
@@ -88,8 +91,19 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       info: {
         title: 'Kiln',
         version: deps.version,
-        description: 'Builds, credits and the guarantees around them. Every /v1 route is signed (see README).',
+        description:
+          'Builds, credits and the guarantees around them. Every /v1 route is signed (README: "Signing requests"); ' +
+          'in /docs, paste the HMAC secret in the box at the top and "Try it out" signs each request in the page.',
       },
+      components: { securitySchemes: securitySchemes(deps.config.signatureHeaderPrefix) },
+    },
+    transform: ({ schema, url, route }) => {
+      const method = (Array.isArray(route.method) ? route.method[0] : route.method).toUpperCase();
+      return documentRoute(schema as Record<string, unknown> | undefined, url, method, {
+        signed: isSignedPath(url),
+        idempotencyRequired: deps.config.idempotencyRequired,
+        example: ROUTE_EXAMPLES[`${method} ${url}`],
+      });
     },
     // A query parameter with a default may be left out: the server fills it in, so the document must not call it
     // required (TypeBox leaves a property with a default in `required`).
@@ -97,7 +111,16 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       if (!('openapiObject' in documentObject)) return documentObject.swaggerObject;
       const { openapiObject } = documentObject;
       for (const operations of Object.values(openapiObject.paths ?? {})) {
-        for (const operation of Object.values(operations as Record<string, { parameters?: unknown[] }>)) {
+        for (const operation of Object.values(
+          operations as Record<string, { parameters?: unknown[]; requestBody?: Record<string, unknown> }>,
+        )) {
+          // A body the route marks optional (optionalBody) may be left out.
+          const media = (operation?.requestBody?.content as Record<string, { schema?: object }> | undefined)?.[
+            'application/json'
+          ];
+          if (operation.requestBody && media?.schema && 'x-optional-body' in media.schema) {
+            operation.requestBody.required = false;
+          }
           for (const parameter of operation?.parameters ?? []) {
             const p = parameter as { in?: string; required?: boolean; schema?: { default?: unknown } };
             if (p.in === 'query' && p.required && p.schema?.default !== undefined) p.required = false;
@@ -107,7 +130,22 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       return openapiObject;
     },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  await app.register(swaggerUi, {
+    routePrefix: '/docs',
+    theme: {
+      title: 'Kiln API',
+      js: [{ filename: 'kiln-signing.js', content: docsSigningScript(deps.config.signatureHeaderPrefix) }],
+    },
+    uiConfig: {
+      // Serialised into the page as source: it hands each "Try it out" request to kiln-signing.js, which signs /v1
+      // requests with the secret pasted in the page (README: "Trying it in /docs").
+      requestInterceptor: (request) =>
+        (
+          globalThis as unknown as { kilnDocsSigning: { signRequest<R>(r: R): Promise<R> } }
+        ).kilnDocsSigning.signRequest(request),
+      displayRequestDuration: true,
+    },
+  });
 
   // One reader of the pipeline for /metrics and the live page (background connections: scrapes never wait behind requests).
   const pipeline = pipelineReader(deps.db.background);
@@ -129,6 +167,13 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   return app;
 }
 
+const DOCS_SIGNING = readFileSync(new URL('../../static/docs-signing.js', import.meta.url), 'utf8');
+
+/** The /docs page's signing script, with the configured signature header prefix. */
+export function docsSigningScript(prefix: string): string {
+  return DOCS_SIGNING.replaceAll('__KILN_PREFIX__', prefix);
+}
+
 type Hook = NonNullable<RouteOptions['preValidation']>;
 const asList = (hooks: Hook | undefined) => (hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]);
 
@@ -143,6 +188,7 @@ function attachRouteHooks(app: App, deps: AppDeps): void {
   const idempotency = idempotencyHooks(deps);
   app.addHook('onRoute', (route) => {
     const signed = isSignedPath(route.url);
+    documentErrors(route, signed);
     const methods = Array.isArray(route.method) ? route.method : [route.method];
     const mutating = signed && methods.some(isMutatingMethod);
     const keyed = mutating

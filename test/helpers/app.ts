@@ -2,6 +2,7 @@ import pino from 'pino';
 import { type Config, loadConfig } from '../../src/config';
 import { type App, buildApp } from '../../src/http/server';
 import { BuildSignals } from '../../src/store/signals';
+import { contract } from './contract';
 import { openTestDatabase, type TestDatabase } from './db';
 import { openTestStore, type TestStore } from './store';
 
@@ -33,6 +34,7 @@ export async function startTestApp(
     : pino({ level: 'silent' });
   const signals = new BuildSignals(store.store, logger);
   const app = await buildApp({ config, db: database.db, store: store.store, logger, version: '0.0.0-test', signals });
+  const violations = checkContract(app);
   prepare?.(app, { database, store });
   await app.ready();
   return {
@@ -45,6 +47,31 @@ export async function startTestApp(
       await signals.close();
       await store.cleanup();
       await database.cleanup();
+      if (violations.length) {
+        throw new Error(`Responses that break the OpenAPI document:\n${violations.slice(0, 20).join('\n')}`);
+      }
     },
   };
+}
+
+/**
+ * Every response the app sends is checked against the OpenAPI document (test/helpers/contract.ts); what breaks it is
+ * collected here and fails the test file when it closes the app.
+ */
+function checkContract(app: App): string[] {
+  const violations: string[] = [];
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (typeof payload === 'string' || Buffer.isBuffer(payload)) {
+      const found = contract().violation({
+        method: request.method,
+        url: request.url,
+        status: reply.statusCode,
+        contentType: reply.getHeader('content-type')?.toString(),
+        body: payload.toString(),
+      });
+      if (found) violations.push(found);
+    }
+    return payload;
+  });
+  return violations;
 }

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +10,21 @@ import { DATABASE_URL, REDIS_URL, uniqueName } from './env';
 import { deleteKeys } from './store';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
+
+/**
+ * Every process spawned here checks each response it sends against the OpenAPI document (contract-preload.ts) and
+ * writes what breaks it to a file in this directory; the test file fails at its end if any process wrote one.
+ */
+const contractLogs = mkdtempSync(join(tmpdir(), 'kiln-contract-'));
+let spawned = 0;
+afterAll(() => {
+  const logs = Array.from({ length: spawned }, (_, i) => join(contractLogs, `${i}.log`)).filter(existsSync);
+  const violations = logs.flatMap((file) => readFileSync(file, 'utf8').split('\n').filter(Boolean));
+  rmSync(contractLogs, { recursive: true, force: true });
+  if (violations.length) {
+    throw new Error(`Responses that break the OpenAPI document:\n${violations.slice(0, 20).join('\n')}`);
+  }
+});
 
 export interface KilnProcess {
   url: string;
@@ -84,11 +100,23 @@ export function sharedKilns(env: Record<string, string> = {}): {
 
 /** Spawn `src/main.ts` as a real process on a free port and wait until it listens. */
 export function spawnKiln(env: Record<string, string>, timeoutMs = 40_000): Promise<KilnProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', RUNNER_CONCURRENCY: '0', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const contractLog = join(contractLogs, `${spawned++}.log`);
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '--import', './test/helpers/contract-preload.ts', 'src/main.ts'],
+    {
+      cwd: ROOT,
+      env: {
+        PATH: process.env.PATH ?? '',
+        PORT: '0',
+        HOST: '127.0.0.1',
+        RUNNER_CONCURRENCY: '0',
+        KILN_CONTRACT_LOG: contractLog,
+        ...env,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let output = '';
   // 'close', not 'exit': the output is complete once stdout and stderr have closed.
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));

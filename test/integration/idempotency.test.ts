@@ -241,6 +241,9 @@ describe('idempotency', () => {
   });
 
   it('replays a record whose body hash still covers the body key, as records written before 2026-12-01 do', async () => {
+    // What an estimate answered then (the recorded body is replayed as is: it must still be a valid estimate).
+    const recorded =
+      '{"operation":"build","estimatedCredits":70,"range":{"low":70,"high":70},"confidence":"low","basis":"default","basedOnSamples":0}';
     const body = { operation: 'build', userId: 'u_earlier', idempotencyKey: 'key-earlier' };
     await insertRecord(
       t.database.db,
@@ -250,7 +253,7 @@ describe('idempotency', () => {
         path: '/v1/estimate',
         bodyHash: sha256(canonicalJson(body)),
         statusCode: 200,
-        responseBody: '{"recorded":"earlier"}',
+        responseBody: recorded,
         responseHeaders: { 'content-type': 'application/json; charset=utf-8' },
         requestId: 'req_earlier',
       },
@@ -258,7 +261,7 @@ describe('idempotency', () => {
     );
     const retry = await post('/v1/estimate', body);
     expect(retry.headers['idempotent-replayed']).toBe('true');
-    expect(retry.body).toBe('{"recorded":"earlier"}');
+    expect(retry.body).toBe(recorded);
     const other = await post('/v1/estimate', { ...body, userId: 'u_other' });
     expect(other.statusCode).toBe(422);
   });

@@ -1,5 +1,8 @@
 import { readFile } from 'node:fs/promises';
+import { Ajv } from 'ajv';
+import addFormats from 'ajv-formats';
 import { describe, expect, it } from 'vitest';
+import { ERROR_STATUS } from '../../src/domain/errors';
 import { renderOpenApi } from '../../src/openapi';
 import { VERSION } from '../../src/version';
 import { startTestApp } from '../helpers/app';
@@ -43,5 +46,115 @@ describe('GET /', () => {
     } finally {
       await t.close();
     }
+  });
+});
+
+type Media = { schema?: object; example?: unknown };
+type Operation = {
+  parameters?: { name: string; in: string; required?: boolean; example?: unknown; schema?: object }[];
+  requestBody?: { required?: boolean; content: Record<string, Media> };
+  responses: Record<string, { description?: string; content?: Record<string, Media> }>;
+  security?: Record<string, string[]>[];
+};
+
+describe('every operation is documented whole', async () => {
+  const document = JSON.parse(await renderOpenApi(VERSION)) as {
+    paths: Record<string, Record<string, Operation>>;
+    components: { securitySchemes: Record<string, { in: string; name: string }> };
+  };
+  const operations = Object.entries(document.paths).flatMap(([path, ops]) =>
+    Object.entries(ops).map(([method, operation]) => ({
+      name: `${method.toUpperCase()} ${path}`,
+      path,
+      method,
+      operation,
+    })),
+  );
+  const ajv = new Ajv({ strict: false, allErrors: true });
+  addFormats.default(ajv);
+  const check = (schema: object | undefined, value: unknown) => {
+    if (!schema) return 'no schema';
+    const validate = ajv.compile(schema);
+    return validate(value) ? undefined : ajv.errorsText(validate.errors);
+  };
+
+  it('has an example response for its success, and an example body when it takes one, each valid', () => {
+    for (const { name, operation } of operations) {
+      const success = Object.entries(operation.responses).find(([status]) => status.startsWith('2'));
+      expect(success, name).toBeDefined();
+      const [, response] = success!;
+      const media = Object.values(response.content ?? {});
+      expect(media.length, `${name}: success content`).toBeGreaterThan(0);
+      for (const m of media) {
+        expect(m.example, `${name}: example response`).toBeDefined();
+        expect(check(m.schema, m.example), `${name}: example response`).toBeUndefined();
+      }
+      const body = operation.requestBody?.content['application/json'];
+      if (body && operation.requestBody?.required !== false && !name.startsWith('POST /v1/ping')) {
+        expect(body.example, `${name}: example body`).toBeDefined();
+      }
+      if (body?.example !== undefined) expect(check(body.schema, body.example), `${name}: body`).toBeUndefined();
+      for (const p of operation.parameters ?? []) {
+        if (p.in === 'path') expect(p.example, `${name}: example ${p.name}`).toBeDefined();
+        if (p.example !== undefined) expect(check(p.schema, p.example), `${name}: example ${p.name}`).toBeUndefined();
+      }
+    }
+  });
+
+  it('lists the envelope, with the codes it can carry, on every error status', () => {
+    for (const { name, path, method, operation } of operations) {
+      const statuses = Object.keys(operation.responses);
+      for (const status of ['400', '414', '417', '500', '503']) expect(statuses, name).toContain(status);
+      const signed = path.startsWith('/v1/');
+      if (signed) for (const status of ['401', '409', '429']) expect(statuses, name).toContain(status);
+      if (signed && method !== 'get')
+        for (const status of ['413', '415', '422']) expect(statuses, name).toContain(status);
+      for (const [status, response] of Object.entries(operation.responses)) {
+        if (Number(status) < 400) continue;
+        const schema = response.content?.['application/json']?.schema as {
+          required: string[];
+          properties: { error: { enum: string[] } };
+        };
+        expect(schema.required, `${name} ${status}`).toEqual(
+          expect.arrayContaining(['error', 'message', 'requestId', 'correlationId', 'timestamp']),
+        );
+        const codes = schema.properties.error.enum;
+        expect(codes.length, `${name} ${status}`).toBeGreaterThan(0);
+        // Each code listed belongs to that status, and the description says when each is answered.
+        for (const code of codes) {
+          expect(ERROR_STATUS[code as keyof typeof ERROR_STATUS], `${name} ${code}`).toBe(Number(status));
+          expect(response.description, `${name} ${status}`).toContain(code);
+        }
+      }
+    }
+    const shortOfCredits = document.paths['/v1/builds'].post.responses['402'].content?.['application/json'].schema;
+    expect(shortOfCredits).toMatchObject({ properties: { error: { enum: ['INSUFFICIENT_CREDITS'] } } });
+    expect(document.paths['/v1/builds/{id}'].get.responses['402']).toBeUndefined();
+  });
+
+  it('declares the signature headers as the security of every /v1 route, and the Idempotency-Key of every mutation', () => {
+    const schemes = document.components.securitySchemes;
+    expect(Object.values(schemes).map((s) => `${s.in}:${s.name}`)).toEqual(
+      expect.arrayContaining(['header:x-sheen-timestamp', 'header:x-sheen-nonce', 'header:x-sheen-sig-v2']),
+    );
+    for (const { name, path, method, operation } of operations) {
+      if (!path.startsWith('/v1/')) {
+        expect(operation.security, name).toBeUndefined();
+        continue;
+      }
+      expect(operation.security, name).toContainEqual({ timestamp: [], nonce: [], signatureV2: [] });
+      const key = operation.parameters?.find((p) => p.in === 'header' && p.name === 'idempotency-key');
+      if (method === 'get') expect(key, name).toBeUndefined();
+      else expect(key?.required, name).toBe(false);
+    }
+  });
+
+  it('states the constraints the server enforces: id patterns, bounds, the If-Match form', () => {
+    const build = document.paths['/v1/builds/{id}'].get.parameters?.find((p) => p.name === 'id')?.schema;
+    expect(build).toMatchObject({ pattern: expect.any(String), maxLength: 64 });
+    const list = document.paths['/v1/builds'].get.parameters?.find((p) => p.name === 'limit')?.schema;
+    expect(list).toMatchObject({ minimum: 1, maximum: 100, default: 20 });
+    const ifMatch = document.paths['/v1/projects/{id}'].patch.parameters?.find((p) => p.name === 'if-match')?.schema;
+    expect(ifMatch).toMatchObject({ pattern: expect.any(String) });
   });
 });

@@ -3,7 +3,6 @@ import type { FastifyError, FastifyRequest } from 'fastify';
 import { type AnalyticsQuery, buildAnalytics, usageAnalytics } from '../../services/analytics';
 import type { App, AppDeps } from '../app';
 import { validationIssues } from '../errors';
-import { ERROR_RESPONSES } from '../schemas';
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
 const Count = Type.Integer({ minimum: 0 });
@@ -157,7 +156,7 @@ function buildAnalyticsRoute(app: App, deps: AppDeps): void {
           },
           { additionalProperties: false },
         ),
-        response: { 200: BuildAnalyticsSchema, ...ERROR_RESPONSES },
+        response: { 200: BuildAnalyticsSchema },
       },
     },
     async (request) => buildAnalytics(deps.db, request.query as AnalyticsQuery, schemaIssues(request)),
@@ -187,7 +186,7 @@ function usageAnalyticsRoute(app: App, deps: AppDeps): void {
           },
           { additionalProperties: false },
         ),
-        response: { 200: UsageAnalyticsSchema, ...ERROR_RESPONSES },
+        response: { 200: UsageAnalyticsSchema },
       },
     },
     async (request) => usageAnalytics(deps.db, request.query as AnalyticsQuery, schemaIssues(request)),

@@ -24,7 +24,7 @@ import { buildDeliveries, replayEvents } from '../../services/webhooks';
 import type { App, AppDeps } from '../app';
 import { ApiError, validationIssues } from '../errors';
 import { afterCommit, sendOnce, tallyOf, transactionOf } from '../idempotency';
-import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
+import { Id, PlainText, Token } from '../schemas';
 import { bodyValidator, optionalBody } from '../validation';
 import { registerStreamShutdown, replayPayload, streamBuildEvents } from './build-stream';
 
@@ -100,7 +100,6 @@ const PatchBuildSchema = Type.Object(
 );
 
 const IdParams = Type.Object({ id: Id });
-const errors = ERROR_RESPONSES;
 
 /** Event sequence numbers are int4 in the database: `after` and Last-Event-ID are bounded by the schema. */
 const MAX_SEQ = 2_147_483_647;
@@ -173,12 +172,16 @@ function createBuildRoute(app: App, shared: Shared): void {
     {
       // Its one write is build_create, which leaves nothing when it refuses: without a key it runs in autocommit,
       // with one it runs with its record in one statement (sendOnce) unless it refuses.
-      config: { singleStatement: true, once: true },
+      config: {
+        singleStatement: true,
+        once: true,
+        errors: ['PROJECT_NOT_FOUND', 'BUILD_ALREADY_EXISTS', 'INSUFFICIENT_CREDITS', 'BUILD_ALREADY_RUNNING'],
+      },
       schema: {
         tags: ['builds'],
         summary: 'Queue a build (one active build per project unless it allows concurrent builds)',
         body: CreateBuildSchema,
-        response: { 201: BuildSchema, ...errors },
+        response: { 201: BuildSchema },
       },
     },
     async (request, reply) => {
@@ -210,11 +213,12 @@ function getBuildRoute(app: App, shared: Shared): void {
   app.get(
     '/v1/builds/:id',
     {
+      config: { errors: ['BUILD_NOT_FOUND'] },
       schema: {
         tags: ['builds'],
         summary: 'Read a build',
         params: IdParams,
-        response: { 200: BuildSchema, ...errors },
+        response: { 200: BuildSchema },
       },
     },
     async (request) => toBuild(await readBuild(readBuildById, request.params.id)),
@@ -247,7 +251,6 @@ function listBuildsRoute(app: App, shared: Shared): void {
         ),
         response: {
           200: Type.Object({ builds: Type.Array(BuildSchema), nextCursor: Type.Union([Type.String(), Type.Null()]) }),
-          ...errors,
         },
       },
     },
@@ -264,12 +267,16 @@ function transitionBuildRoute(app: App, shared: Shared): void {
   app.patch(
     '/v1/builds/:id',
     {
+      // Moving to building keeps the build's hold, which may have lapsed and be unaffordable again.
+      config: {
+        errors: ['BUILD_NOT_FOUND', 'INVALID_STATE_TRANSITION', 'INSUFFICIENT_CREDITS', 'RESERVATION_NOT_ACTIVE'],
+      },
       schema: {
         tags: ['builds'],
         summary: 'Move a build to another state (external runners, the web app)',
         params: IdParams,
         body: PatchBuildSchema,
-        response: { 200: BuildSchema, ...errors },
+        response: { 200: BuildSchema },
       },
     },
     async (request) => {
@@ -299,6 +306,7 @@ function cancelBuildRoute(app: App, shared: Shared): void {
   app.post(
     '/v1/builds/:id/cancel',
     {
+      config: { errors: ['BUILD_NOT_FOUND', 'INVALID_STATE_TRANSITION'] },
       schema: {
         tags: ['builds'],
         summary: 'Cancel a queued or building build',
@@ -309,7 +317,7 @@ function cancelBuildRoute(app: App, shared: Shared): void {
             { additionalProperties: false },
           ),
         ),
-        response: { 200: BuildSchema, ...errors },
+        response: { 200: BuildSchema },
       },
     },
     async (request) => {
@@ -339,6 +347,7 @@ function buildEventsRoute(app: App, shared: Shared): void {
   app.get(
     '/v1/builds/:id/events',
     {
+      config: { errors: ['BUILD_NOT_FOUND'] },
       schema: {
         tags: ['builds'],
         summary: "The build's events in order",
@@ -350,7 +359,7 @@ function buildEventsRoute(app: App, shared: Shared): void {
           },
           { additionalProperties: false },
         ),
-        response: { 200: Type.Object({ events: Type.Array(EventSchema) }), ...errors },
+        response: { 200: Type.Object({ events: Type.Array(EventSchema) }) },
       },
     },
     async (request) => ({
@@ -365,13 +374,19 @@ function buildEventStreamRoute(app: App, shared: Shared): void {
   app.get(
     '/v1/builds/:id/events/stream',
     {
+      config: { errors: ['BUILD_NOT_FOUND'] },
       schema: {
         tags: ['builds'],
         summary: 'The events as Server-Sent Events: live, resumable with Last-Event-ID, closed when the build ends',
         params: IdParams,
         querystring: Type.Object({ after: Type.Optional(After()) }, { additionalProperties: false }),
         headers: StreamHeaders,
-        response: { ...errors },
+        response: {
+          200: {
+            description: 'Server-Sent Events: `id: <seq>`, `event: <type>` (or `replay`), `data: <the event as JSON>`',
+            content: { 'text/event-stream': { schema: Type.String() } },
+          },
+        },
       },
     },
     async (request, reply) => streamBuildEvents(request, reply, deps, request.params.id, request.query.after),
@@ -404,6 +419,9 @@ function createBuildsBatchRoute(app: App, shared: Shared): void {
   app.post(
     '/v1/builds/batch',
     {
+      config: {
+        errors: ['PROJECT_NOT_FOUND', 'BUILD_ALREADY_EXISTS', 'INSUFFICIENT_CREDITS', 'BUILD_ALREADY_RUNNING'],
+      },
       schema: {
         tags: ['builds'],
         summary: `Queue up to ${MAX_BATCH_BUILDS} builds in one transaction: all or nothing`,
@@ -416,7 +434,7 @@ function createBuildsBatchRoute(app: App, shared: Shared): void {
           },
           { additionalProperties: false },
         ),
-        response: { 201: Type.Object({ builds: Type.Array(BuildSchema) }), ...errors },
+        response: { 201: Type.Object({ builds: Type.Array(BuildSchema) }) },
       },
     },
     async (request, reply) => {
@@ -454,6 +472,7 @@ function replayEventsRoute(app: App, shared: Shared): void {
   app.post(
     '/v1/builds/:id/replay',
     {
+      config: { errors: ['BUILD_NOT_FOUND'] },
       schema: {
         tags: ['builds'],
         summary: "Deliver a range of the build's events again, marked replay: true, to its webhook and open streams",
@@ -475,7 +494,6 @@ function replayEventsRoute(app: App, shared: Shared): void {
             toSeq: Type.Integer(),
             webhookDeliveries: Type.Integer({ description: 'Deliveries queued to the webhook (0 without one)' }),
           }),
-          ...errors,
         },
       },
     },
@@ -532,6 +550,7 @@ function deliveriesRoute(app: App, shared: Shared): void {
   app.get(
     '/v1/builds/:id/deliveries',
     {
+      config: { errors: ['BUILD_NOT_FOUND'] },
       schema: {
         tags: ['builds'],
         summary: "The build's webhook deliveries, oldest first, each with every attempt",
@@ -547,7 +566,6 @@ function deliveriesRoute(app: App, shared: Shared): void {
         ),
         response: {
           200: Type.Object({ deliveries: Type.Array(Delivery), nextCursor: Nullable(Type.String()) }),
-          ...errors,
         },
       },
     },

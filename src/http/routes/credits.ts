@@ -15,7 +15,7 @@ import {
 } from '../../services/credits';
 import type { App, AppDeps } from '../app';
 import { sendOnce, tallyOf, transactionOf } from '../idempotency';
-import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
+import { Id, PlainText, Token } from '../schemas';
 
 /** Largest single figure a request may carry; the database stores bigint, this keeps sums far from any limit. */
 const MAX_CREDITS = 1_000_000_000;
@@ -133,7 +133,6 @@ const AuditSchema = Type.Object(
   { title: 'CreditAudit' },
 );
 const UserParams = Type.Object({ userId: Token });
-const errors = ERROR_RESPONSES;
 const tags = ['credits'];
 
 const actor = (request: FastifyRequest) => ({
@@ -164,7 +163,7 @@ function grantRoute(app: App): void {
         tags,
         summary: 'Add credits to a user (top-ups, purchases, adjustments); may set the plan',
         body: GrantBody,
-        response: { 200: AccountSchema, ...errors },
+        response: { 200: AccountSchema },
       },
     },
     async (request) => {
@@ -183,7 +182,7 @@ function balanceRoute(app: App, deps: AppDeps): void {
         tags,
         summary: 'A user’s balance, reserved and available credits (unknown user: zeros on the free plan)',
         params: UserParams,
-        response: { 200: AccountSchema, ...errors },
+        response: { 200: AccountSchema },
       },
     },
     async (request) => getBalance(deps.db, request.params.userId),
@@ -196,12 +195,12 @@ function reserveRoute(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/reserve',
     {
-      config: { singleStatement: true, once: true },
+      config: { errors: ['INSUFFICIENT_CREDITS'], singleStatement: true, once: true },
       schema: {
         tags,
         summary: 'Hold credits for a build; 402 INSUFFICIENT_CREDITS with what to buy when short',
         body: ReserveBody,
-        response: { 201: ReserveResponse, ...errors },
+        response: { 201: ReserveResponse },
       },
     },
     async (request, reply) => {
@@ -239,14 +238,22 @@ function commitRoute(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/commit',
     {
-      config: { singleStatement: true, once: true },
+      config: {
+        errors: [
+          'RESERVATION_NOT_FOUND',
+          'RESERVATION_NOT_ACTIVE',
+          'RESERVATION_HELD_BY_BUILD',
+          'COMMIT_EXCEEDS_RESERVATION',
+        ],
+        singleStatement: true,
+        once: true,
+      },
       schema: {
         tags,
         summary: 'Charge a hold (actualCredits ≤ reserved; the rest is refunded)',
         body: CommitBody,
         response: {
           200: Type.Object({ charged: Type.Integer(), refunded: Type.Integer(), newBalance: Type.Integer() }),
-          ...errors,
         },
       },
     },
@@ -271,12 +278,16 @@ function releaseRoute(app: App, deps: AppDeps): void {
   app.post(
     '/v1/credits/release',
     {
-      config: { singleStatement: true, once: true },
+      config: {
+        errors: ['RESERVATION_NOT_FOUND', 'RESERVATION_NOT_ACTIVE', 'RESERVATION_HELD_BY_BUILD'],
+        singleStatement: true,
+        once: true,
+      },
       schema: {
         tags,
         summary: 'Give a whole hold back',
         body: ReleaseBody,
-        response: { 200: Type.Object({ released: Type.Integer(), newBalance: Type.Integer() }), ...errors },
+        response: { 200: Type.Object({ released: Type.Integer(), newBalance: Type.Integer() }) },
       },
     },
     async (request, reply) => {
@@ -299,11 +310,12 @@ function reservationRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/credits/reservations/:id',
     {
+      config: { errors: ['RESERVATION_NOT_FOUND'] },
       schema: {
         tags,
         summary: 'A reservation and its state',
         params: Type.Object({ id: Id }),
-        response: { 200: ReservationSchema, ...errors },
+        response: { 200: ReservationSchema },
       },
     },
     async (request) => getReservation(deps.db, request.params.id),
@@ -333,7 +345,6 @@ function ledgerRoute(app: App, deps: AppDeps): void {
         ),
         response: {
           200: Type.Object({ entries: Type.Array(LedgerEntrySchema), nextCursor: NullableText }),
-          ...errors,
         },
       },
     },
@@ -350,7 +361,7 @@ function auditRoute(app: App, deps: AppDeps): void {
         tags,
         summary: 'Prove the books from the ledger (one user, or all)',
         querystring: Type.Object({ userId: Type.Optional(Token) }, { additionalProperties: false }),
-        response: { 200: AuditSchema, ...errors },
+        response: { 200: AuditSchema },
       },
     },
     async (request) => audit(deps.db, request.query.userId, 'api'),

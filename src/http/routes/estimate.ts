@@ -2,7 +2,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import { estimateKnown } from '../../services/estimate';
 import type { App, AppDeps } from '../app';
 import { transactionOf } from '../idempotency';
-import { ERROR_RESPONSES, Id, Token } from '../schemas';
+import { Id, Token } from '../schemas';
 
 const EstimateBody = Type.Object(
   {
@@ -54,7 +54,7 @@ export function registerEstimateRoutes(app: App, deps: AppDeps): void {
         tags: ['credits'],
         summary: 'Estimate an operation’s credits from past usage; with userId, whether they are affordable',
         body: EstimateBody,
-        response: { 200: EstimateSchema, ...ERROR_RESPONSES },
+        response: { 200: EstimateSchema },
       },
     },
     async (request) => {

@@ -11,7 +11,6 @@ import { databaseAnswers } from '../../services/health';
 import type { PipelineSnapshot } from '../../services/pipeline';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
-import { ErrorEnvelopeSchema } from '../schemas';
 
 const CHECK_TIMEOUT_MS = 1_500;
 
@@ -72,7 +71,7 @@ export function registerOpsRoutes(app: App, deps: AppDeps, pipeline: () => Promi
       schema: {
         tags: ['ops'],
         summary: 'The database and the store both answer',
-        response: { 200: ReadySchema, 503: ErrorEnvelopeSchema },
+        response: { 200: ReadySchema },
       },
     },
     async (request) => {
@@ -122,10 +121,20 @@ export function registerOpsRoutes(app: App, deps: AppDeps, pipeline: () => Promi
   app.get(
     '/metrics',
     {
+      config: { errors: ['UNAUTHORIZED'] },
       schema: {
         tags: ['ops'],
         summary:
           'Prometheus metrics: the text format, or OpenMetrics when Accept asks for it (Authorization: Bearer METRICS_TOKEN when set)',
+        response: {
+          200: {
+            description: 'The metrics',
+            content: {
+              'text/plain; version=0.0.4; charset=utf-8': { schema: Type.String() },
+              'application/openmetrics-text; version=1.0.0; charset=utf-8': { schema: Type.String() },
+            },
+          },
+        },
       },
     },
     async (request, reply) => {

@@ -1,6 +1,5 @@
 import { Type } from '@sinclair/typebox';
 import type { App } from '../app';
-import { ERROR_RESPONSES } from '../schemas';
 
 const PingSchema = Type.Object({
   ok: Type.Literal(true),
@@ -20,7 +19,7 @@ export function registerPingRoutes(app: App): void {
   app.get(
     '/v1/ping',
     {
-      schema: { tags: ['signing'], summary: 'Test request signing', response: { 200: PingSchema, ...ERROR_RESPONSES } },
+      schema: { tags: ['signing'], summary: 'Test request signing', response: { 200: PingSchema } },
     },
     async (request) => reply(request),
   );
@@ -31,7 +30,7 @@ export function registerPingRoutes(app: App): void {
         tags: ['signing'],
         summary: 'Test request signing with a body (any JSON)',
         body: Type.Optional(Type.Unknown()),
-        response: { 200: PingSchema, ...ERROR_RESPONSES },
+        response: { 200: PingSchema },
       },
     },
     async (request) => reply(request),

@@ -13,7 +13,7 @@ import { rotateWebhookSecret, type WebhookSettings } from '../../services/webhoo
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
 import { transactionOf } from '../idempotency';
-import { ERROR_RESPONSES, Id, PlainText, Token } from '../schemas';
+import { Id, PlainText, Token } from '../schemas';
 import { optionalBody } from '../validation';
 
 const Framework = Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: PlainText }), Type.Null()]);
@@ -73,7 +73,13 @@ const writable = {
   allowConcurrentBuilds: Type.Optional(Type.Boolean()),
   webhookUrl: Type.Optional(Type.Union([WebhookUrl, Type.Null()])),
 };
-const ProjectInputSchema = Type.Object({ id: Type.Optional(Id), ...writable }, { additionalProperties: false });
+// The id is checked against the reserved ones by the service (its message says why): stated here for the document.
+const ChosenId = Type.String({
+  ...Id,
+  description:
+    'Your own id (1-64 of A-Z a-z 0-9 _ -), except batch (reserved: GET /v1/projects/batch); omitted: Kiln makes one',
+});
+const ProjectInputSchema = Type.Object({ id: Type.Optional(ChosenId), ...writable }, { additionalProperties: false });
 // RFC 7396: null removes a field (a defaulted one goes back to its default; a required one cannot go, which the
 // service says), and an empty patch changes nothing.
 const ProjectPatchSchema = Type.Object(
@@ -88,8 +94,19 @@ const ProjectPatchSchema = Type.Object(
   { additionalProperties: false },
 );
 const IdParams = Type.Object({ id: Id });
-const IfMatchHeaders = Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 256 })) });
-const errors = ERROR_RESPONSES;
+const IfMatchHeaders = Type.Object({
+  'if-match': Type.Optional(
+    Type.String({
+      maxLength: 256,
+      // What parseIfMatch takes: *, or a list of version ETags, each "3", 3 or W/"3".
+      pattern: '^\\s*(\\*|(W/)?"?\\d{1,9}"?(\\s*,\\s*(W/)?"?\\d{1,9}"?)*)\\s*$',
+      description:
+        'The ETag of the version you read, e.g. "3" (W/"3", or a list "3", "4", also pass; * or none: no condition). ' +
+        'A stale one → 409 VERSION_CONFLICT with the current version.',
+      examples: ['"3"'],
+    }),
+  ),
+});
 
 const ENTITY_TAG = /^(?:W\/)?"?(\d{1,9})"?$/;
 
@@ -134,11 +151,12 @@ function createProjectRoute(app: App, webhooks: WebhookSettings): void {
   app.post(
     '/v1/projects',
     {
+      config: { errors: ['PROJECT_ALREADY_EXISTS'] },
       schema: {
         tags: ['projects'],
         summary: 'Create a project (the client may choose its id)',
         body: ProjectInputSchema,
-        response: { 201: ProjectSchema, ...errors },
+        response: { 201: ProjectSchema },
       },
     },
     async (request, reply) => {
@@ -169,7 +187,6 @@ function projectsBatchRoute(app: App, deps: AppDeps): void {
         ),
         response: {
           200: Type.Object({ projects: Type.Array(ProjectSchema), notFound: Type.Array(Type.String()) }),
-          ...errors,
         },
       },
     },
@@ -192,11 +209,12 @@ function getProjectRoute(app: App, deps: AppDeps): void {
   app.get(
     '/v1/projects/:id',
     {
+      config: { errors: ['PROJECT_NOT_FOUND'] },
       schema: {
         tags: ['projects'],
         summary: 'Read a project (ETag = version)',
         params: IdParams,
-        response: { 200: ProjectSchema, ...errors },
+        response: { 200: ProjectSchema },
       },
     },
     async (request, reply) => withEtag(reply, await getProject(deps.db, request.params.id)),
@@ -208,13 +226,14 @@ function replaceProjectRoute(app: App, webhooks: WebhookSettings): void {
   app.put(
     '/v1/projects/:id',
     {
+      config: { errors: ['PROJECT_NOT_FOUND', 'VERSION_CONFLICT'] },
       schema: {
         tags: ['projects'],
         summary: 'Replace a project (If-Match optional; stale → 409 VERSION_CONFLICT)',
         params: IdParams,
         headers: IfMatchHeaders,
         body: ProjectInputSchema,
-        response: { 200: ProjectSchema, ...errors },
+        response: { 200: ProjectSchema },
       },
     },
     async (request, reply) => {
@@ -236,13 +255,14 @@ function patchProjectRoute(app: App, webhooks: WebhookSettings): void {
   app.patch(
     '/v1/projects/:id',
     {
+      config: { errors: ['PROJECT_NOT_FOUND', 'VERSION_CONFLICT'] },
       schema: {
         tags: ['projects'],
         summary: 'Merge-patch a project (RFC 7396; If-Match optional)',
         params: IdParams,
         headers: IfMatchHeaders,
         body: ProjectPatchSchema,
-        response: { 200: ProjectSchema, ...errors },
+        response: { 200: ProjectSchema },
       },
     },
     async (request, reply) => {
@@ -258,13 +278,14 @@ function rotateWebhookSecretRoute(app: App, webhooks: WebhookSettings): void {
   app.post(
     '/v1/projects/:id/webhook-secret',
     {
+      config: { errors: ['PROJECT_NOT_FOUND', 'WEBHOOK_NOT_SET'] },
       schema: {
         tags: ['projects'],
         summary:
           'Rotate the webhook signing secret: the new one is in webhookSecret (shown once); the old one signs too until webhook.previousSecretValidUntil',
         params: IdParams,
         body: optionalBody(Type.Object({}, { additionalProperties: false })),
-        response: { 200: ProjectSchema, ...errors },
+        response: { 200: ProjectSchema },
       },
     },
     async (request, reply) =>
