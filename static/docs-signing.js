@@ -88,8 +88,8 @@
       }
     };
     input.addEventListener('input', () => {
-      // Read as pasted, without a trailing newline (a secret file copied whole ends in one).
-      secret = input.value.replace(/\r?\n$/, '');
+      // Without surrounding spaces, as Kiln reads its secret file (a password field drops line breaks itself).
+      secret = input.value.trim();
       show();
     });
     bar.append(label, input, status);

@@ -44,7 +44,7 @@ const WHEN: Record<ErrorCode, string> = {
   PROJECT_ALREADY_EXISTS: 'a project with that id exists',
   BUILD_ALREADY_EXISTS: 'a build with that id exists',
   WEBHOOK_NOT_SET: 'the project has no webhookUrl',
-  PAYLOAD_TOO_LARGE: 'the body is over the limit (data.limitBytes)',
+  PAYLOAD_TOO_LARGE: 'the body (or a chunk extension) is over the limit',
   URI_TOO_LONG: 'the URL is too long',
   UNSUPPORTED_MEDIA_TYPE: 'the body is not application/json',
   EXPECTATION_FAILED: 'an Expect header other than 100-continue',
@@ -61,16 +61,20 @@ const WHEN: Record<ErrorCode, string> = {
 
 /**
  * Every route: a fault, an outage, a process that is stopping, and what the HTTP layer refuses before the route runs
- * (a malformed request, a request line or headers too long, an unmet Expect, a request too slow to arrive).
+ * (a malformed request, a request line, headers or chunk extensions too long, an unmet Expect, a request too slow
+ * to arrive, an unknown method, another HTTP version).
  */
 const ANY_ROUTE: ErrorCode[] = [
   'BAD_REQUEST',
   'REQUEST_TIMEOUT',
   'URI_TOO_LONG',
+  'PAYLOAD_TOO_LARGE',
   'EXPECTATION_FAILED',
   'HEADERS_TOO_LARGE',
   'INTERNAL_ERROR',
+  'NOT_IMPLEMENTED',
   'SERVICE_UNAVAILABLE',
+  'HTTP_VERSION_NOT_SUPPORTED',
 ];
 /** Every signed (/v1) route: the signature, the nonce and the rate limits. */
 const SIGNED: ErrorCode[] = [
@@ -133,7 +137,20 @@ export function documentErrors(route: RouteOptions, signed: boolean): void {
   route.schema = { ...schema, response };
 }
 
-const PRINTABLE_KEY = '^[\\x20-\\x7E]{1,257}$';
+/**
+ * An Idempotency-Key as parseIdempotencyKey takes it: 1-255 printable ASCII characters, or that in the RFC 8941
+ * quoted form (inner quotes and backslashes escaped).
+ */
+const IDEMPOTENCY_KEY = {
+  anyOf: [
+    // Not wrapped in quotes: a key that is, is read in the quoted form.
+    { type: 'string', pattern: '^(?!".*"$)[\\x20-\\x7E]{1,255}$' },
+    { type: 'string', pattern: '^"(?:[\\x20\\x21\\x23-\\x5B\\x5D-\\x7E]|\\\\["\\\\]){1,255}"$' },
+  ],
+};
+
+/** What parseIfMatch takes (routes/projects.ts): *, or a list of version ETags, each "3", 3 or W/"3". */
+export const IF_MATCH_PATTERN = '^\\s*(\\*|(W/)?"?\\d{1,9}"?(\\s*,\\s*(W/)?"?\\d{1,9}"?)*)\\s*$';
 
 /** The document's security schemes: the signature headers, with the configured prefix. */
 export function securitySchemes(prefix: string) {
@@ -154,11 +171,10 @@ export function securitySchemes(prefix: string) {
   };
 }
 
-/** A signed route passes with v2 (timestamp, nonce, v2) or, while v1 is allowed, with v1. */
-const SIGNED_SECURITY = [
-  { timestamp: [], nonce: [], signatureV2: [] },
-  { timestamp: [], nonce: [], signatureV1: [] },
-];
+/** What signs a request in each HMAC_MODE: v2 (timestamp, nonce, v2), or v1, or either while v1 is allowed. */
+const V2 = { timestamp: [], nonce: [], signatureV2: [] };
+const V1 = { timestamp: [], nonce: [], signatureV1: [] };
+const SIGNED_SECURITY = { v2: [V2], v1: [V1], dual: [V2, V1] } as const;
 
 interface Documented {
   schema: Record<string, unknown>;
@@ -174,20 +190,26 @@ export function documentRoute(
   schema: Record<string, unknown> | undefined,
   url: string,
   method: string,
-  options: { signed: boolean; idempotencyRequired: boolean; example?: RouteExample },
+  options: { signed: boolean; idempotencyRequired: boolean; hmacMode: 'v1' | 'v2' | 'dual'; example?: RouteExample },
 ): Documented {
   if (!schema) return { schema: {}, url };
   const out: Record<string, unknown> = { ...schema };
-  if (options.signed) out.security = SIGNED_SECURITY;
+  if (options.signed) out.security = SIGNED_SECURITY[options.hmacMode];
+  const ifMatch = (schema.headers as TObject | undefined)?.properties?.['if-match'];
+  if (ifMatch) {
+    const headers = schema.headers as TObject;
+    out.headers = {
+      ...headers,
+      properties: { ...headers.properties, 'if-match': { ...ifMatch, pattern: IF_MATCH_PATTERN } },
+    };
+  }
   if (options.signed && BODY_METHODS.has(method)) {
-    const headers = schema.headers as TObject | undefined;
+    const headers = out.headers as TObject | undefined;
     out.headers = Type.Object({
       ...headers?.properties,
       'idempotency-key': (options.idempotencyRequired ? (s: TSchema) => s : Type.Optional)(
-        Type.String({
-          pattern: PRINTABLE_KEY,
-          minLength: 1,
-          maxLength: 257,
+        Type.Unsafe<string>({
+          ...IDEMPOTENCY_KEY,
           description:
             'One per logical operation, reused on every retry of it: 1-255 printable ASCII characters (or the ' +
             'RFC 8941 quoted form "…"). A repeat of a finished request returns its first response with ' +

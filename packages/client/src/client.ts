@@ -171,11 +171,14 @@ export function parseRetryAfter(value: string | null | undefined, now = Date.now
   if (!value) return undefined;
   const text = value.trim();
   if (/^\d+$/.test(text)) return Number(text);
+  // Only the HTTP date form (IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT"): Date.parse would take "1.5" or "-5"
+  // as dates in 2001 and retry at once.
+  if (!/^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$/.test(text)) return undefined;
   const at = Date.parse(text);
   return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - now) / 1000));
 }
 
-/** The wait before the next attempt: the answer's Retry-After when it gave one, else exponential backoff with jitter, both capped. */
+/** The wait before the next attempt: the answer's Retry-After when it gave one (never over the cap: see send), else exponential backoff with jitter, capped. */
 function delayBefore(nextAttempt: number, policy: Policy, retryAfterSeconds: number | undefined): number {
   if (retryAfterSeconds !== undefined) return Math.min(retryAfterSeconds * 1000, policy.maxDelayMs);
   const step = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (nextAttempt - 2));
@@ -330,7 +333,11 @@ export function createKilnClient(options: KilnClientOptions): KilnClient {
       ) {
         return { response, attempts: attempt };
       }
-      const delayMs = delayBefore(attempt + 1, policy, parseRetryAfter(response.headers.get('retry-after')));
+      const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
+      // A server that asks for a longer wait than the cap is not retried early (it would refuse again): the caller
+      // gets the error, with retryAfterSeconds, and decides.
+      if (retryAfter !== undefined && retryAfter * 1000 > policy.maxDelayMs) return { response, attempts: attempt };
+      const delayMs = delayBefore(attempt + 1, policy, retryAfter);
       policy.onRetry?.({ method, path, attempt, delayMs, status: response.status, reason: error ?? 'HTTP_ERROR' });
       await sleep(delayMs, request.signal);
     }

@@ -68,7 +68,7 @@ export class KilnError extends Error {
 }
 
 /**
- * A request that got no HTTP answer (connection refused or reset, DNS, an aborted fetch) on its last attempt. The
+ * A request that got no HTTP answer (connection refused or reset, DNS); a fetch aborted through `signal` rejects with the signal's reason instead on its last attempt. The
  * transport's own error is `cause`. Whether the request took effect is unknown unless it was keyed or read-only.
  */
 export class KilnNetworkError extends Error {

@@ -169,18 +169,36 @@ describe('request(): idempotency keys and retries', () => {
     expect(retries.map((r) => r.delayMs)).toEqual([1000]);
   });
 
-  it('caps a Retry-After (seconds or an HTTP date) at maxDelayMs', async () => {
-    const later = new Date(Date.now() + 60_000).toUTCString();
+  it('waits what Retry-After says (seconds or an HTTP date), and gives up at once when that is over maxDelayMs', async () => {
+    const soon = new Date(Math.ceil(Date.now() / 1000) * 1000 + 1_000).toUTCString();
     script = [
-      json(503, envelope('SERVICE_UNAVAILABLE', 'later'), { 'retry-after': '30' }),
-      json(503, envelope('SERVICE_UNAVAILABLE', 'later'), { 'retry-after': later }),
+      json(503, envelope('SERVICE_UNAVAILABLE', 'later'), { 'retry-after': '0' }),
+      json(503, envelope('SERVICE_UNAVAILABLE', 'later'), { 'retry-after': soon }),
       json(200, { ok: true }),
     ];
-    const { kiln, retries } = client({ retry: { maxDelayMs: 40, onRetry: (i) => retries.push(i) } });
-    const started = Date.now();
+    const { kiln, retries } = client({ retry: { maxDelayMs: 3_000, onRetry: (i) => retries.push(i) } });
     expect(await kiln.request('GET', '/v1/ping')).toEqual({ ok: true });
-    expect(Date.now() - started).toBeLessThan(2_000);
-    expect(retries.map((r) => r.delayMs)).toEqual([40, 40]);
+    expect(retries[0].delayMs).toBe(0);
+    expect(retries[1].delayMs).toBeGreaterThan(0);
+    expect(retries[1].delayMs).toBeLessThanOrEqual(2_000);
+
+    // Asked to come back in 30 s with a cap of 40 ms: no early retry that would be refused again.
+    received.length = 0;
+    script = [json(429, envelope('RATE_LIMITED', 'slow down'), { 'retry-after': '30' }), json(200, { ok: true })];
+    const early: RetryInfo[] = [];
+    const capped = client({ retry: { maxDelayMs: 40, onRetry: (i) => early.push(i) } });
+    const error = await failure(capped.kiln.request('GET', '/v1/ping'));
+    expect(error).toMatchObject({ status: 429, error: 'RATE_LIMITED', retryAfterSeconds: 30, attempts: 1 });
+    expect(received).toHaveLength(1);
+    expect(early).toEqual([]);
+  });
+
+  it('reads Retry-After strictly: delta-seconds or an HTTP date, nothing else', () => {
+    const now = Date.parse('2026-12-05T12:00:00Z');
+    expect(parseRetryAfter('12', now)).toBe(12);
+    expect(parseRetryAfter('Sat, 05 Dec 2026 12:00:30 GMT', now)).toBe(30);
+    for (const junk of ['1.5', '-5', 'soon', '2026-12-05T12:00:30Z', ''])
+      expect(parseRetryAfter(junk, now)).toBeUndefined();
   });
 
   it('backs off exponentially with jitter when there is no Retry-After, capped', async () => {

@@ -98,8 +98,8 @@ const IfMatchHeaders = Type.Object({
   'if-match': Type.Optional(
     Type.String({
       maxLength: 256,
-      // What parseIfMatch takes: *, or a list of version ETags, each "3", 3 or W/"3".
-      pattern: '^\\s*(\\*|(W/)?"?\\d{1,9}"?(\\s*,\\s*(W/)?"?\\d{1,9}"?)*)\\s*$',
+      // Its form (IF_MATCH_PATTERN) is stated in the document only: parseIfMatch checks it, with a message that
+      // says what to send, which a schema pattern's would not.
       description:
         'The ETag of the version you read, e.g. "3" (W/"3", or a list "3", "4", also pass; * or none: no condition). ' +
         'A stale one → 409 VERSION_CONFLICT with the current version.',
