@@ -6,7 +6,7 @@ import { signRequest } from '../packages/client/src/index';
 import { ConfigError, loadConfig } from './config';
 import { DirectoryInUseError } from './db/directory-lock';
 import { runDemo } from './demo';
-import { resolveHmacSecrets } from './secrets';
+import { resolveHmacSecrets, SecretRequired } from './secrets';
 import { audit } from './services/credits';
 import { openDatabase } from './stores';
 
@@ -85,7 +85,7 @@ export function parseCommand(argv: string[]): Command | { error: string } {
 
 async function sign({ method, path, body }: { method: string; path: string; body: string }): Promise<number> {
   const config = loadConfig(process.env);
-  const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
+  const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir, config.databaseUrl !== undefined);
   const headers = await signRequest({
     secret: secrets[0],
     method,
@@ -133,7 +133,7 @@ async function auditCommand(userId: string | undefined): Promise<number> {
 
 async function demo(): Promise<number> {
   const config = loadConfig(process.env);
-  const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
+  const { secrets } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir, config.databaseUrl !== undefined);
   const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host;
   return runDemo(`http://${host}:${config.port}`, secrets[0], config.signatureHeaderPrefix, (line) =>
     process.stdout.write(`${line}\n`),
@@ -164,8 +164,14 @@ if (process.argv[1] && /[\\/]cli\.[cm]?[jt]s$/.test(process.argv[1])) {
   main(process.argv.slice(2))
     .then((code) => process.exit(code))
     .catch((error: unknown) => {
-      const message = error instanceof ConfigError ? `bad configuration — ${error.message}` : (error as Error).message;
+      const badConfig = error instanceof ConfigError || error instanceof SecretRequired;
+      const message =
+        error instanceof SecretRequired
+          ? `bad configuration — ${error.variable}: ${error.message}`
+          : error instanceof ConfigError
+            ? `bad configuration — ${error.message}`
+            : (error as Error).message;
       process.stderr.write(`kiln: ${message ?? String(error)}\n`);
-      process.exit(error instanceof ConfigError ? 2 : 1);
+      process.exit(badConfig ? 2 : 1);
     });
 }

@@ -11,7 +11,7 @@ import { createLogger } from './log';
 import { countRunningBuildsWith } from './metrics';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
-import { resolveHmacSecrets } from './secrets';
+import { resolveHmacSecrets, SecretRequired } from './secrets';
 import { startAnalyticsFolder } from './services/analytics';
 import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
@@ -46,7 +46,15 @@ async function main(): Promise<void> {
   const format = config.logFormat === 'auto' ? (process.stdout.isTTY ? 'pretty' : 'json') : config.logFormat;
   const logger = createLogger(config.logLevel, format);
   const exit = (code: number) => logger.flush(() => process.exit(code));
-  const { secrets, file, generated } = await resolveHmacSecrets(config.hmacSecrets, config.dataDir);
+  let resolved: Awaited<ReturnType<typeof resolveHmacSecrets>>;
+  try {
+    resolved = await resolveHmacSecrets(config.hmacSecrets, config.dataDir, config.databaseUrl !== undefined);
+  } catch (error) {
+    if (!(error instanceof SecretRequired)) throw error;
+    process.stderr.write(`kiln: bad configuration — ${error.variable}: ${error.message}\n`);
+    process.exit(2);
+  }
+  const { secrets, file, generated } = resolved;
   if (generated) {
     logger.info(
       { file },

@@ -9,8 +9,11 @@ import { join } from 'node:path';
 export async function resolveHmacSecrets(
   configured: string[],
   dataDir: string,
+  /** Processes share a database (DATABASE_URL): a secret made here would differ on every host. */
+  shared = false,
 ): Promise<{ secrets: string[]; file?: string; generated?: boolean }> {
   if (configured.length > 0) return { secrets: configured };
+  if (shared) throw new SecretRequired();
   const file = join(dataDir, 'hmac-secret');
   const saved = await savedSecret(file);
   if (saved !== undefined) return { secrets: [saved], file };
@@ -42,5 +45,22 @@ async function savedSecret(file: string): Promise<string | undefined> {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     return undefined;
+  }
+}
+
+/**
+ * No secret is configured while DATABASE_URL is set. Every process on a shared database must verify with the same
+ * secret; one generated (or read from DATA_DIR) on this host would not be the others', and the web app's requests
+ * would get 401 on some hosts only.
+ */
+export class SecretRequired extends Error {
+  readonly variable = 'HMAC_SECRET';
+  constructor() {
+    super(
+      'required when DATABASE_URL is set: every Kiln process on that database must sign with the same secret, and ' +
+        "one generated on this host would differ from the others'. Set HMAC_SECRET (or HMAC_SECRETS) to the same " +
+        'value on every host, e.g. the output of `openssl rand -hex 32`.',
+    );
+    this.name = 'SecretRequired';
   }
 }

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
@@ -89,6 +90,31 @@ describe('start-up failures', () => {
     const kiln = await spawnKiln(base());
     await kiln.stop();
   }, 90_000);
+
+  it('refuses to make up a secret when processes share a database, and says what to set', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'kiln-shared-secret-'));
+    try {
+      // The database need not answer: the secret is settled before anything is opened.
+      const env = { DATA_DIR: dir, PORT: '0', DATABASE_URL: 'postgres://kiln@127.0.0.1:1/kiln' };
+      const { code, output } = await runKilnExpectingFailure(env);
+      expect(code).toBe(2);
+      expect(output).toContain('HMAC_SECRET: required when DATABASE_URL is set');
+      expect(output).toContain('same value on every host');
+      // Nothing was generated or saved that a later start could pick up.
+      expect(existsSync(join(dir, 'hmac-secret'))).toBe(false);
+      // kiln sign says the same rather than signing with a secret of its own.
+      const sign = spawnSync(process.execPath, ['bin/kiln.mjs', 'sign', 'GET', '/v1/ping'], {
+        cwd: new URL('../..', import.meta.url).pathname,
+        env: { PATH: process.env.PATH ?? '', ...env },
+        encoding: 'utf8',
+      });
+      expect(sign.status).toBe(2);
+      expect(sign.stderr).toContain('HMAC_SECRET: required when DATABASE_URL is set');
+      expect(existsSync(join(dir, 'hmac-secret'))).toBe(false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 
   it('announces a generated secret with its path, and saves exactly the secret', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'kiln-secret-'));
