@@ -202,6 +202,24 @@ export async function findBuild(q: Queryable, id: string): Promise<DbBuild | und
   return rows[0];
 }
 
+/**
+ * In: a project id. Out: up to `limit` of its active builds (queued or building), oldest first, and how many there
+ * are in all. Errors: only the database's own.
+ */
+export async function activeBuildsOf(
+  q: Queryable,
+  projectId: string,
+  limit: number,
+): Promise<{ total: number; builds: { id: string; state: string }[] }> {
+  const { rows } = await q.query<{ id: string; state: string; total: number }>(
+    `select id, state, count(*) over ()::int as total from builds
+      where project_id = $1::text and state in ('queued', 'building')
+      order by created_at, id limit $2::int`,
+    [projectId, limit],
+  );
+  return { total: rows[0]?.total ?? 0, builds: rows.map(({ id, state }) => ({ id, state })) };
+}
+
 /** Ids read in one statement at most by a BuildReader. */
 const READ_BATCH = 100;
 

@@ -99,12 +99,44 @@ export async function insertProject(q: Queryable, id: string, fields: ProjectFie
 }
 
 /**
+ * In: a project id, in the caller's transaction. Locks its row (FOR UPDATE) whether or not it is deleted: a build
+ * being queued for it (build_create holds the row FOR SHARE) commits first and is seen by the next statement, and a
+ * build arriving later waits, then finds the project deleted. Out: whether the project is missing, already deleted
+ * or live. Errors: only the database's own.
+ */
+export async function lockProjectForDeletion(q: Queryable, id: string): Promise<'missing' | 'deleted' | 'live'> {
+  const { rows } = await q.query<{ deleted: boolean }>(
+    'select deleted_at is not null as deleted from projects where id = $1::text for update',
+    [id],
+  );
+  if (!rows[0]) return 'missing';
+  return rows[0].deleted ? 'deleted' : 'live';
+}
+
+/** Mark a project deleted (its row stays, for its builds and the books). In: a live project locked by the caller. */
+export async function markProjectDeleted(q: Queryable, id: string): Promise<void> {
+  await q.query(
+    'update projects set deleted_at = now(), version = version + 1, updated_at = now() where id = $1::text',
+    [id],
+  );
+}
+
+/** True when a project with this id exists, deleted or not (ids are never reused). */
+export async function projectIdTaken(q: Queryable, id: string): Promise<{ deleted: boolean } | undefined> {
+  const { rows } = await q.query<{ deleted: boolean }>(
+    'select deleted_at is not null as deleted from projects where id = $1::text',
+    [id],
+  );
+  return rows[0];
+}
+
+/**
  * In: a project id; `forUpdate` locks its row for the caller's transaction. Out: the project, or undefined.
  * Errors: only the database's own.
  */
 export async function findProject(q: Queryable, id: string, forUpdate = false): Promise<Project | undefined> {
   const { rows } = await q.query<DbProject>(
-    `select ${COLUMNS} from projects where id = $1::text${forUpdate ? ' for update' : ''}`,
+    `select ${COLUMNS} from projects where id = $1::text and deleted_at is null${forUpdate ? ' for update' : ''}`,
     [id],
   );
   return rows[0] ? toProject(rows[0]) : undefined;
@@ -112,7 +144,10 @@ export async function findProject(q: Queryable, id: string, forUpdate = false): 
 
 /** In: project ids. Out: those that exist, in no particular order. Errors: only the database's own. */
 export async function findProjects(q: Queryable, ids: string[]): Promise<Project[]> {
-  const { rows } = await q.query<DbProject>(`select ${COLUMNS} from projects where id = any($1::text[])`, [ids]);
+  const { rows } = await q.query<DbProject>(
+    `select ${COLUMNS} from projects where id = any($1::text[]) and deleted_at is null`,
+    [ids],
+  );
   return rows.map(toProject);
 }
 
@@ -129,7 +164,7 @@ export async function updateProject(
   const { rows } = await q.query<DbProject>(
     `update projects set owner_id = $3::text, name = $4::text, framework = $5::text, settings = $6::jsonb,
             allow_concurrent_builds = $7::boolean, version = version + 1, updated_at = now()
-      where id = $1::text and version = $2::int
+      where id = $1::text and version = $2::int and deleted_at is null
      returning ${COLUMNS}`,
     [
       id,

@@ -26,6 +26,8 @@ export const ERROR_STATUS = {
   RESERVATION_HELD_BY_BUILD: 409,
   VERSION_CONFLICT: 409,
   PROJECT_ALREADY_EXISTS: 409,
+  /** A project deletion while a build of it is queued or building. */
+  PROJECT_HAS_ACTIVE_BUILDS: 409,
   BUILD_ALREADY_EXISTS: 409,
   /** A webhook operation (a secret rotation) on a project without webhookUrl. */
   WEBHOOK_NOT_SET: 409,

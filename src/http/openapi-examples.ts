@@ -853,6 +853,7 @@ export const ROUTE_EXAMPLES: Record<string, RouteExample> = {
       },
     ],
   },
+  'DELETE /v1/projects/:id': { params: { id: 'prj_blog' }, response: [204, null] },
   'GET /healthz': { response: [200, { status: 'ok', version: '0.1.0', uptimeSeconds: 5423.117 }] },
   'GET /readyz': { response: [200, { status: 'ready', checks: { database: 'ok', store: 'ok' } }] },
   'GET /metrics': {

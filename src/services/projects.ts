@@ -1,10 +1,14 @@
-import type { Queryable } from '../db/database';
+import { activeBuildsOf } from '../db/builds';
+import type { Database, Queryable } from '../db/database';
 import {
   findProject,
   findProjects,
   insertProject,
+  lockProjectForDeletion,
+  markProjectDeleted,
   type Project,
   type ProjectFields,
+  projectIdTaken,
   updateProject,
 } from '../db/projects';
 import { ApiError } from '../domain/errors';
@@ -61,12 +65,13 @@ export async function createProject(
   const id = input.id ?? newProjectId();
   const project = await insertProject(q, id, fieldsOf(input));
   if (!project) {
+    const deleted = (await projectIdTaken(q, id))?.deleted === true;
     throw new ApiError(
       'PROJECT_ALREADY_EXISTS',
-      `A project with id ${id} already exists; read it or choose another id.`,
-      {
-        projectId: id,
-      },
+      deleted
+        ? `The id ${id} was a project's that was deleted; its builds keep it, so it is not reused: choose another id.`
+        : `A project with id ${id} already exists; read it or choose another id.`,
+      { projectId: id, ...(deleted ? { deleted: true } : {}) },
     );
   }
   return applyWebhookUrl(q, project, input.webhookUrl ?? undefined, webhooks);
@@ -174,4 +179,32 @@ export function patchProject(
     },
     { url, settings: webhooks },
   );
+}
+
+/** Active builds named in a refused deletion, at most. */
+const NAMED_ACTIVE_BUILDS = 20;
+
+/**
+ * Delete a project: it is no longer found and takes no builds; its builds, their events and credit movements stay
+ * readable, and its id is not reused. Idempotent: deleting a deleted project succeeds again. Refused (409
+ * PROJECT_HAS_ACTIVE_BUILDS) while a build of it is queued or building; 404 for an id that never was a project.
+ */
+export async function deleteProject(db: Database, id: string): Promise<{ alreadyDeleted: boolean }> {
+  return db.transaction(async (tx) => {
+    const state = await lockProjectForDeletion(tx, id);
+    if (state === 'missing') throw notFound(id);
+    if (state === 'deleted') return { alreadyDeleted: true };
+    // After the lock, in a statement of its own: it sees every build queued before the lock was granted.
+    const active = await activeBuildsOf(tx, id, NAMED_ACTIVE_BUILDS);
+    if (active.total > 0) {
+      const named = active.builds.map((b) => `${b.id} ${b.state}`).join(', ');
+      throw new ApiError(
+        'PROJECT_HAS_ACTIVE_BUILDS',
+        `Project ${id} has ${active.total === 1 ? 'an active build' : `${active.total} active builds`} (${named}${active.total > active.builds.length ? ', …' : ''}); cancel ${active.total === 1 ? 'it' : 'them'} with POST /v1/builds/:id/cancel or let ${active.total === 1 ? 'it' : 'them'} finish, then delete the project again.`,
+        { projectId: id, activeBuilds: active.builds, activeBuildCount: active.total },
+      );
+    }
+    await markProjectDeleted(tx, id);
+    return { alreadyDeleted: false };
+  });
 }

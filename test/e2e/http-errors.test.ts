@@ -162,7 +162,7 @@ describe('errors Node and Fastify raise themselves come in the envelope, with th
     ['PUT', '/v1/ping', 'GET, HEAD, POST'],
     ['HEAD', '/v1/credits/grant', 'POST'],
     ['GET', '/v1/builds/abc/cancel', 'POST'],
-    ['DELETE', '/v1/projects/p1', 'GET, HEAD, PUT, PATCH'],
+    ['POST', '/v1/projects/p1', 'GET, HEAD, PUT, PATCH, DELETE'],
     ['OPTIONS', '/v1/builds', 'GET, HEAD, POST'],
     ['PROPFIND', '/healthz', 'GET, HEAD'],
     ['POST', '/previews/bld_1/index.html', 'GET, HEAD'],

@@ -108,6 +108,8 @@ export interface KilnClient {
   raw<T = unknown>(method: string, path: string, options?: RawOptions): Promise<KilnResponse<T>>;
   createProject(input: CreateProjectInput, options?: RequestOptions): Promise<Project>;
   getProject(id: string, options?: RequestOptions): Promise<Project>;
+  /** 204 whether it deletes now or was deleted before; 409 PROJECT_HAS_ACTIVE_BUILDS while a build is active. */
+  deleteProject(id: string, options?: RequestOptions): Promise<void>;
   createBuild(input: CreateBuildInput, options?: RequestOptions): Promise<Build>;
   getBuild(id: string, options?: RequestOptions): Promise<Build>;
   cancelBuild(id: string, options?: RequestOptions): Promise<Build>;
@@ -363,6 +365,9 @@ export function createKilnClient(options: KilnClientOptions): KilnClient {
     raw,
     createProject: (input, o) => request('POST', '/v1/projects', { ...o, body: input }),
     getProject: (projectId, o) => request('GET', `/v1/projects/${id(projectId)}`, o),
+    deleteProject: async (projectId, o) => {
+      await request('DELETE', `/v1/projects/${id(projectId)}`, o);
+    },
     createBuild: (input, o) => request('POST', '/v1/builds', { ...o, body: input }),
     getBuild: (buildId, o) => request('GET', `/v1/builds/${id(buildId)}`, o),
     cancelBuild: (buildId, o) => request('POST', `/v1/builds/${id(buildId)}/cancel`, o),

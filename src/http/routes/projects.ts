@@ -2,6 +2,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyReply } from 'fastify';
 import {
   createProject,
+  deleteProject,
   getProject,
   getProjectsBatch,
   type Project,
@@ -144,6 +145,7 @@ export function registerProjectRoutes(app: App, deps: AppDeps): void {
   replaceProjectRoute(app, webhooks);
   patchProjectRoute(app, webhooks);
   rotateWebhookSecretRoute(app, webhooks);
+  deleteProjectRoute(app, deps);
 }
 
 /** POST /v1/projects */
@@ -218,6 +220,30 @@ function getProjectRoute(app: App, deps: AppDeps): void {
       },
     },
     async (request, reply) => withEtag(reply, await getProject(deps.db, request.params.id)),
+  );
+}
+
+/** DELETE /v1/projects/:id */
+function deleteProjectRoute(app: App, deps: AppDeps): void {
+  app.delete(
+    '/v1/projects/:id',
+    {
+      config: { errors: ['PROJECT_NOT_FOUND', 'PROJECT_HAS_ACTIVE_BUILDS'] },
+      schema: {
+        tags: ['projects'],
+        summary:
+          'Delete a project (idempotent: a deleted one answers 204 again); its builds stay readable, its id is not reused',
+        params: IdParams,
+        response: {
+          204: Type.Null({ description: 'Deleted, now or before: the project is no longer found and takes no builds' }),
+        },
+      },
+    },
+    async (request, reply) => {
+      const { alreadyDeleted } = await deleteProject(deps.db, request.params.id);
+      request.log.info({ projectId: request.params.id, alreadyDeleted }, 'project deleted');
+      return reply.code(204).send(null);
+    },
   );
 }
 
