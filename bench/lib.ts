@@ -326,16 +326,25 @@ export interface Started {
 }
 
 /**
- * Kiln (src/main.ts) as a child process on a free port, running no builds, with the bench secret; `env` adds to
+ * Kiln (src/main.ts, or dist/main.js: `entry`) as a child process on a free port, running no builds, with the bench secret; `env` adds to
  * or overrides that. `nodeArgs` go before the script (e.g. --cpu-prof); `root` is the checkout to run (default:
  * this one). Ready once /readyz answers 200, so it works at any LOG_LEVEL.
  */
-export async function startKiln(env: Record<string, string>, nodeArgs: string[] = [], root?: string): Promise<Started> {
+export async function startKiln(
+  env: Record<string, string>,
+  nodeArgs: string[] = [],
+  root?: string,
+  /** src/main.ts through tsx, or the compiled dist/main.js (`npm run build` first); BENCH_ENTRY=dist by default. */
+  entry: 'src' | 'dist' = process.env.BENCH_ENTRY === 'dist' ? 'dist' : 'src',
+): Promise<Started> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
+  const base = root ?? '.';
   return startServer(
     process.execPath,
-    [...nodeArgs, '--import', 'tsx', root ? join(root, 'src/main.ts') : 'src/main.ts'],
+    entry === 'dist'
+      ? [...nodeArgs, '--enable-source-maps', join(base, 'dist/main.js')]
+      : [...nodeArgs, '--import', 'tsx', join(base, 'src/main.ts')],
     { RUNNER_CONCURRENCY: '0', HMAC_SECRET: BENCH_SECRET, ...env, PORT: String(port), HOST: '127.0.0.1' },
     async () =>
       (await fetch(`${url}/readyz`).then(

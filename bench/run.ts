@@ -10,6 +10,7 @@ import { benchMemory } from './memory';
 import { benchMetricsScrape } from './metrics-scrape';
 import { benchSignedGet } from './signed-get';
 import { benchSignedGetBuild } from './signed-get-build';
+import { benchStartup } from './startup';
 import { benchSubmitToStart } from './submit-to-start';
 import { benchWebhooks } from './webhooks';
 
@@ -25,6 +26,7 @@ const benches: Record<string, () => Promise<void>> = {
   analytics: benchAnalytics,
   webhooks: benchWebhooks,
   memory: benchMemory,
+  startup: benchStartup,
 };
 const only = process.argv[2];
 if (only && !benches[only]) {

@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from './config';
 import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { DeliveryWorker } from './delivery/worker';
 import { buildApp } from './http/server';
 import { createLogger } from './log';
 import { countRunningBuildsWith } from './metrics';
+import { rootPath } from './paths';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
 import { resolveHmacSecrets, SecretRequired } from './secrets';
@@ -23,7 +23,7 @@ import { describeStores, openDatabase, openStore } from './stores';
 import { VERSION } from './version';
 
 /** The bundled sample command, run when BUILD_COMMAND is not set. */
-const SAMPLE_BUILD_COMMAND = `"${process.execPath}" "${fileURLToPath(new URL('../scripts/sample-build.mjs', import.meta.url))}"`;
+const SAMPLE_BUILD_COMMAND = `"${process.execPath}" "${rootPath('scripts', 'sample-build.mjs')}"`;
 
 /**
  * What a failed start must close before the process exits: the embedded database's directory lock above all, so

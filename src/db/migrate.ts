@@ -1,9 +1,9 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { rootPath } from '../paths';
 import { type Database, quoteIdent } from './database';
 
-export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
+export const MIGRATIONS_DIR = rootPath('migrations');
 const NAME = /^(\d{4})_[a-z0-9_]+\.sql$/;
 
 export interface Migration {

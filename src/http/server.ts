@@ -10,6 +10,7 @@ import Fastify, {
   type RouteOptions,
 } from 'fastify';
 import { describeProcess, observeRequest } from '../metrics';
+import { rootPath } from '../paths';
 import { pipelineReader } from '../services/pipeline';
 import type { App, AppDeps } from './app';
 import { registerJsonBody, throwBodyError } from './body';
@@ -168,7 +169,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   return app;
 }
 
-const DOCS_SIGNING = readFileSync(new URL('../../static/docs-signing.js', import.meta.url), 'utf8');
+const DOCS_SIGNING = readFileSync(rootPath('static', 'docs-signing.js'), 'utf8');
 
 /** The /docs page's signing script, with the configured signature header prefix. */
 export function docsSigningScript(prefix: string): string {

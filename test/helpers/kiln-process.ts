@@ -12,6 +12,16 @@ import { deleteKeys } from './store';
 const ROOT = new URL('../..', import.meta.url).pathname;
 
 /**
+ * How a Kiln process is started: with KILN_E2E_DIST=1 the compiled dist/main.js (`npm run build` first), as it runs in
+ * production; otherwise src/main.ts through tsx. CI runs the end-to-end suite both ways.
+ */
+const DIST = process.env.KILN_E2E_DIST === '1';
+if (DIST && !existsSync(join(ROOT, 'dist/main.js'))) {
+  throw new Error('KILN_E2E_DIST=1 but dist/main.js is missing: run `npm run build` first');
+}
+const ENTRY = DIST ? ['--enable-source-maps', 'dist/main.js'] : ['src/main.ts'];
+
+/**
  * Every process spawned here checks each response it sends against the OpenAPI document (contract-preload.ts) and
  * writes what breaks it to a file in this directory; the test file fails at its end if any process wrote one.
  */
@@ -98,12 +108,13 @@ export function sharedKilns(env: Record<string, string> = {}): {
   };
 }
 
-/** Spawn `src/main.ts` as a real process on a free port and wait until it listens. */
+/** Spawn Kiln (ENTRY: src/main.ts or dist/main.js) as a real process on a free port and wait until it listens. */
 export function spawnKiln(env: Record<string, string>, timeoutMs = 40_000): Promise<KilnProcess> {
   const contractLog = join(contractLogs, `${spawned++}.log`);
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', '--import', './test/helpers/contract-preload.ts', 'src/main.ts'],
+    // tsx loads the contract check (TypeScript) even in front of the compiled entry, which needs none of it.
+    ['--import', 'tsx', '--import', './test/helpers/contract-preload.ts', ...ENTRY],
     {
       cwd: ROOT,
       env: {
@@ -157,10 +168,10 @@ export function spawnKiln(env: Record<string, string>, timeoutMs = 40_000): Prom
   });
 }
 
-/** Run `src/main.ts` expecting it to fail at start-up; resolves with its exit code and output. */
+/** Run Kiln (ENTRY) expecting it to fail at start-up; resolves with its exit code and output. */
 export function runKilnExpectingFailure(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    const child = spawn(process.execPath, [...(DIST ? [] : ['--import', 'tsx']), ...ENTRY], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

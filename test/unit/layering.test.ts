@@ -27,15 +27,27 @@ function layerOf(file: string): string {
 }
 
 /** What each layer may import (besides itself). `db/database` is the database interface and its errors. */
+// `top:paths` (where Kiln's own files are: migrations, static pages) is reachable from the layers that read them: one
+// module knows how to find them from src/ and from the dist/ bundle alike.
 const ALLOWED: Record<string, string[]> = {
   domain: ['package'],
-  db: ['domain'],
+  db: ['domain', 'top:paths'],
   store: ['db', 'domain'],
   services: ['db', 'store', 'domain', 'top:metrics', 'top:log'],
   runner: ['services', 'store', 'db', 'domain', 'top:metrics'],
   delivery: ['services', 'store', 'db', 'domain', 'top:metrics'],
-  http: ['routes', 'services', 'store', 'domain', 'db/database', 'top:config', 'top:metrics', 'top:version'],
-  routes: ['http', 'services', 'domain', 'top:config', 'top:metrics'],
+  http: [
+    'routes',
+    'services',
+    'store',
+    'domain',
+    'db/database',
+    'top:config',
+    'top:metrics',
+    'top:version',
+    'top:paths',
+  ],
+  routes: ['http', 'services', 'domain', 'top:config', 'top:metrics', 'top:paths'],
   client: ['domain', 'package'],
   top: ['*'],
 };

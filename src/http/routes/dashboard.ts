@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { type TSchema, Type } from '@sinclair/typebox';
+import { rootPath } from '../../paths';
 import { dashboardReader } from '../../services/dashboard';
 import type { PipelineSnapshot } from '../../services/pipeline';
 import type { App, AppDeps } from '../app';
@@ -8,7 +9,7 @@ import { requireMetricsToken } from './ops';
 
 // The page: one static file (HTML, inline CSS and JS, no build step), read once. The same relative depth holds
 // from src/http/routes/ and from a compiled dist/http/routes/.
-const PAGE = readFileSync(new URL('../../../static/dashboard.html', import.meta.url), 'utf8');
+const PAGE = readFileSync(rootPath('static', 'dashboard.html'), 'utf8');
 
 /** A CSP allowing exactly the page's inline script and style (by hash) and fetches to this origin. */
 function contentSecurityPolicy(page: string): string {
