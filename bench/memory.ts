@@ -111,7 +111,7 @@ export async function benchMemory(): Promise<void> {
     ].join('\n');
     await writeSection(
       'memory',
-      `## Process memory under sustained load\n\n${new Date().toISOString()} — ${machine()}. Kiln on PostgreSQL and Redis with rate limits off, 10 connections as fast as they go for ${durationS} s, a steady mix of signed GET /v1/builds/:id, POST /v1/credits/reserve and replayed POST /v1/projects (each signed with a fresh nonce as it is sent). RSS read from /proc every ${SAMPLE_MS / 1000} s. Target (SPEC section 8): RSS ≤ 200 MB, flat over 10 minutes.\n\n${table}\n\n- ${summary}.\n`,
+      `## Process memory under sustained load\n\n${new Date().toISOString()} — ${machine()}. Kiln (${process.env.BENCH_ENTRY === 'dist' ? 'compiled: `node dist/main.js`' : '`node --import tsx src/main.ts`'}) on PostgreSQL and Redis with rate limits off, 10 connections as fast as they go for ${durationS} s, a steady mix of signed GET /v1/builds/:id, POST /v1/credits/reserve and replayed POST /v1/projects (each signed with a fresh nonce as it is sent). RSS read from /proc every ${SAMPLE_MS / 1000} s. Target (SPEC section 8): RSS ≤ 200 MB, flat over 10 minutes.\n\n${table}\n\n- ${summary}.\n`,
     );
   } finally {
     await kiln.stop();
