@@ -20,11 +20,12 @@ declare
   v_hold record;
   v_result build_create_result;
 begin
-  -- FOR SHARE: a deletion (project_delete_lock) waits for this build to commit and then sees it; a build arriving
-  -- while a deletion holds the row waits, then finds the project deleted.
+  -- FOR KEY SHARE: a deletion (lockProjectForDeletion, FOR UPDATE) waits for this build to commit and then sees it;
+  -- a build arriving while a deletion holds the row waits, then finds it deleted (the row is checked again after the
+  -- wait). Plain updates of the project (webhook settlement, rotation) do not conflict with it.
   select p.allow_concurrent_builds into v_concurrent from projects p
    where p.id = p_project and p.deleted_at is null
-     for share;
+     for key share;
   if not found then
     v_result.outcome := 'no_project';
     return v_result;

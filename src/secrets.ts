@@ -13,7 +13,10 @@ export async function resolveHmacSecrets(
   shared = false,
 ): Promise<{ secrets: string[]; file?: string; generated?: boolean }> {
   if (configured.length > 0) return { secrets: configured };
-  if (shared) throw new SecretRequired();
+  if (shared) {
+    const file = join(dataDir, 'hmac-secret');
+    throw new SecretRequired((await savedSecret(file)) === undefined ? undefined : file);
+  }
   const file = join(dataDir, 'hmac-secret');
   const saved = await savedSecret(file);
   if (saved !== undefined) return { secrets: [saved], file };
@@ -55,11 +58,16 @@ async function savedSecret(file: string): Promise<string | undefined> {
  */
 export class SecretRequired extends Error {
   readonly variable = 'HMAC_SECRET';
-  constructor() {
+  constructor(
+    /** A secret an earlier start saved on this host, which the clients may already sign with. */
+    readonly savedFile?: string,
+  ) {
     super(
       'required when DATABASE_URL is set: every Kiln process on that database must sign with the same secret, and ' +
-        "one generated on this host would differ from the others'. Set HMAC_SECRET (or HMAC_SECRETS) to the same " +
-        'value on every host, e.g. the output of `openssl rand -hex 32`.',
+        "one generated on this host would differ from the others'. " +
+        (savedFile
+          ? `An earlier start saved one in ${savedFile}: HMAC_SECRET="$(cat ${savedFile})" keeps your clients working; set the same on every host.`
+          : 'Set HMAC_SECRET (or HMAC_SECRETS) to the same value on every host, e.g. the output of `openssl rand -hex 32`.'),
     );
     this.name = 'SecretRequired';
   }

@@ -249,7 +249,7 @@ export async function rotateProjectSecret(
     `update projects
         set webhook_previous_secret = webhook_secret, webhook_secret = $2::text,
             webhook_previous_secret_until = now() + make_interval(secs => $3::int)
-      where id = $1::text and webhook_url is not null
+      where id = $1::text and webhook_url is not null and deleted_at is null
      returning ${COLUMNS}`,
     [id, secret, overlapS],
   );

@@ -204,7 +204,7 @@ export async function sweepDeliveries(db: Database): Promise<{ abandoned: number
 
 /**
  * Queue a replay of a build's events `fromSeq..toSeq` to its project's endpoint (when it has one, enabled), after
- * anything of the build still pending (the first due now when nothing is, the rest waiting behind it). In: the build and the range. Out: the rows queued (0 without an endpoint).
+ * anything of the build still pending (the first due now when nothing is, the rest waiting behind it). In: the build and the range. Out: the rows queued (0 without an endpoint, or when the project was deleted).
  * Errors: only the database's own.
  */
 export async function queueReplays(q: Queryable, buildId: string, fromSeq: number, toSeq: number): Promise<number> {
@@ -216,7 +216,7 @@ export async function queueReplays(q: Queryable, buildId: string, fromSeq: numbe
                  then now() else 'infinity'::timestamptz end
        from build_events e join builds b on b.id = e.build_id join projects p on p.id = b.project_id
       where e.build_id = $1::text and e.seq between $2::int and $3::int
-        and p.webhook_url is not null and p.webhook_disabled_at is null
+        and p.webhook_url is not null and p.webhook_disabled_at is null and p.deleted_at is null
       order by e.seq`,
     [buildId, fromSeq, toSeq],
   );

@@ -111,6 +111,11 @@ describe('start-up failures', () => {
       expect(sign.status).toBe(2);
       expect(sign.stderr).toContain('HMAC_SECRET: required when DATABASE_URL is set');
       expect(existsSync(join(dir, 'hmac-secret'))).toBe(false);
+      // A secret an earlier (embedded) start saved here: the refusal says how to keep it.
+      await writeFile(join(dir, 'hmac-secret'), 'saved-by-an-earlier-start-0123');
+      const again = await runKilnExpectingFailure(env);
+      expect(again.code).toBe(2);
+      expect(again.output).toContain(`HMAC_SECRET="$(cat ${join(dir, 'hmac-secret')})" keeps your clients working`);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

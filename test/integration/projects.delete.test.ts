@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestApp, type TestApp } from '../helpers/app';
+import { DATABASE_URL } from '../helpers/env';
 import { type SignedInject, signedInject } from '../helpers/signed';
+import { sleep } from '../helpers/wait';
 
 /**
  * DELETE /v1/projects/:id on the run's database: refused while a build is active, idempotent, the builds and books
@@ -85,10 +87,42 @@ describe('deleting a project', () => {
     expect(again.json().message).toContain('not reused');
   });
 
+  it("leaves a deleted project's webhook alone: no rotation, no replays to it", async () => {
+    await project('del_hooked', { webhookUrl: 'https://hooks.example.com/kiln' });
+    const done = (await build('del_hooked')).json();
+    expect((await call('POST', `/v1/builds/${done.id}/cancel`)).statusCode).toBe(200);
+    expect((await call('DELETE', '/v1/projects/del_hooked')).statusCode).toBe(204);
+    const rotated = await call('POST', '/v1/projects/del_hooked/webhook-secret');
+    expect(rotated.json()).toMatchObject({ error: 'PROJECT_NOT_FOUND' });
+    const replay = await call('POST', `/v1/builds/${done.id}/replay`, { fromSeq: 1 });
+    expect(replay.statusCode).toBe(200);
+    expect(replay.json()).toMatchObject({ webhookDeliveries: 0 });
+  });
+
   it('answers 404 for an id that never was a project', async () => {
     const res = await call('DELETE', '/v1/projects/del_never');
     expect(res.statusCode).toBe(404);
     expect(res.json()).toMatchObject({ error: 'PROJECT_NOT_FOUND', data: { projectId: 'del_never' } });
+  });
+
+  // Deterministic, on PostgreSQL (two connections): a build queued while a deletion holds the project waits for it,
+  // then finds the project deleted. PGlite has one connection, so the second statement could never start.
+  it.skipIf(!DATABASE_URL)('makes a build wait for a deletion in progress, then refuses it', async () => {
+    await project('del_wait');
+    const deletion = await t.database.db.begin();
+    let queued: Promise<{ statusCode: number }> | undefined;
+    try {
+      await deletion.query("select 1 from projects where id = 'del_wait' for update");
+      await deletion.query("update projects set deleted_at = now() where id = 'del_wait'");
+      queued = build('del_wait');
+      // The build is held by the deletion's lock while it is open.
+      const early = await Promise.race([queued.then(() => 'answered'), sleep(300).then(() => 'waiting')]);
+      expect(early).toBe('waiting');
+    } finally {
+      await deletion.commit();
+    }
+    expect((await queued)?.statusCode).toBe(404);
+    expect((await call('GET', '/v1/builds?projectId=del_wait')).json().builds).toEqual([]);
   });
 
   it('never leaves a deleted project with an active build, whatever the interleaving with new builds', async () => {
@@ -98,7 +132,7 @@ describe('deleting a project', () => {
     for (const id of ids) await project(id, { allowConcurrentBuilds: true });
     const outcomes = await Promise.all(
       ids.map(async (id, i) => {
-        // Half send the deletion first, half last: both orders of arrival are raced.
+        // All are sent together; half are awaited with the deletion first, half with it last.
         const builds = [build(id), build(id), build(id)];
         const deletion = call('DELETE', `/v1/projects/${id}`);
         const answers = await Promise.all(i % 2 ? [...builds, deletion] : [deletion, ...builds]);

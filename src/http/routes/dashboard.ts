@@ -7,8 +7,8 @@ import type { PipelineSnapshot } from '../../services/pipeline';
 import type { App, AppDeps } from '../app';
 import { requireMetricsToken } from './ops';
 
-// The page: one static file (HTML, inline CSS and JS, no build step), read once. The same relative depth holds
-// from src/http/routes/ and from a compiled dist/http/routes/.
+// The page: one static file (HTML, inline CSS and JS, no build step), read once, found through rootPath (from src/
+// and from the dist/ bundle alike).
 const PAGE = readFileSync(rootPath('static', 'dashboard.html'), 'utf8');
 
 /** A CSP allowing exactly the page's inline script and style (by hash) and fetches to this origin. */
