@@ -11,6 +11,7 @@ import {
   BENCH_SECRET,
   type BenchRequest,
   DATABASE_URL,
+  deleteRedisKeys,
   load,
   machine,
   presignedPosts,
@@ -116,6 +117,7 @@ export async function benchMemory(): Promise<void> {
   } finally {
     await kiln.stop();
     await admin.query(`drop schema if exists "${schema}" cascade`);
+    await deleteRedisKeys(REDIS_URL, `${schema}:`);
     await admin.end();
     await rm(dataDir, { recursive: true, force: true });
   }

@@ -8,7 +8,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { DATABASE_URL, machine, REDIS_URL, realServicesEnv, startKiln, writeSection } from './lib';
+import { DATABASE_URL, deleteRedisKeys, machine, REDIS_URL, realServicesEnv, startKiln, writeSection } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_STARTUP_ROUNDS ?? 3);
 const IDLE_S = Number(process.env.BENCH_STARTUP_IDLE_S ?? 20);
@@ -76,7 +76,10 @@ export async function benchStartup(): Promise<void> {
       }
     }
   } finally {
-    for (const schema of schemas) await admin.query(`drop schema if exists "${schema}" cascade`);
+    for (const schema of schemas) {
+      await admin.query(`drop schema if exists "${schema}" cascade`);
+      await deleteRedisKeys(REDIS_URL, `${schema}:`);
+    }
     await admin.end();
   }
 
