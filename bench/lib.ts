@@ -431,6 +431,12 @@ export function realServicesEnv(databaseUrl: string, redisUrl: string, schema: s
   };
 }
 
+/** A process's resident memory (VmRSS from /proc), in MB. */
+export async function rssMb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? Number.NaN) / 1024;
+}
+
 /** Delete every Redis key under a prefix (what a Kiln on realServicesEnv left there): the tests' own helper. */
 export { deleteKeys as deleteRedisKeys } from '../test/helpers/store';
 

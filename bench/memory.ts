@@ -2,7 +2,7 @@
 // PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else the local ones) takes a steady mix for BENCH_MEMORY_S seconds
 // (default 600): signed GET /v1/builds/:id, signed POST /v1/credits/reserve and replayed POST /v1/projects, each
 // with a fresh nonce, 10 connections as fast as they go. Kiln's RSS is read from /proc every 5 s.
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -17,18 +17,13 @@ import {
   presignedPosts,
   REDIS_URL,
   realServicesEnv,
+  rssMb,
   startKiln,
   writeSection,
 } from './lib';
 import { queuedBuildPath } from './signed-get-build';
 
 const SAMPLE_MS = 5_000;
-
-async function rssMb(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const kb = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? Number.NaN);
-  return kb / 1024;
-}
 
 /** Least-squares slope of (t minutes, y MB). */
 function slopePerMinute(points: { t: number; rss: number }[]): number {

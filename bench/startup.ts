@@ -4,21 +4,25 @@
 // that directory, and a start on PostgreSQL and Redis (migrations already applied). RSS is read from /proc right
 // after ready and after IDLE_S seconds of idle. ROUNDS rounds, the two entries alternating; medians reported.
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { DATABASE_URL, deleteRedisKeys, machine, REDIS_URL, realServicesEnv, startKiln, writeSection } from './lib';
+import {
+  DATABASE_URL,
+  deleteRedisKeys,
+  machine,
+  REDIS_URL,
+  realServicesEnv,
+  rssMb,
+  startKiln,
+  writeSection,
+} from './lib';
 
 const ROUNDS = Number(process.env.BENCH_STARTUP_ROUNDS ?? 3);
 const IDLE_S = Number(process.env.BENCH_STARTUP_IDLE_S ?? 20);
 type Entry = 'src' | 'dist';
 type Mode = 'embedded, first start' | 'embedded, later start' | 'PostgreSQL + Redis';
-
-async function rssMb(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? Number.NaN) / 1024;
-}
 
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);

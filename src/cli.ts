@@ -6,7 +6,7 @@ import { signRequest } from '../packages/client/src/index';
 import { ConfigError, loadConfig } from './config';
 import { DirectoryInUseError } from './db/directory-lock';
 import { runDemo } from './demo';
-import { resolveHmacSecrets, SecretRequired } from './secrets';
+import { resolveHmacSecrets } from './secrets';
 import { audit } from './services/credits';
 import { openDatabase } from './stores';
 
@@ -164,14 +164,8 @@ if (process.argv[1] && /[\\/]cli\.[cm]?[jt]s$/.test(process.argv[1])) {
   main(process.argv.slice(2))
     .then((code) => process.exit(code))
     .catch((error: unknown) => {
-      const badConfig = error instanceof ConfigError || error instanceof SecretRequired;
-      const message =
-        error instanceof SecretRequired
-          ? `bad configuration — ${error.variable}: ${error.message}`
-          : error instanceof ConfigError
-            ? `bad configuration — ${error.message}`
-            : (error as Error).message;
+      const message = error instanceof ConfigError ? `bad configuration — ${error.message}` : (error as Error).message;
       process.stderr.write(`kiln: ${message ?? String(error)}\n`);
-      process.exit(badConfig ? 2 : 1);
+      process.exit(error instanceof ConfigError ? 2 : 1);
     });
 }

@@ -11,7 +11,7 @@ import { countRunningBuildsWith } from './metrics';
 import { rootPath } from './paths';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
-import { resolveHmacSecrets, SecretRequired } from './secrets';
+import { resolveHmacSecrets } from './secrets';
 import { startAnalyticsFolder } from './services/analytics';
 import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
@@ -34,8 +34,10 @@ const openedAtStart: (() => Promise<unknown>)[] = [];
 /** Start-up and shutdown only: read config, open stores, start the server, close in order. */
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
+  let resolved: Awaited<ReturnType<typeof resolveHmacSecrets>>;
   try {
     config = loadConfig(process.env);
+    resolved = await resolveHmacSecrets(config.hmacSecrets, config.dataDir, config.databaseUrl !== undefined);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`kiln: bad configuration — ${error.message}\n`);
@@ -46,14 +48,6 @@ async function main(): Promise<void> {
   const format = config.logFormat === 'auto' ? (process.stdout.isTTY ? 'pretty' : 'json') : config.logFormat;
   const logger = createLogger(config.logLevel, format);
   const exit = (code: number) => logger.flush(() => process.exit(code));
-  let resolved: Awaited<ReturnType<typeof resolveHmacSecrets>>;
-  try {
-    resolved = await resolveHmacSecrets(config.hmacSecrets, config.dataDir, config.databaseUrl !== undefined);
-  } catch (error) {
-    if (!(error instanceof SecretRequired)) throw error;
-    process.stderr.write(`kiln: bad configuration — ${error.variable}: ${error.message}\n`);
-    process.exit(2);
-  }
   const { secrets, file, generated } = resolved;
   if (generated) {
     logger.info(

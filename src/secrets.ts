@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ConfigError } from './config';
 
 /**
  * The HMAC secrets in force: the configured ones, else the one generated on first start and kept in
@@ -13,12 +14,9 @@ export async function resolveHmacSecrets(
   shared = false,
 ): Promise<{ secrets: string[]; file?: string; generated?: boolean }> {
   if (configured.length > 0) return { secrets: configured };
-  if (shared) {
-    const file = join(dataDir, 'hmac-secret');
-    throw new SecretRequired((await savedSecret(file)) === undefined ? undefined : file);
-  }
   const file = join(dataDir, 'hmac-secret');
   const saved = await savedSecret(file);
+  if (shared) throw new SecretRequired(saved === undefined ? undefined : file);
   if (saved !== undefined) return { secrets: [saved], file };
   await mkdir(dataDir, { recursive: true });
   const secret = randomBytes(32).toString('hex');
@@ -56,13 +54,13 @@ async function savedSecret(file: string): Promise<string | undefined> {
  * secret; one generated (or read from DATA_DIR) on this host would not be the others', and the web app's requests
  * would get 401 on some hosts only.
  */
-export class SecretRequired extends Error {
-  readonly variable = 'HMAC_SECRET';
+export class SecretRequired extends ConfigError {
   constructor(
     /** A secret an earlier start saved on this host, which the clients may already sign with. */
     readonly savedFile?: string,
   ) {
     super(
+      'HMAC_SECRET',
       'required when DATABASE_URL is set: every Kiln process on that database must sign with the same secret, and ' +
         "one generated on this host would differ from the others'. " +
         (savedFile

@@ -1,6 +1,7 @@
 import { type TObject, type TSchema, Type } from '@sinclair/typebox';
 import type { RouteOptions } from 'fastify';
 import { ERROR_STATUS, type ErrorCode } from '../domain/errors';
+import { isMutatingMethod } from './idempotency';
 import { ErrorEnvelopeSchema } from './schemas';
 
 /**
@@ -90,8 +91,6 @@ const WITH_BODY: ErrorCode[] = ['VALIDATION_ERROR', 'PAYLOAD_TOO_LARGE', 'UNSUPP
 /** Every signed mutation: the Idempotency-Key. */
 const KEYED: ErrorCode[] = ['INVALID_IDEMPOTENCY_KEY', 'IDEMPOTENCY_KEY_IN_USE', 'IDEMPOTENCY_KEY_REUSED'];
 
-const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
-
 function methodsOf(route: Pick<RouteOptions, 'method'>): string[] {
   return (Array.isArray(route.method) ? route.method : [route.method]).map((m) => String(m).toUpperCase());
 }
@@ -100,7 +99,7 @@ function methodsOf(route: Pick<RouteOptions, 'method'>): string[] {
 export function errorCodesOf(route: Pick<RouteOptions, 'method' | 'url' | 'schema' | 'config'>, signed: boolean) {
   const codes = new Set<ErrorCode>(ANY_ROUTE);
   const schema = (route.schema ?? {}) as Record<string, unknown>;
-  const hasBody = methodsOf(route).some((m) => BODY_METHODS.has(m));
+  const hasBody = methodsOf(route).some(isMutatingMethod);
   if (schema.params || schema.querystring || schema.headers || schema.body) codes.add('VALIDATION_ERROR');
   if (hasBody) for (const code of WITH_BODY) codes.add(code);
   if (signed) for (const code of SIGNED) codes.add(code);
@@ -204,7 +203,7 @@ export function documentRoute(
       properties: { ...headers.properties, 'if-match': { ...ifMatch, pattern: IF_MATCH_PATTERN } },
     };
   }
-  if (options.signed && BODY_METHODS.has(method)) {
+  if (options.signed && isMutatingMethod(method)) {
     const headers = out.headers as TObject | undefined;
     out.headers = Type.Object({
       ...headers?.properties,
