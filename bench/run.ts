@@ -8,6 +8,7 @@ import { benchIdempotency } from './idempotency';
 import { benchKeyedWrites } from './keyed-writes';
 import { benchMemory } from './memory';
 import { benchMetricsScrape } from './metrics-scrape';
+import { benchScale } from './scale';
 import { benchSignedGet } from './signed-get';
 import { benchSignedGetBuild } from './signed-get-build';
 import { benchStartup } from './startup';
@@ -27,6 +28,7 @@ const benches: Record<string, () => Promise<void>> = {
   webhooks: benchWebhooks,
   memory: benchMemory,
   startup: benchStartup,
+  scale: benchScale,
 };
 const only = process.argv[2];
 if (only && !benches[only]) {

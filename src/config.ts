@@ -61,6 +61,20 @@ export interface Config {
   runnerConcurrency: number;
   /** Seconds a runner holds a build without renewing; a lapsed lease fails the build as worker_lost. */
   buildLeaseS: number;
+  /** Seconds a process's line in service_instances may go unrenewed before it is marked dead (renewed every third). */
+  instanceLeaseS: number;
+  /** Days after its end a build's workspace (this host's disk) is removed; 0 = never. */
+  retentionWorkspaceDays: number;
+  /** Days after its end a deployed build's preview is removed from the database; 0 = never. */
+  retentionPreviewDays: number;
+  /** Days after its end a build's events are removed (its finished webhook messages with them); 0 = never. */
+  retentionEventDays: number;
+  /** Days after it was delivered or given up a webhook message (and its attempts) is removed; 0 = never. */
+  retentionWebhookDays: number;
+  /** Seconds between retention runs in each process. */
+  retentionIntervalS: number;
+  /** Largest preview (all its files) copied into the database for every process to serve, in MB. */
+  previewMaxMb: number;
   metricsToken: string | undefined;
   /** Resident memory one process should stay under, in MB (exported for the MemoryNearBudget alert). */
   memoryBudgetMb: number;
@@ -291,6 +305,13 @@ export function loadConfig(env: Env = process.env): Config {
     buildTimeoutS: integer(env, 'BUILD_TIMEOUT_S', 1800, 1, DAY),
     runnerConcurrency: integer(env, 'RUNNER_CONCURRENCY', 2, 0, 256),
     buildLeaseS: integer(env, 'BUILD_LEASE_S', 30, 1, 3600),
+    instanceLeaseS: integer(env, 'INSTANCE_LEASE_S', 30, 3, 3600),
+    retentionWorkspaceDays: integer(env, 'RETENTION_WORKSPACE_DAYS', 7, 0, 36_500),
+    retentionPreviewDays: integer(env, 'RETENTION_PREVIEW_DAYS', 30, 0, 36_500),
+    retentionEventDays: integer(env, 'RETENTION_EVENT_DAYS', 0, 0, 36_500),
+    retentionWebhookDays: integer(env, 'RETENTION_WEBHOOK_DAYS', 30, 0, 36_500),
+    retentionIntervalS: integer(env, 'RETENTION_INTERVAL_S', 600, 1, DAY),
+    previewMaxMb: integer(env, 'PREVIEW_MAX_MB', 64, 0, 1024),
     metricsToken: given(env, 'METRICS_TOKEN'),
     // SPEC 8 aims at 200 MB for PostgreSQL + Redis, and start-up peaks near it: the budget leaves room above the aim.
     // Embedded, PGlite's own memory lives in the process too.

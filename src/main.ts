@@ -3,7 +3,6 @@ import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ConfigError, loadConfig } from './config';
-import { registerInstance, touchInstance, unregisterInstance } from './db/instances';
 import { DeliveryWorker } from './delivery/worker';
 import { buildApp } from './http/server';
 import { createLogger } from './log';
@@ -15,7 +14,9 @@ import { resolveHmacSecrets } from './secrets';
 import { startAnalyticsFolder } from './services/analytics';
 import { startCreditAuditor } from './services/credit-auditor';
 import { startCreditSweeper } from './services/credit-sweeper';
+import { startInstanceLine } from './services/instances';
 import { startMaintenance } from './services/maintenance';
+import { startRetention } from './services/retention';
 import { deploymentId, recordedV1Retirement, settleV1Retirement } from './services/settings';
 import { startStep } from './startup';
 import { BuildSignals } from './store/signals';
@@ -100,10 +101,8 @@ async function main(): Promise<void> {
   const store = redisUrl ? await startStep({ kind: 'redis', url: redisUrl }, () => openingStore) : await openingStore;
   openedAtStart.push(() => store.close());
   const instanceId = `kiln_${hostname()}_${process.pid}_${randomBytes(3).toString('hex')}`;
-  await registerInstance(background, { id: instanceId, hostname: hostname(), pid: process.pid, version: VERSION });
-  const heartbeat = setInterval(() => {
-    touchInstance(background, instanceId).catch((error) => logger.warn({ err: error }, 'instance heartbeat failed'));
-    // A v1 retirement another process recorded applies here too, without a restart.
+  // A v1 retirement another process recorded applies here too, without a restart.
+  const retirementPoll = setInterval(() => {
     recordedV1Retirement(background)
       .then((recorded) => {
         const current = config.hmacV1Until;
@@ -111,11 +110,8 @@ async function main(): Promise<void> {
       })
       .catch((error) => logger.warn({ err: error }, 'could not read the recorded v1 retirement'));
   }, 15_000);
-  heartbeat.unref();
-  openedAtStart.push(async () => {
-    clearInterval(heartbeat);
-    await unregisterInstance(background, instanceId);
-  });
+  retirementPoll.unref();
+  openedAtStart.push(async () => clearInterval(retirementPoll));
 
   const stopMaintenance = startMaintenance(background, store, logger);
   const signals = new BuildSignals(store, logger);
@@ -132,8 +128,34 @@ async function main(): Promise<void> {
     dataDir: config.dataDir,
     creditsPerMinute: config.creditsPerBuildMinute,
     reservationTtlS: config.reservationTtlS,
+    previewMaxBytes: config.previewMaxMb * 1_048_576,
   });
   countRunningBuildsWith(() => runner.activeBuilds);
+  const stopInstanceLine = await startInstanceLine({
+    db: background,
+    logger,
+    id: instanceId,
+    hostname: hostname(),
+    pid: process.pid,
+    version: VERSION,
+    leaseSeconds: config.instanceLeaseS,
+    store: () => store.ping(),
+    buildsRunning: () => runner.activeBuilds,
+    runnerConcurrency: config.runnerConcurrency,
+  });
+  openedAtStart.push(stopInstanceLine);
+  const stopRetention = startRetention(
+    background,
+    {
+      dataDir: config.dataDir,
+      workspaceDays: config.retentionWorkspaceDays,
+      previewDays: config.retentionPreviewDays,
+      eventDays: config.retentionEventDays,
+      webhookDays: config.retentionWebhookDays,
+    },
+    logger,
+    config.retentionIntervalS * 1000,
+  );
   const stopCreditSweeper = startCreditSweeper(background, logger, config.creditSweepIntervalS * 1000);
   const stopAnalyticsFolder =
     config.analyticsFoldIntervalS > 0
@@ -146,6 +168,7 @@ async function main(): Promise<void> {
     stopCreditSweeper();
     stopCreditAuditor();
     stopAnalyticsFolder();
+    stopRetention();
   });
   const app = await buildApp({ config, db, store, logger, version: VERSION, signals });
   openedAtStart.push(() => app.close());
@@ -193,14 +216,13 @@ async function main(): Promise<void> {
       deliveries.stop((config.shutdownTimeoutS - 1) * 1000),
     ]);
     await signals.close();
-    clearInterval(heartbeat);
+    clearInterval(retirementPoll);
     stopMaintenance();
     stopCreditSweeper();
     stopCreditAuditor();
     stopAnalyticsFolder();
-    await unregisterInstance(background, instanceId).catch((error) =>
-      logger.warn({ err: error }, 'could not unregister'),
-    );
+    stopRetention();
+    await stopInstanceLine().catch((error) => logger.warn({ err: error }, 'could not unregister'));
     await store.close();
     await db.close();
     logger.info('stopped cleanly');

@@ -580,8 +580,13 @@ pipelineGauge(
 );
 pipelineGauge(
   'kiln_instances_live',
-  'Kiln processes that renewed their line in service_instances within the last minute',
+  'Kiln processes that renewed their line in service_instances within its lease (INSTANCE_LEASE_S)',
   (s) => s.liveInstances,
+);
+pipelineGauge(
+  'kiln_instances_dead',
+  'Kiln processes whose line in service_instances went unrenewed past its lease (crashed or stalled; lines go a day after)',
+  (s) => s.deadInstances,
 );
 pipelineGauge(
   'kiln_webhook_deliveries_pending',

@@ -1,13 +1,16 @@
 import { mkdir } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { claimBuilds, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } from '../db/build-queue';
 import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
 import { type Database, DatabaseUnavailableError } from '../db/database';
+import { type PreviewFile, storePreviewFiles } from '../db/previews';
 import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
 import { holdForStart, reportSettlement, type Settlement, settleBuildCredits } from '../services/build-credits';
 import { internalActor, renewReservation } from '../services/credits';
+import { collectPreview, workspacesDir } from '../services/previews';
 import { Tally } from '../services/tally';
 import type { BuildSignals } from '../store/signals';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
@@ -48,6 +51,11 @@ export interface RunnerOptions {
   creditsPerMinute: number;
   /** Lifetime a build's credit hold is renewed to while the build waits or runs. */
   reservationTtlS: number;
+  /**
+   * Largest preview copied into the database when a build deploys, so every process serves it (bytes; 0: none is,
+   * each preview is served by this host alone). Defaults to 64 MB.
+   */
+  previewMaxBytes?: number;
 }
 
 /**
@@ -130,7 +138,7 @@ export class Runner {
     // Registered at claim time, so the free-slot count is right before this starts.
     const controller = this.running.get(claimed.id) ?? new AbortController();
     this.running.set(claimed.id, controller);
-    const workspace = resolve(join(this.options.dataDir, 'builds', claimed.id));
+    const workspace = resolve(join(workspacesDir(this.options.dataDir), claimed.id));
     const previewDir = join(workspace, 'preview');
     let eventCount = 0;
     let events = Promise.resolve();
@@ -232,9 +240,10 @@ export class Runner {
       clearTimeout(timeout);
       this.running.delete(claimed.id);
     }
+    const preview = result.outcome === 'deployed' ? await this.sharedPreview(previewDir, emit, log) : [];
     try {
       await events;
-      await this.finish(claimed, result, log);
+      await this.finish(claimed, result, log, preview);
     } finally {
       beating = false;
       clearTimeout(beat);
@@ -281,8 +290,41 @@ export class Runner {
     }
   }
 
-  /** End the build as the executor said, unless it was cancelled or reaped meanwhile (then it is not ours). */
-  private async finish(claimed: DbBuild, result: ExecutionResult, log: Logger): Promise<void> {
+  /**
+   * The files of a deployed build's preview to store with its end, so every process serves them; none (with a `log`
+   * event saying so) when they are more than previewMaxBytes or cannot be read: this host then serves them alone.
+   */
+  private async sharedPreview(
+    previewDir: string,
+    emit: (event: NewEvent) => void,
+    log: Logger,
+  ): Promise<PreviewFile[]> {
+    const maxBytes = this.options.previewMaxBytes ?? 64 * 1_048_576;
+    const alone = `served only by this host (${hostname()}) while its workspace is kept`;
+    if (maxBytes === 0) return [];
+    try {
+      const collected = await collectPreview(previewDir, maxBytes);
+      if ('files' in collected) return collected.files;
+      const message = `preview is over PREVIEW_MAX_MB (${Math.round(maxBytes / 1_048_576)} MB), 10000 files or 16 directories deep: ${alone}`;
+      log.warn({ previewBytes: collected.tooLarge }, message);
+      emit({ type: 'log', message });
+    } catch (error) {
+      log.warn({ err: error }, `could not read the preview to store it: ${alone}`);
+      emit({ type: 'log', message: `could not read the preview to store it: ${alone}` });
+    }
+    return [];
+  }
+
+  /**
+   * End the build as the executor said, unless it was cancelled or reaped meanwhile (then it is not ours); a deployed
+   * build's preview files are stored in the same transaction, so it is never deployed without them.
+   */
+  private async finish(
+    claimed: DbBuild,
+    result: ExecutionResult,
+    log: Logger,
+    preview: PreviewFile[] = [],
+  ): Promise<void> {
     const { db, signals, owner } = this.options;
     if (result.reason === 'cancelled' || result.reason === 'lease_lost') {
       log.info({ reason: result.reason }, 'build stopped from outside');
@@ -315,6 +357,7 @@ export class Runner {
               },
             });
             if (!after) return undefined;
+            if (deployed && preview.length > 0) await storePreviewFiles(tx, claimed.id, preview);
             // Noted afresh on each try: a try that rolled back noted into a tally that is dropped with it.
             const noted = new Tally();
             noted.transition('building', after);

@@ -8,6 +8,7 @@ import {
   readRecentBuilds,
 } from '../db/dashboard';
 import type { Queryable } from '../db/database';
+import { listInstances } from '../db/instances';
 import { ApiError } from '../domain/errors';
 import { requestsByRoute } from '../metrics';
 import type { PipelineSnapshot } from './pipeline';
@@ -72,6 +73,22 @@ export interface Dashboard {
   audit: { ranAt: string; problems: number; ok: boolean; ageSeconds: number; stale: boolean } | null;
   auditIntervalSeconds: number;
   dependencies: { database: 'up'; store: 'up' | 'down' };
+  /** Every Kiln process's line in service_instances: live ones first; dead ones for a day after they went silent. */
+  instances: InstanceFigures[];
+}
+
+export interface InstanceFigures {
+  id: string;
+  hostname: string;
+  pid: number;
+  version: string;
+  state: 'live' | 'dead';
+  startedAt: string;
+  /** Seconds since the process last renewed its line. */
+  silentSeconds: number;
+  leaseSeconds: number;
+  /** What it said of itself at its last renewal (src/services/instances.ts, InstanceHealth). */
+  health: Record<string, unknown>;
 }
 
 export interface PipelineFigures {
@@ -83,6 +100,7 @@ export interface PipelineFigures {
   activeHolds: number;
   reservedCredits: number;
   liveInstances: number;
+  deadInstances: number;
 }
 
 export interface ActiveBuild {
@@ -196,19 +214,21 @@ export async function readDashboard(from: DashboardSources): Promise<Dashboard> 
     readEndedBuilds(from.db, LAST_HOUR_S),
     readLedgerSums(from.db, LAST_HOUR_S),
     storeState(from.storeAnswers),
+    listInstances(from.db),
   ]);
   // A database that does not answer in time is said at once (503 naming it), not after the page's own timeout.
-  const [pipeline, oldestId, active, recent, ended, ledger, store] = await within(reads, READ_LIMIT_MS).catch(
-    (error: unknown) => {
-      if (!(error instanceof TimedOut)) throw error;
-      throw new ApiError(
-        'SERVICE_UNAVAILABLE',
-        'The database did not answer the live page in time; its figures will come back when it does. Retry after 5 s.',
-        { dependency: 'database' },
-        { 'retry-after': 5 },
-      );
-    },
-  );
+  const [pipeline, oldestId, active, recent, ended, ledger, store, instances] = await within(
+    reads,
+    READ_LIMIT_MS,
+  ).catch((error: unknown) => {
+    if (!(error instanceof TimedOut)) throw error;
+    throw new ApiError(
+      'SERVICE_UNAVAILABLE',
+      'The database did not answer the live page in time; its figures will come back when it does. Retry after 5 s.',
+      { dependency: 'database' },
+      { 'retry-after': 5 },
+    );
+  });
   const now = Date.now();
   const audit = pipeline.audit;
   const auditAge = audit ? Math.max(0, (now - audit.ranAt.getTime()) / 1000) : 0;
@@ -223,6 +243,7 @@ export async function readDashboard(from: DashboardSources): Promise<Dashboard> 
       activeHolds: pipeline.activeHolds,
       reservedCredits: pipeline.reservedCredits,
       liveInstances: pipeline.liveInstances,
+      deadInstances: pipeline.deadInstances,
     },
     active: active.map((b) => ({ ...b, startedAt: iso(b.startedAt) })),
     recent: recent.map((b) => ({
@@ -249,6 +270,17 @@ export async function readDashboard(from: DashboardSources): Promise<Dashboard> 
       : null,
     auditIntervalSeconds: from.auditIntervalS,
     dependencies: { database: 'up', store },
+    instances: instances.map((i) => ({
+      id: i.id,
+      hostname: i.hostname,
+      pid: i.pid,
+      version: i.version,
+      state: i.state,
+      startedAt: i.startedAt.toISOString(),
+      silentSeconds: i.silentSeconds,
+      leaseSeconds: i.leaseSeconds,
+      health: i.health,
+    })),
   };
 }
 

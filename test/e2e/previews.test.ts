@@ -1,8 +1,11 @@
-import { writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKilnClient } from '../../src/client/sign';
 import { TEST_SECRET } from '../helpers/app';
+import { DATABASE_URL } from '../helpers/env';
 import { type KilnProcess, type Shared, sharedEnvironment, spawnKiln } from '../helpers/kiln-process';
 import { rawGet } from '../helpers/raw-http';
 
@@ -43,6 +46,8 @@ type Build = {
 describe('what a build command leaves behind', () => {
   let shared: Shared;
   let kiln: KilnProcess;
+  let other: KilnProcess;
+  const otherDirs: string[] = [];
   let buildId: string;
   let api: ReturnType<typeof createKilnClient>;
   let projects = 0;
@@ -74,63 +79,98 @@ describe('what a build command leaves behind', () => {
   }, 60_000);
   afterAll(async () => {
     await kiln?.stop('SIGKILL');
+    await other?.stop('SIGKILL');
     await shared?.cleanup();
+    for (const dir of otherDirs) await rm(dir, { recursive: true, force: true });
   });
 
-  it('serves the page, a file, a link to a file inside and a directory link inside', async () => {
-    const page = await fetch(`${kiln.url}/previews/${buildId}/`);
-    expect(page.status).toBe(200);
-    expect(page.headers.get('content-type')).toBe('text/html; charset=utf-8');
-    // Untrusted build output runs sandboxed, in an origin of its own.
-    expect(page.headers.get('content-security-policy')).toMatch(/^sandbox allow-scripts/);
-    expect(page.headers.get('x-content-type-options')).toBe('nosniff');
-    expect(await page.text()).toBe(`<h1>${buildId}</h1>`);
-    for (const [path, text] of [
-      ['inside.txt', 'inside-file\n'],
-      ['link-inside.txt', 'inside-file\n'],
-      ['sub/', 'sub-page\n'],
-      ['sub-link/index.html', 'sub-page\n'],
-    ]) {
-      const res = await fetch(`${kiln.url}/previews/${buildId}/${path}`);
-      expect(res.status, path).toBe(200);
-      expect(await res.text()).toBe(text);
-    }
-  });
+  /**
+   * The same answers from every place a preview is served from: the disk of the process that ran the build, another
+   * process on a data directory of its own (PostgreSQL: the copy stored in the database with the build's end), and
+   * the process that ran it once its workspace is gone (pruned, or the host replaced).
+   */
+  describe.each([
+    ['the process that ran the build, from its disk', () => kiln.url, async () => {}],
+    ...(DATABASE_URL
+      ? [
+          [
+            'another process on another data directory, from the database',
+            () => other.url,
+            async () => {
+              const dataDir = await mkdtemp(join(tmpdir(), 'kiln-e2e-other-'));
+              otherDirs.push(dataDir);
+              other = await spawnKiln({ ...shared.env, DATA_DIR: dataDir });
+              // Nothing of the build is on this process's disk.
+              expect(existsSync(join(dataDir, 'builds', buildId))).toBe(false);
+            },
+          ] as const,
+        ]
+      : []),
+    [
+      'the process that ran the build once its workspace is gone, from the database',
+      () => kiln.url,
+      async () => {
+        await rm(join(shared.env.DATA_DIR, 'builds', buildId), { recursive: true, force: true });
+      },
+    ],
+  ] as const)('served by %s', (_where, from, prepare) => {
+    beforeAll(prepare, 60_000);
 
-  it.each([
-    ['a link to a secret outside', 'secret.txt'],
-    ['a link to the hmac-secret file', 'hmac-secret'],
-    ['a link to a file under /etc', 'hostname.txt'],
-    ['a file through a directory link to /etc', 'etc/hostname'],
-    ['a file through a directory link out of the workspace', 'up/outside-secret.txt'],
-    ['a directory', 'sub'],
-    ['a directory link', 'etc'],
-    ['a fifo', 'fifo'],
-    ['a missing file', 'missing.txt'],
-  ])('answers 404 in the envelope for %s', async (_what, path) => {
-    const res = await fetch(`${kiln.url}/previews/${buildId}/${path}`);
-    expect(res.status).toBe(404);
-    expect(res.headers.get('x-request-id')).toBeTruthy();
-    const text = await res.text();
-    expect(text).not.toContain(SECRET_MARK);
-    const body = JSON.parse(text) as { error: string; requestId: string };
-    expect(body.error).toBe('NOT_FOUND');
-    expect(body.requestId).toBe(res.headers.get('x-request-id'));
-  });
+    it('serves the page, a file, a link to a file inside and a directory link inside', async () => {
+      const page = await fetch(`${from()}/previews/${buildId}/`);
+      expect(page.status).toBe(200);
+      expect(page.headers.get('content-type')).toBe('text/html; charset=utf-8');
+      // Untrusted build output runs sandboxed, in an origin of its own.
+      expect(page.headers.get('content-security-policy')).toMatch(/^sandbox allow-scripts/);
+      expect(page.headers.get('x-content-type-options')).toBe('nosniff');
+      expect(await page.text()).toBe(`<h1>${buildId}</h1>`);
+      for (const [path, text] of [
+        ['inside.txt', 'inside-file\n'],
+        ['link-inside.txt', 'inside-file\n'],
+        ['sub/', 'sub-page\n'],
+        ['sub-link/index.html', 'sub-page\n'],
+      ]) {
+        const res = await fetch(`${from()}/previews/${buildId}/${path}`);
+        expect(res.status, path).toBe(200);
+        expect(await res.text()).toBe(text);
+      }
+    });
 
-  it.each([
-    '../../outside-secret.txt',
-    '%2e%2e/%2e%2e/outside-secret.txt',
-    '%2E%2E/%2E%2E/hmac-secret',
-    '..%2f..%2foutside-secret.txt',
-    'sub/../../../outside-secret.txt',
-    '..\\..\\outside-secret.txt',
-  ])('answers 404 to the literal path %s sent raw', async (rest) => {
-    const res = await rawGet(kiln.url, `/previews/${buildId}/${rest}`);
-    expect(res.status).toBe(404);
-    expect(res.body).not.toContain(SECRET_MARK);
-    expect(JSON.parse(res.body).error).toBe('NOT_FOUND');
-    expect(res.headers['x-request-id']).toBeTruthy();
+    it.each([
+      ['a link to a secret outside', 'secret.txt'],
+      ['a link to the hmac-secret file', 'hmac-secret'],
+      ['a link to a file under /etc', 'hostname.txt'],
+      ['a file through a directory link to /etc', 'etc/hostname'],
+      ['a file through a directory link out of the workspace', 'up/outside-secret.txt'],
+      ['a directory', 'sub'],
+      ['a directory link', 'etc'],
+      ['a fifo', 'fifo'],
+      ['a missing file', 'missing.txt'],
+    ])('answers 404 in the envelope for %s', async (_what, path) => {
+      const res = await fetch(`${from()}/previews/${buildId}/${path}`);
+      expect(res.status).toBe(404);
+      expect(res.headers.get('x-request-id')).toBeTruthy();
+      const text = await res.text();
+      expect(text).not.toContain(SECRET_MARK);
+      const body = JSON.parse(text) as { error: string; requestId: string };
+      expect(body.error).toBe('NOT_FOUND');
+      expect(body.requestId).toBe(res.headers.get('x-request-id'));
+    });
+
+    it.each([
+      '../../outside-secret.txt',
+      '%2e%2e/%2e%2e/outside-secret.txt',
+      '%2E%2E/%2E%2E/hmac-secret',
+      '..%2f..%2foutside-secret.txt',
+      'sub/../../../outside-secret.txt',
+      '..\\..\\outside-secret.txt',
+    ])('answers 404 to the literal path %s sent raw', async (rest) => {
+      const res = await rawGet(from(), `/previews/${buildId}/${rest}`);
+      expect(res.status).toBe(404);
+      expect(res.body).not.toContain(SECRET_MARK);
+      expect(JSON.parse(res.body).error).toBe('NOT_FOUND');
+      expect(res.headers['x-request-id']).toBeTruthy();
+    });
   });
 
   it('ignores a reported credits figure past its bound and a protocol-relative preview URL, and says so', async () => {

@@ -90,6 +90,10 @@ describe('503 answers name the dependency, never its raw error text', () => {
       store.ping = ping;
     }
     const ready = await t.app.inject({ method: 'GET', url: '/readyz' });
-    expect(ready.json()).toEqual({ status: 'ready', checks: { database: 'ok', store: 'ok' } });
+    expect(ready.json()).toEqual({
+      status: 'ready',
+      checks: { database: 'ok', store: 'ok' },
+      instances: { live: 0, dead: 0 },
+    });
   });
 });

@@ -46,8 +46,10 @@ describe('the pipeline snapshot', () => {
               ('r_pipe_3', 'u_pipe', 40, now() - interval '1 second', 'r', 'c', 'lapsed: not counted')`,
     );
     await t.db.query(
-      `insert into service_instances (id, hostname, pid, version, last_seen_at)
-       values ('i_live', 'h', 1, 'v', now()), ('i_gone', 'h', 2, 'v', now() - interval '10 minutes')`,
+      `insert into service_instances (id, hostname, pid, version, last_seen_at, lease_seconds)
+       values ('i_live', 'h', 1, 'v', now() - interval '50 seconds', 60),
+              ('i_gone', 'h', 2, 'v', now() - interval '10 minutes', 60),
+              ('i_short', 'h', 3, 'v', now() - interval '20 seconds', 10)`,
     );
     await t.db.query(
       `insert into credit_audit_runs (ok, problems, checked_users, checked_reservations, ledger_entries, source)
@@ -77,7 +79,9 @@ describe('the pipeline snapshot', () => {
       buildingBuilds: 0,
       activeHolds: 2,
       reservedCredits: 30,
+      // Each line by its own lease: 50 s silent within 60 is live; 20 s silent past 10 is dead.
       liveInstances: 1,
+      deadInstances: 2,
       webhookPending: 3,
       audit: { problems: 3 },
     });

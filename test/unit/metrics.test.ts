@@ -57,6 +57,7 @@ describe('metrics: the shared gauges when the database does not answer', () => {
     activeHolds: 3,
     reservedCredits: 70,
     liveInstances: 2,
+    deadInstances: 1,
     webhookPending: 6,
     webhookOldestDueSeconds: 3.5,
     audit: { ranAt: new Date('2026-12-04T10:00:00Z'), problems: 0 },
@@ -67,6 +68,8 @@ describe('metrics: the shared gauges when the database does not answer', () => {
     let samples = parseMetrics(await registry.metrics());
     expect(sampleValue(samples, 'build_queue_depth')).toBe(4);
     expect(sampleValue(samples, 'kiln_webhook_deliveries_pending')).toBe(6);
+    expect(sampleValue(samples, 'kiln_instances_live')).toBe(2);
+    expect(sampleValue(samples, 'kiln_instances_dead')).toBe(1);
     expect(sampleValue(samples, 'kiln_webhook_oldest_due_seconds')).toBe(3.5);
     expect(sampleValue(samples, 'kiln_credit_audit_last_run_timestamp_seconds')).toBe(1_796_378_400);
     expect(sampleValue(samples, 'kiln_dependency_up', { dependency: 'database' })).toBe(1);
@@ -88,6 +91,7 @@ describe('metrics: the shared gauges when the database does not answer', () => {
       'kiln_credit_holds_active',
       'kiln_credits_reserved',
       'kiln_instances_live',
+      'kiln_instances_dead',
       'kiln_credit_audit_problems',
       'kiln_credit_audit_last_run_timestamp_seconds',
       'kiln_webhook_deliveries_pending',

@@ -52,6 +52,7 @@ const DashboardSchema = Type.Object(
       activeHolds: Count,
       reservedCredits: Type.Integer(),
       liveInstances: Count,
+      deadInstances: Type.Integer({ minimum: 0, description: 'lines not renewed within their lease (kept a day)' }),
     }),
     active: Type.Array(
       Type.Object({
@@ -133,6 +134,29 @@ const DashboardSchema = Type.Object(
       database: Type.Literal('up'),
       store: Type.Union([Type.Literal('up'), Type.Literal('down')]),
     }),
+    instances: Type.Array(
+      Type.Object({
+        id: Type.String(),
+        hostname: Type.String(),
+        pid: Type.Integer(),
+        version: Type.String(),
+        state: Type.Union([Type.Literal('live'), Type.Literal('dead')], {
+          description: 'dead: its line was not renewed within its lease (crashed or stalled)',
+        }),
+        startedAt: DateTime,
+        silentSeconds: Type.Number({ description: 'since its last renewal' }),
+        leaseSeconds: Count,
+        health: Type.Object(
+          {},
+          {
+            additionalProperties: true,
+            description:
+              'what it said of itself at its last renewal: store (up|down), buildsRunning, runnerConcurrency, rssMb, heapUsedMb, eventLoopDelayP99Ms, uptimeSeconds',
+          },
+        ),
+      }),
+      { description: "every Kiln process's line in service_instances: live first; dead ones for a day" },
+    ),
   },
   { title: 'Dashboard' },
 );

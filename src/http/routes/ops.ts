@@ -7,7 +7,7 @@ import {
   toOpenMetrics,
   wantsOpenMetrics,
 } from '../../metrics';
-import { databaseAnswers } from '../../services/health';
+import { databaseAnswers, instancesByState } from '../../services/health';
 import type { PipelineSnapshot } from '../../services/pipeline';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
@@ -51,6 +51,15 @@ const HealthSchema = Type.Object({
 const ReadySchema = Type.Object({
   status: Type.Literal('ready'),
   checks: Type.Object({ database: Type.Literal('ok'), store: Type.Literal('ok') }),
+  instances: Type.Optional(
+    Type.Object(
+      { live: Type.Integer({ minimum: 0 }), dead: Type.Integer({ minimum: 0 }) },
+      {
+        description:
+          'Kiln processes sharing this database: live renewed their line in service_instances within its lease; dead did not (crashed or stalled; counted for a day). Absent when it could not be read in time.',
+      },
+    ),
+  ),
 });
 
 /** Liveness and readiness: unsigned, for load balancers and orchestrators. */
@@ -70,17 +79,25 @@ export function registerOpsRoutes(app: App, deps: AppDeps, pipeline: () => Promi
     {
       schema: {
         tags: ['ops'],
-        summary: 'The database and the store both answer',
+        summary: 'The database and the store both answer (and how many Kiln processes are live and dead)',
         response: { 200: ReadySchema },
       },
     },
     async (request) => {
+      let instances: { live: number; dead: number } | undefined;
       const [database, store] = await Promise.all([
         check(() => databaseAnswers(deps.db)),
         check(() => deps.store.ping()),
+        check(async () => {
+          instances = await instancesByState(deps.db);
+        }),
       ]);
       if (database.status === 'ok' && store.status === 'ok') {
-        return { status: 'ready' as const, checks: { database: 'ok' as const, store: 'ok' as const } };
+        return {
+          status: 'ready' as const,
+          checks: { database: 'ok' as const, store: 'ok' as const },
+          ...(instances ? { instances } : {}),
+        };
       }
       // The raw error text stays in the log (under the request id), never in the answer.
       for (const [dependency, result] of [
