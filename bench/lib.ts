@@ -7,6 +7,7 @@ import { cpus, tmpdir, totalmem, type } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { signRequest } from '../src/client/sign';
+import { NODE_FLAGS } from '../src/runtime';
 
 export interface Measurement {
   name: string;
@@ -343,7 +344,7 @@ export async function startKiln(
   return startServer(
     process.execPath,
     entry === 'dist'
-      ? [...nodeArgs, '--enable-source-maps', join(base, 'dist/main.js')]
+      ? [...NODE_FLAGS, ...nodeArgs, join(base, 'dist/main.js')]
       : [...nodeArgs, '--import', 'tsx', join(base, 'src/main.ts')],
     { RUNNER_CONCURRENCY: '0', HMAC_SECRET: BENCH_SECRET, ...env, PORT: String(port), HOST: '127.0.0.1' },
     async () =>

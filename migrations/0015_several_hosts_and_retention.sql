@@ -42,6 +42,9 @@ create trigger webhook_attempts_append_only before update or delete on webhook_a
 -- Retention finds old finished builds by finished_at (builds_finished, migration 0009) and the outbox rows that
 -- ended long ago by theirs.
 create index webhook_deliveries_finished on webhook_deliveries (finished_at, id) where status <> 'pending';
+-- "Is a later build of this project deployed?" (the latest deployed build of each project keeps its preview and
+-- workspace): one index probe per build retention looks at.
+create index builds_project_deployed on builds (project_id, finished_at, id) where state = 'deployed';
 
 -- How far event pruning has gone, in builds' (finished_at, id) order: each run starts past the builds whose events
 -- it already removed, so the history it has done is never read again.

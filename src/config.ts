@@ -311,7 +311,7 @@ export function loadConfig(env: Env = process.env): Config {
     retentionEventDays: integer(env, 'RETENTION_EVENT_DAYS', 0, 0, 36_500),
     retentionWebhookDays: integer(env, 'RETENTION_WEBHOOK_DAYS', 30, 0, 36_500),
     retentionIntervalS: integer(env, 'RETENTION_INTERVAL_S', 600, 1, DAY),
-    previewMaxMb: integer(env, 'PREVIEW_MAX_MB', 64, 0, 1024),
+    previewMaxMb: integer(env, 'PREVIEW_MAX_MB', 16, 0, 256),
     metricsToken: given(env, 'METRICS_TOKEN'),
     // SPEC 8 aims at 200 MB for PostgreSQL + Redis, and start-up peaks near it: the budget leaves room above the aim.
     // Embedded, PGlite's own memory lives in the process too.

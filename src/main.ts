@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
+import { getHeapStatistics } from 'node:v8';
 import { ConfigError, loadConfig } from './config';
 import { DeliveryWorker } from './delivery/worker';
 import { buildApp } from './http/server';
@@ -10,6 +11,7 @@ import { countRunningBuildsWith } from './metrics';
 import { rootPath } from './paths';
 import { CommandExecutor } from './runner/executors/command';
 import { Runner } from './runner/runner';
+import { HEAP_CAP_MB, NODE_FLAGS } from './runtime';
 import { resolveHmacSecrets } from './secrets';
 import { startAnalyticsFolder } from './services/analytics';
 import { startCreditAuditor } from './services/credit-auditor';
@@ -192,6 +194,13 @@ async function main(): Promise<void> {
     { url: address, version: VERSION, instanceId },
     `Kiln listening on ${address} — ${describeStores(config)}`,
   );
+  const heapLimitMb = Math.round(getHeapStatistics().heap_size_limit / 1_048_576);
+  if (config.databaseUrl && heapLimitMb > 4 * HEAP_CAP_MB) {
+    logger.warn(
+      { heapLimitMb },
+      `V8's heap is not capped (${heapLimitMb} MB): under load its old space grows with garbage and RSS peaks above 200 MB. Start Kiln as npm start does: node ${NODE_FLAGS.join(' ')} dist/main.js`,
+    );
+  }
   logger.info(`Try it: npm run demo (a project and a build through the signed API, its events live, its preview)`);
   if (!config.metricsToken && !/^(127\.|::1$|localhost$)/.test(config.host)) {
     logger.warn(

@@ -21,11 +21,11 @@ async function tryLock(tx: Transaction, kind: string): Promise<boolean> {
  * Out: what `work` answered, run in a transaction holding that kind's lock; -1 without running it when another
  * process holds the lock. Errors: the work's and the database's.
  */
-export function underRetentionLock(
+export function underRetentionLock<T>(
   db: Database,
   kind: string,
-  work: (tx: Transaction) => Promise<number>,
-): Promise<number> {
+  work: (tx: Transaction) => Promise<T>,
+): Promise<T | -1> {
   return db.transaction(async (tx) => ((await tryLock(tx, kind)) ? work(tx) : -1));
 }
 
@@ -102,31 +102,46 @@ export async function pruneOutbox(db: Database, before: Date, limit: number): Pr
 
 /**
  * In: builds that finished before `before`, at most `limit` past the cursor. Out: how many builds had their events
- * removed (and with them their finished outbox rows, which point at the events); -1 when another process holds the
- * lock. Stops, without moving the cursor past it, at a build with a message still pending delivery or an event the
- * analytics fold has not read yet: those wait for a later run. Errors: only the database's own.
+ * removed (and with them their finished outbox rows, which point at the events), and the build it stopped at, if
+ * any: one with a message still pending delivery or an event the analytics fold has not read yet waits, with every
+ * build after it, for a later run (the cursor does not pass it). -1 when another process holds the lock. The batch's
+ * builds are locked first (`for update`), so a replay of one (which reads its build `for share`) either commits
+ * before and is seen pending, or waits and finds no events left. Errors: only the database's own.
  */
-export async function pruneBuildEvents(db: Database, before: Date, limit: number): Promise<number> {
-  return underRetentionLock(db, 'build_events', async (tx) => {
+export async function pruneBuildEvents(
+  db: Database,
+  before: Date,
+  limit: number,
+): Promise<{ pruned: number; waitingFor?: string }> {
+  const pruned = await underRetentionLock(db, 'build_events', async (tx) => {
     await allowPruning(tx);
+    const batch = await tx.query<{ id: string }>(
+      `with cur as (select finished_at, build_id from retention_cursors where kind = 'build_events')
+       select b.id from builds b, cur
+        where b.finished_at < $1::timestamptz
+          and b.finished_at >= cur.finished_at and (b.finished_at > cur.finished_at or b.id > cur.build_id)
+        order by b.finished_at, b.id
+        limit $2::int
+          for update of b`,
+      [before, limit],
+    );
+    if (batch.rows.length === 0) return { n: 0 };
+    // A statement of its own, so it sees what committed while the locks above were awaited.
     const { rows } = await tx.query<{ id: string; blocked: boolean }>(
-      `with cur as (select finished_at, build_id from retention_cursors where kind = 'build_events'),
-            fold as (select xact, ref, n from analytics_fold_cursors where source = 'build_events')
+      `with fold as (select xact, ref, n from analytics_fold_cursors where source = 'build_events')
        select b.id,
               exists (select 1 from webhook_deliveries d where d.build_id = b.id and d.status = 'pending')
               or exists (select 1 from build_events e, fold
                           where e.build_id = b.id and (e.xact, e.build_id, e.seq) > (fold.xact, fold.ref, fold.n))
                 as blocked
-         from builds b, cur
-        where b.finished_at < $1::timestamptz
-          and b.finished_at >= cur.finished_at and (b.finished_at > cur.finished_at or b.id > cur.build_id)
-        order by b.finished_at, b.id
-        limit $2::int`,
-      [before, limit],
+         from builds b where b.id = any($1::text[])
+        order by b.finished_at, b.id`,
+      [batch.rows.map((r) => r.id)],
     );
     const blockedAt = rows.findIndex((r) => r.blocked);
     const done = blockedAt === -1 ? rows : rows.slice(0, blockedAt);
-    if (done.length === 0) return 0;
+    const waitingFor = blockedAt === -1 ? undefined : rows[blockedAt].id;
+    if (done.length === 0) return { n: 0, waitingFor };
     const ids = done.map((r) => r.id);
     await tx.query(
       `delete from webhook_attempts where delivery_id in (select id from webhook_deliveries where build_id = any($1::text[]))`,
@@ -141,6 +156,7 @@ export async function pruneBuildEvents(db: Database, before: Date, limit: number
          from builds b where b.id = $1::text and c.kind = 'build_events'`,
       [last.id],
     );
-    return done.length;
+    return { n: done.length, waitingFor };
   });
+  return pruned === -1 ? { pruned: -1 } : { pruned: pruned.n, waitingFor: pruned.waitingFor };
 }

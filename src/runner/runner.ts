@@ -5,12 +5,12 @@ import type { Logger } from 'pino';
 import { claimBuilds, failLapsedBuilds, queuedHoldsExpiringSoon, renewLease } from '../db/build-queue';
 import { appendEvent, type DbBuild, type NewEvent, toBuild, transitionBuild } from '../db/builds';
 import { type Database, DatabaseUnavailableError } from '../db/database';
-import { type PreviewFile, storePreviewFiles } from '../db/previews';
+import { storePreviewFiles } from '../db/previews';
 import { creditsForDuration } from '../domain/build-pricing';
 import { ApiError } from '../domain/errors';
 import { holdForStart, reportSettlement, type Settlement, settleBuildCredits } from '../services/build-credits';
 import { internalActor, renewReservation } from '../services/credits';
-import { collectPreview, workspacesDir } from '../services/previews';
+import { listPreview, type PreviewListing, previewChunks, workspacesDir } from '../services/previews';
 import { Tally } from '../services/tally';
 import type { BuildSignals } from '../store/signals';
 import type { ExecutionResult, Executor, StopReason } from './executors/types';
@@ -53,7 +53,7 @@ export interface RunnerOptions {
   reservationTtlS: number;
   /**
    * Largest preview copied into the database when a build deploys, so every process serves it (bytes; 0: none is,
-   * each preview is served by this host alone). Defaults to 64 MB.
+   * each preview is served by this host alone). Defaults to 16 MB.
    */
   previewMaxBytes?: number;
 }
@@ -240,7 +240,7 @@ export class Runner {
       clearTimeout(timeout);
       this.running.delete(claimed.id);
     }
-    const preview = result.outcome === 'deployed' ? await this.sharedPreview(previewDir, emit, log) : [];
+    const preview = result.outcome === 'deployed' ? await this.sharedPreview(previewDir, emit, log) : undefined;
     try {
       await events;
       await this.finish(claimed, result, log, preview);
@@ -291,39 +291,40 @@ export class Runner {
   }
 
   /**
-   * The files of a deployed build's preview to store with its end, so every process serves them; none (with a `log`
-   * event saying so) when they are more than previewMaxBytes or cannot be read: this host then serves them alone.
+   * The listing of a deployed build's preview to store with its end, so every process serves it; none (with a `log`
+   * event saying so) when it passes a bound (listPreview) or cannot be read: this host then serves it alone.
    */
   private async sharedPreview(
     previewDir: string,
     emit: (event: NewEvent) => void,
     log: Logger,
-  ): Promise<PreviewFile[]> {
-    const maxBytes = this.options.previewMaxBytes ?? 64 * 1_048_576;
+  ): Promise<PreviewListing | undefined> {
+    const maxBytes = this.options.previewMaxBytes ?? 16 * 1_048_576;
     const alone = `served only by this host (${hostname()}) while its workspace is kept`;
-    if (maxBytes === 0) return [];
+    if (maxBytes === 0) return undefined;
     try {
-      const collected = await collectPreview(previewDir, maxBytes);
-      if ('files' in collected) return collected.files;
-      const message = `preview is over PREVIEW_MAX_MB (${Math.round(maxBytes / 1_048_576)} MB), 10000 files or 16 directories deep: ${alone}`;
-      log.warn({ previewBytes: collected.tooLarge }, message);
+      const listed = await listPreview(previewDir, maxBytes);
+      if ('files' in listed) return listed;
+      const message = `preview not copied for other hosts (${listed.tooLarge}): ${alone}`;
+      log.warn(message);
       emit({ type: 'log', message });
     } catch (error) {
       log.warn({ err: error }, `could not read the preview to store it: ${alone}`);
       emit({ type: 'log', message: `could not read the preview to store it: ${alone}` });
     }
-    return [];
+    return undefined;
   }
 
   /**
    * End the build as the executor said, unless it was cancelled or reaped meanwhile (then it is not ours); a deployed
-   * build's preview files are stored in the same transaction, so it is never deployed without them.
+   * build's preview files are stored in the same transaction (under a savepoint: a copy the database refuses leaves
+   * the preview to this host and the build deployed all the same).
    */
   private async finish(
     claimed: DbBuild,
     result: ExecutionResult,
     log: Logger,
-    preview: PreviewFile[] = [],
+    preview?: PreviewListing,
   ): Promise<void> {
     const { db, signals, owner } = this.options;
     if (result.reason === 'cancelled' || result.reason === 'lease_lost') {
@@ -357,7 +358,15 @@ export class Runner {
               },
             });
             if (!after) return undefined;
-            if (deployed && preview.length > 0) await storePreviewFiles(tx, claimed.id, preview);
+            if (deployed && preview && preview.files.length > 0) {
+              const copy = await storePreviewFiles(tx, claimed.id, previewChunks(preview));
+              if (!copy.stored) {
+                log.warn(
+                  { err: copy.error, previewBytes: preview.bytes },
+                  `the database refused the preview's copy: it is served only by this host (${hostname()}) while its workspace is kept`,
+                );
+              }
+            }
             // Noted afresh on each try: a try that rolled back noted into a tally that is dropped with it.
             const noted = new Tally();
             noted.transition('building', after);

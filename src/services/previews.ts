@@ -8,7 +8,8 @@ import { previewContentType, previewFilePath } from '../domain/previews';
 /**
  * A build's preview: the files its command wrote into `<workspace>/preview`. The process that ran the build serves
  * them from its disk while the build runs; when the build deploys they are copied into the database with its end
- * (collectPreview, then storePreviewFiles in the runner's transaction), so every process serves them afterwards.
+ * (listPreview, then storePreviewFiles of previewChunks in the runner's transaction), so every process serves them
+ * afterwards.
  */
 
 // O_NONBLOCK: opening a fifo for reading must not wait for a writer; O_NOFOLLOW: the last component is not a link.
@@ -62,28 +63,40 @@ async function readInside(file: string, dir: string): Promise<Buffer | undefined
 /** Where builds' workspaces live on this host: `<DATA_DIR>/builds/<build id>`, the preview in its `preview/`. */
 export const workspacesDir = (dataDir: string) => join(dataDir, 'builds');
 
-/** How deep collectPreview follows directories (and links to directories inside the preview: a link to `.` loops). */
+/** How deep listPreview follows directories (and links to directories inside the preview: a link to `.` loops). */
 const MAX_DEPTH = 16;
 /** The most files one preview may have to be stored. */
-const MAX_FILES = 10_000;
+export const PREVIEW_MAX_FILES = 10_000;
+/** The largest single file a stored preview may hold (a read of it from the database holds it whole in memory). */
+export const PREVIEW_MAX_FILE_BYTES = 8 * 1_048_576;
+/** The most bytes of files sent to the database in one statement. */
+const CHUNK_BYTES = 4 * 1_048_576;
+
+/** A preview as listed on disk, before any file is read: what this host would serve, by path, and each size. */
+export interface PreviewListing {
+  root: string;
+  files: { path: string; full: string; size: number }[];
+  bytes: number;
+}
 
 /**
- * In: the directory of a build's preview, and the most bytes to take. Out: what this host would serve from it, by
- * path: its regular files, and links (to files or directories) that stay inside it, as the preview route follows
- * them; or `tooLarge` once they pass `maxBytes` (or MAX_FILES files, or MAX_DEPTH directories deep). A missing
- * directory is an empty preview. Errors: only unexpected file-system ones.
+ * In: the directory of a build's preview, and the most bytes to take. Out: what this host would serve from it
+ * (regular files, and links to files or directories that stay inside it, as the preview route follows them), with
+ * each file's size, no file read; or `tooLarge` saying which bound it passes: `maxBytes` in all, PREVIEW_MAX_FILE_BYTES
+ * for one file, PREVIEW_MAX_FILES files, or MAX_DEPTH directories deep. A missing directory is an empty preview.
+ * Errors: only unexpected file-system ones.
  */
-export async function collectPreview(
+export async function listPreview(
   previewDir: string,
   maxBytes: number,
-): Promise<{ files: PreviewFile[]; bytes: number } | { tooLarge: number }> {
+): Promise<PreviewListing | { tooLarge: string }> {
   const root = await realpath(previewDir).catch(() => undefined);
-  if (root === undefined) return { files: [], bytes: 0 };
-  const files: PreviewFile[] = [];
+  if (root === undefined) return { root: previewDir, files: [], bytes: 0 };
+  const files: PreviewListing['files'] = [];
   let bytes = 0;
-  // true when a bound was passed
-  const walk = async (dir: string, prefix: string, depth: number): Promise<boolean> => {
-    if (depth > MAX_DEPTH) return true;
+  // The bound passed, if one was.
+  const walk = async (dir: string, prefix: string, depth: number): Promise<string | undefined> => {
+    if (depth > MAX_DEPTH) return `more than ${MAX_DEPTH} directories deep`;
     for (const entry of await readdir(dir, { withFileTypes: true })) {
       const path = `${prefix}${entry.name}`;
       const full = join(dir, entry.name);
@@ -94,19 +107,67 @@ export async function collectPreview(
         isDirectory = (await stat(real).catch(() => undefined))?.isDirectory() ?? false;
       }
       if (isDirectory) {
-        if (await walk(full, `${path}/`, depth + 1)) return true;
+        const over = await walk(full, `${path}/`, depth + 1);
+        if (over) return over;
         continue;
       }
       if (!entry.isFile() && !entry.isSymbolicLink()) continue;
-      const body = await readInside(full, root);
-      if (body === undefined) continue;
-      bytes += body.byteLength;
-      if (bytes > maxBytes || files.length >= MAX_FILES) return true;
-      files.push({ path, body });
+      const handle = await openInside(full, root);
+      if (!handle) continue;
+      const size = await handle.stat().then(
+        (s) => s.size,
+        () => undefined,
+      );
+      await handle.close();
+      if (size === undefined) continue;
+      if (size > PREVIEW_MAX_FILE_BYTES) return `${path} is over ${PREVIEW_MAX_FILE_BYTES / 1_048_576} MB`;
+      bytes += size;
+      if (bytes > maxBytes) return `over PREVIEW_MAX_MB (${Math.round(maxBytes / 1_048_576)} MB) in all`;
+      if (files.length >= PREVIEW_MAX_FILES) return `more than ${PREVIEW_MAX_FILES} files`;
+      files.push({ path, full, size });
     }
-    return false;
+    return undefined;
   };
-  return (await walk(root, '', 0)) ? { tooLarge: bytes } : { files, bytes };
+  const over = await walk(root, '', 0);
+  return over ? { tooLarge: over } : { root, files, bytes };
+}
+
+/**
+ * The files of a listing, read as they are sent: chunks of at most CHUNK_BYTES (a larger file alone), so storing a
+ * preview never holds more than a chunk in memory. A file gone or changed into something the route would refuse
+ * since the listing is left out, as the route would.
+ */
+export async function* previewChunks(listing: PreviewListing): AsyncGenerator<PreviewFile[]> {
+  let chunk: PreviewFile[] = [];
+  let size = 0;
+  for (const file of listing.files) {
+    const body = await readInside(file.full, listing.root);
+    if (body === undefined) continue;
+    if (chunk.length > 0 && size + body.byteLength > CHUNK_BYTES) {
+      yield chunk;
+      chunk = [];
+      size = 0;
+    }
+    chunk.push({ path: file.path, body });
+    size += body.byteLength;
+  }
+  if (chunk.length > 0) yield chunk;
+}
+
+/** Reads of preview files from the database at once in this process (each holds its file whole in memory). */
+const DATABASE_READS = 2;
+let reading = 0;
+const waiting: (() => void)[] = [];
+
+async function oneOfFewReads<T>(read: () => Promise<T>): Promise<T> {
+  while (reading >= DATABASE_READS) await new Promise<void>((go) => waiting.push(go));
+  reading += 1;
+  try {
+    return await read();
+  } finally {
+    reading -= 1;
+    waiting.shift()?.();
+  }
 }
 
 /**
@@ -128,6 +189,6 @@ export async function previewFile(
     const local = await readInside(join(dir, ...path.split('/')), dir);
     if (local !== undefined) return { body: local, type };
   }
-  const stored = await readPreviewFile(db, buildId, path);
+  const stored = await oneOfFewReads(() => readPreviewFile(db, buildId, path));
   return stored === undefined ? undefined : { body: stored, type };
 }

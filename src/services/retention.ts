@@ -1,4 +1,5 @@
-import { readdir, rm, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readdir, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
@@ -25,48 +26,64 @@ const BATCH = 500;
 const DAY_MS = 86_400_000;
 const ago = (days: number, now: number) => new Date(now - days * DAY_MS);
 
+/** Where a workspace goes once picked for removal (removed after the pick's transaction commits). */
+const PRUNING = '.pruning-';
+
 /**
  * In: the database, this host's data directory and the age before which workspaces go. Out: how many workspace
  * directories of this host were removed: those of builds that ended before then, except the latest deployed build
- * of each project, and never a directory the database knows no build for. -1 when another process on this host and
- * directory is at it. Errors: the database's, and the file system's (a directory that cannot be removed).
+ * of each project, and never a directory the database knows no build for; -1 when another process on this host and
+ * directory was picking. Each batch is picked under a lock and renamed aside at once (an atomic rename: another
+ * process never picks it again), and removed after the lock is let go, so no transaction waits for a disk.
+ * Leftovers of a removal cut short are removed first. Errors: the database's, and the file system's.
  */
 export async function pruneWorkspaces(db: Database, dataDir: string, before: Date): Promise<number> {
   const dir = resolve(workspacesDir(dataDir));
-  const names = await readdir(dir, { withFileTypes: true }).then(
-    (entries) => entries.filter((e) => e.isDirectory()).map((e) => e.name),
-    (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ENOENT') return [] as string[];
-      throw error;
-    },
-  );
+  const entries = await readdir(dir, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return [];
+    throw error;
+  });
+  for (const leftover of entries.filter((e) => e.isDirectory() && e.name.startsWith(PRUNING))) {
+    await rm(join(dir, leftover.name), { recursive: true, force: true });
+  }
+  const names = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name);
   let removed = 0;
   for (let i = 0; i < names.length; i += BATCH) {
-    const done = await underRetentionLock(db, `workspaces:${hostname()}:${dir}`, async (tx) => {
-      let gone = 0;
+    const picked = await underRetentionLock(db, `workspaces:${hostname()}:${dir}`, async (tx) => {
+      const aside: string[] = [];
       for (const id of await workspacesToPrune(tx, names.slice(i, i + BATCH), before)) {
-        // Another process on this directory may have removed it since the listing: count only what this one removes.
-        if (!(await stat(join(dir, id)).catch(() => undefined))) continue;
-        await rm(join(dir, id), { recursive: true, force: true });
-        gone += 1;
+        const target = join(dir, `${PRUNING}${id}-${randomBytes(4).toString('hex')}`);
+        // Gone already: another process on this directory picked it since the listing.
+        const moved = await rename(join(dir, id), target).then(
+          () => true,
+          () => false,
+        );
+        if (moved) aside.push(target);
       }
-      return gone;
+      return aside;
     });
-    if (done === -1) return removed === 0 ? -1 : removed;
-    removed += done;
+    if (picked === -1) return removed === 0 ? -1 : removed;
+    for (const target of picked) await rm(target, { recursive: true, force: true });
+    removed += picked.length;
   }
   return removed;
 }
 
+/** What one pass of retention removed, by kind: -1 when another process was at it; absent when kept forever. */
+export interface Pruned {
+  workspaces?: number;
+  previews?: number;
+  events?: number;
+  webhooks?: number;
+  /** The build event retention stopped at (a message of it pending, or events not folded yet), if it stopped. */
+  eventsWaitingFor?: string;
+}
+
 /**
  * One pass of every kind of retention this process is configured for, each until nothing is left (or another
- * process holds it). Out: what each removed (-1: another process was at it; undefined: kept forever by its setting).
+ * process holds it).
  */
-export async function pruneOnce(
-  db: Database,
-  settings: RetentionSettings,
-  now = Date.now(),
-): Promise<{ workspaces?: number; previews?: number; events?: number; webhooks?: number }> {
+export async function pruneOnce(db: Database, settings: RetentionSettings, now = Date.now()): Promise<Pruned> {
   const drain = async (batch: () => Promise<number>) => {
     let total = 0;
     for (;;) {
@@ -76,14 +93,21 @@ export async function pruneOnce(
       if (n < BATCH) return total;
     }
   };
-  const out: { workspaces?: number; previews?: number; events?: number; webhooks?: number } = {};
+  const out: Pruned = {};
   if (settings.workspaceDays > 0)
     out.workspaces = await pruneWorkspaces(db, settings.dataDir, ago(settings.workspaceDays, now));
   if (settings.previewDays > 0)
     out.previews = await drain(() => prunePreviews(db, ago(settings.previewDays, now), BATCH));
   if (settings.webhookDays > 0)
     out.webhooks = await drain(() => pruneOutbox(db, ago(settings.webhookDays, now), BATCH));
-  if (settings.eventDays > 0) out.events = await drain(() => pruneBuildEvents(db, ago(settings.eventDays, now), BATCH));
+  if (settings.eventDays > 0) {
+    out.events = await drain(async () => {
+      const { pruned, waitingFor } = await pruneBuildEvents(db, ago(settings.eventDays, now), BATCH);
+      if (waitingFor) out.eventsWaitingFor = waitingFor;
+      // A batch cut short by a build that must wait has fewer than BATCH: it ends the pass.
+      return pruned;
+    });
+  }
   return out;
 }
 
@@ -102,9 +126,15 @@ export function startRetention(
     if (running) return;
     running = true;
     try {
-      const removed = await pruneOnce(db, settings);
+      const { eventsWaitingFor, ...removed } = await pruneOnce(db, settings);
       if (Object.values(removed).some((n) => n !== undefined && n > 0)) {
         logger.info({ removed }, 'retention: removed what old builds left behind');
+      }
+      if (eventsWaitingFor) {
+        logger.info(
+          { buildId: eventsWaitingFor },
+          'retention: the events of this build and of every build that ended after it wait (a webhook message of it is pending, or the analytics fold has not read its events yet)',
+        );
       }
     } catch (error) {
       logger.warn({ err: error }, 'retention failed; will retry at its next run');

@@ -63,7 +63,8 @@ describe.skipIf(!existsSync(CHROMIUM) || DATABASE_URL !== undefined)('the live p
   });
 
   describe('with builds in every state', () => {
-    const kilns = sharedKilns({ RUNNER_CONCURRENCY: '2', BUILD_COMMAND });
+    // A short lease: the process renews its line (and its health) every second.
+    const kilns = sharedKilns({ RUNNER_CONCURRENCY: '2', BUILD_COMMAND, INSTANCE_LEASE_S: '3' });
     let kiln: KilnProcess;
     let api: Api;
     const ids: Record<string, string> = {};
@@ -193,6 +194,9 @@ describe.skipIf(!existsSync(CHROMIUM) || DATABASE_URL !== undefined)('the live p
       expect(await page.locator('#credits').textContent()).toContain('granted7,500');
       expect(await page.locator('#audit').textContent()).toBe('balanced');
       expect(await page.locator('#routes').textContent()).toContain('GET /v1/builds/:id');
+      // This process's line: live, with what it says of itself (the two builds its runner holds).
+      await waitForText(page, '#instances tr:first-child td:nth-child(4)', '2 / 2');
+      expect(await page.locator('#instances tr:first-child td:nth-child(2)').textContent()).toBe('live');
       expect(await page.locator('#banner').isHidden()).toBe(true);
       expect(await page.locator('#token-form').isHidden()).toBe(true);
       expect(dataRequests.some((url) => url.endsWith('/dashboard/data'))).toBe(true);

@@ -90,7 +90,7 @@ describe('what a build command leaves behind', () => {
    * the process that ran it once its workspace is gone (pruned, or the host replaced).
    */
   describe.each([
-    ['the process that ran the build, from its disk', () => kiln.url, async () => {}],
+    ['the process that ran the build, from its disk', () => kiln.url, async () => buildId],
     ...(DATABASE_URL
       ? [
           [
@@ -102,6 +102,7 @@ describe('what a build command leaves behind', () => {
               other = await spawnKiln({ ...shared.env, DATA_DIR: dataDir });
               // Nothing of the build is on this process's disk.
               expect(existsSync(join(dataDir, 'builds', buildId))).toBe(false);
+              return buildId;
             },
           ] as const,
         ]
@@ -110,11 +111,17 @@ describe('what a build command leaves behind', () => {
       'the process that ran the build once its workspace is gone, from the database',
       () => kiln.url,
       async () => {
-        await rm(join(shared.env.DATA_DIR, 'builds', buildId), { recursive: true, force: true });
+        // A build of its own, whose workspace goes: the other blocks keep theirs.
+        const own = (await runBuild()).id;
+        await rm(join(shared.env.DATA_DIR, 'builds', own), { recursive: true, force: true });
+        return own;
       },
     ],
   ] as const)('served by %s', (_where, from, prepare) => {
-    beforeAll(prepare, 60_000);
+    let buildId: string;
+    beforeAll(async () => {
+      buildId = await prepare();
+    }, 60_000);
 
     it('serves the page, a file, a link to a file inside and a directory link inside', async () => {
       const page = await fetch(`${from()}/previews/${buildId}/`);

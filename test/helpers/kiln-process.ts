@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
+import { NODE_FLAGS } from '../../src/runtime';
 import { TEST_SECRET } from './app';
 import { dropSchema } from './db';
 import { DATABASE_URL, REDIS_URL, uniqueName } from './env';
@@ -19,7 +20,7 @@ const DIST = process.env.KILN_E2E_DIST === '1';
 if (DIST && !existsSync(join(ROOT, 'dist/main.js'))) {
   throw new Error('KILN_E2E_DIST=1 but dist/main.js is missing: run `npm run build` first');
 }
-const ENTRY = DIST ? ['--enable-source-maps', 'dist/main.js'] : ['src/main.ts'];
+const ENTRY = DIST ? [...NODE_FLAGS, 'dist/main.js'] : ['src/main.ts'];
 
 /**
  * Every process spawned here checks each response it sends against the OpenAPI document (contract-preload.ts) and
