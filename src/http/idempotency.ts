@@ -347,9 +347,16 @@ async function storedCopy(
 async function openKeyedTransaction(
   deps: AppDeps,
   request: KeyedRequest,
+  /** How long a lock on the key may be waited for before 409 (see sendOnce); 0: not at all. */
+  graceMs = 0,
 ): Promise<{ tx: OpenTransaction } | { record: CachedRecord }> {
   const { key } = request.idempotency;
-  const claim = await claimKey(deps.db, key, deps.config.idempotencyLockS);
+  const until = Date.now() + graceMs;
+  let claim = await claimKey(deps.db, key, deps.config.idempotencyLockS);
+  while ('locked' in claim && Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    claim = await claimKey(deps.db, key, deps.config.idempotencyLockS);
+  }
   if ('claimed' in claim) return { tx: claim.claimed };
   if ('record' in claim) return { record: claim.record };
   countIdempotency('key_in_use');
@@ -360,6 +367,9 @@ async function openKeyedTransaction(
     { 'retry-after': IN_USE_RETRY_AFTER_S },
   );
 }
+
+/** How long sendOnce waits for the lock its own declined statement held to be let go (see there). */
+const LOCK_RELEASE_GRACE_MS = 200;
 
 /** Text no client can guess, around each figure of a response serialized before its write ran (runOnce). */
 const FIGURE_MARK = randomBytes(12).toString('base64url');
@@ -408,7 +418,10 @@ export async function sendOnce(
     reply.send(record.responseBody);
     return true;
   }
-  const opened = await openKeyedTransaction(deps, keyed);
+  // A statement that declined for any reason but another holder (KI409) held the key's lock itself: PostgreSQL
+  // sends its error before the aborted transaction lets the lock go, so the claim below, on another connection, may
+  // find it still held for a moment. That moment is waited out (up to LOCK_RELEASE_GRACE_MS), not answered 409.
+  const opened = await openKeyedTransaction(deps, keyed, outcome.declined === 'KI409' ? 0 : LOCK_RELEASE_GRACE_MS);
   if ('record' in opened) {
     replay(keyed, reply, opened.record, 'database');
     return true;

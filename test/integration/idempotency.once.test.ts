@@ -42,8 +42,18 @@ describe('runOnce (idempotency_once)', () => {
     t.db.query("select * from credit_grant($1, $2, null, 'test', 'test', 'setup', 'setup')", [user, credits]);
   const count = async (sql: string, params: unknown[]) =>
     (await t.db.query<{ n: number }>(`select count(*)::int as n from ${sql}`, params)).rows[0].n;
+  /**
+   * Whether the key is free: neither recorded nor locked. PostgreSQL answers a statement's error before its aborted
+   * transaction lets the key's lock go, so a lock seen right after a declined statement is asked about again for up
+   * to a second; a lock still held after that (a leaked claim: the lease is 30 s) or a record answers false.
+   */
   const keyIsFree = async (key: string) => {
-    const claim = await claimKey(t.db, key, 30);
+    const deadline = Date.now() + 1_000;
+    let claim = await claimKey(t.db, key, 30);
+    while ('locked' in claim && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+      claim = await claimKey(t.db, key, 30);
+    }
     if ('claimed' in claim) await claim.claimed.rollback();
     return 'claimed' in claim;
   };
