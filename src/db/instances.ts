@@ -113,13 +113,3 @@ export async function listInstances(q: Queryable): Promise<InstanceLine[]> {
 export async function unregisterInstance(db: Queryable, id: string): Promise<void> {
   await db.query('delete from service_instances where id = $1::text', [id]);
 }
-
-/** How many lines are live and how many dead (by each line's lease). Errors: the database's own. */
-export async function countInstances(q: Queryable): Promise<{ live: number; dead: number }> {
-  const { rows } = await q.query<{ live: number; dead: number }>(
-    `select count(*) filter (where live)::int as live, count(*) filter (where not live)::int as dead
-       from (select dead_at is null and last_seen_at >= now() - make_interval(secs => lease_seconds) as live
-               from service_instances) s`,
-  );
-  return rows[0];
-}

@@ -36,6 +36,9 @@ async function untilAnswered<T>(work: () => Promise<T>, onFirstFailure: (error: 
   }
 }
 
+/** What becomes of a preview not copied into the database. */
+const SERVED_HERE_ONLY = () => `served only by this host (${hostname()}) while its workspace is kept`;
+
 export interface RunnerOptions {
   db: Database;
   signals: BuildSignals;
@@ -300,18 +303,19 @@ export class Runner {
     log: Logger,
   ): Promise<PreviewListing | undefined> {
     const maxBytes = this.options.previewMaxBytes ?? 16 * 1_048_576;
-    const alone = `served only by this host (${hostname()}) while its workspace is kept`;
     if (maxBytes === 0) return undefined;
+    let message: string;
+    let error: unknown;
     try {
       const listed = await listPreview(previewDir, maxBytes);
       if ('files' in listed) return listed;
-      const message = `preview not copied for other hosts (${listed.tooLarge}): ${alone}`;
-      log.warn(message);
-      emit({ type: 'log', message });
-    } catch (error) {
-      log.warn({ err: error }, `could not read the preview to store it: ${alone}`);
-      emit({ type: 'log', message: `could not read the preview to store it: ${alone}` });
+      message = `preview not copied for other hosts (${listed.tooLarge}): ${SERVED_HERE_ONLY()}`;
+    } catch (failure) {
+      error = failure;
+      message = `could not read the preview to store it: ${SERVED_HERE_ONLY()}`;
     }
+    log.warn(error === undefined ? {} : { err: error }, message);
+    emit({ type: 'log', message });
     return undefined;
   }
 
@@ -363,7 +367,7 @@ export class Runner {
               if (!copy.stored) {
                 log.warn(
                   { err: copy.error, previewBytes: preview.bytes },
-                  `the database refused the preview's copy: it is served only by this host (${hostname()}) while its workspace is kept`,
+                  `the database refused the preview's copy: it is ${SERVED_HERE_ONLY()}`,
                 );
               }
             }

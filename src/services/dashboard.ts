@@ -11,6 +11,7 @@ import type { Queryable } from '../db/database';
 import { listInstances } from '../db/instances';
 import { ApiError } from '../domain/errors';
 import { requestsByRoute } from '../metrics';
+import { storeState } from './health';
 import type { PipelineSnapshot } from './pipeline';
 import { sharedRead, TimedOut, within } from './shared-read';
 
@@ -197,13 +198,6 @@ function routeFigures(): DashboardRoute[] {
     );
 }
 
-function storeState(ping: () => Promise<void>): Promise<'up' | 'down'> {
-  return within(ping(), STORE_PING_MS).then(
-    () => 'up' as const,
-    () => 'down' as const,
-  );
-}
-
 /** Read everything the page shows, at once: the pipeline from the shared reader, the rest in parallel. */
 export async function readDashboard(from: DashboardSources): Promise<Dashboard> {
   const reads = Promise.all([
@@ -213,7 +207,7 @@ export async function readDashboard(from: DashboardSources): Promise<Dashboard> 
     readRecentBuilds(from.db),
     readEndedBuilds(from.db, LAST_HOUR_S),
     readLedgerSums(from.db, LAST_HOUR_S),
-    storeState(from.storeAnswers),
+    storeState(from.storeAnswers, STORE_PING_MS),
     listInstances(from.db),
   ]);
   // A database that does not answer in time is said at once (503 naming it), not after the page's own timeout.

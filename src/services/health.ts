@@ -1,7 +1,7 @@
 /** What readiness checks: the database answers a trivial statement (the store has its own ping). */
 import { DatabaseUnavailableError, type Queryable } from '../db/database';
 import { ping } from '../db/health';
-import { countInstances } from '../db/instances';
+import { within } from './shared-read';
 
 export function databaseAnswers(q: Queryable): Promise<void> {
   return ping(q);
@@ -12,7 +12,10 @@ export function isDatabaseAway(error: unknown): boolean {
   return error instanceof DatabaseUnavailableError;
 }
 
-/** Kiln processes live and dead by their lines in service_instances (each line's lease decides). */
-export function instancesByState(q: Queryable): Promise<{ live: number; dead: number }> {
-  return countInstances(q);
+/** In: the store's ping and how long it may take. Out: 'up' when it answered in time, else 'down'. Never rejects. */
+export function storeState(ping: () => Promise<unknown>, ms: number): Promise<'up' | 'down'> {
+  return within(ping(), ms).then(
+    () => 'up' as const,
+    () => 'down' as const,
+  );
 }

@@ -2,6 +2,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Database } from '../db/database';
 import { markSilentInstances, registerInstance, renewInstance, unregisterInstance } from '../db/instances';
+import { storeState } from './health';
 
 /** What a process says of itself in its line of service_instances, at each renewal. */
 export interface InstanceHealth {
@@ -44,13 +45,7 @@ export async function startInstanceLine(options: InstanceLineOptions): Promise<(
   const delay = monitorEventLoopDelay({ resolution: 20 });
   delay.enable();
   const health = async (): Promise<InstanceHealth> => {
-    const store = await Promise.race([
-      options.store().then(
-        () => 'up' as const,
-        () => 'down' as const,
-      ),
-      new Promise<'down'>((done) => setTimeout(() => done('down'), 1_000).unref()),
-    ]);
+    const store = await storeState(options.store, 1_000);
     const memory = process.memoryUsage();
     const p99 = delay.count > 0 ? delay.percentile(99) / 1e6 : 0;
     delay.reset();

@@ -7,7 +7,7 @@ import {
   toOpenMetrics,
   wantsOpenMetrics,
 } from '../../metrics';
-import { databaseAnswers, instancesByState } from '../../services/health';
+import { databaseAnswers } from '../../services/health';
 import type { PipelineSnapshot } from '../../services/pipeline';
 import type { App, AppDeps } from '../app';
 import { ApiError } from '../errors';
@@ -88,8 +88,10 @@ export function registerOpsRoutes(app: App, deps: AppDeps, pipeline: () => Promi
       const [database, store] = await Promise.all([
         check(() => databaseAnswers(deps.db)),
         check(() => deps.store.ping()),
+        // From the pipeline reader /metrics and the live page share (one read a second at most).
         check(async () => {
-          instances = await instancesByState(deps.db);
+          const { liveInstances, deadInstances } = await pipeline();
+          instances = { live: liveInstances, dead: deadInstances };
         }),
       ]);
       if (database.status === 'ok' && store.status === 'ok') {
