@@ -44,6 +44,8 @@ export interface Config {
   idempotencyTtlS: number;
   idempotencyRequired: boolean;
   idempotencyLockS: number;
+  /** The most keyed writes sent to the database together in one statement (1: each alone). */
+  keyedGroupMax: number;
   timestampToleranceS: number;
   nonceTtlS: number;
   rateLimitUserPerMin: number;
@@ -292,6 +294,7 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTtlS: integer(env, 'IDEMPOTENCY_TTL_S', DAY, 1, 30 * DAY),
     idempotencyRequired: boolean(env, 'IDEMPOTENCY_REQUIRED', false),
     idempotencyLockS: integer(env, 'IDEMPOTENCY_LOCK_S', 30, 1, 3600),
+    keyedGroupMax: integer(env, 'KEYED_GROUP_MAX', 16, 1, 32),
     timestampToleranceS: integer(env, 'TIMESTAMP_TOLERANCE_S', 120, 1, 3600),
     nonceTtlS: integer(env, 'NONCE_TTL_S', 600, 1, DAY),
     rateLimitUserPerMin: integer(env, 'RATE_LIMIT_USER_PER_MIN', 600, 0, 10_000_000),

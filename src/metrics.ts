@@ -85,6 +85,19 @@ export function countIdempotency(outcome: IdempotencyOutcome): void {
   idempotencyRequests.inc({ outcome });
 }
 
+/** How many keyed writes went to the database together in one statement (services/idempotency.ts OnceGroups). */
+const keyedGroupSize = new Histogram({
+  name: 'kiln_keyed_write_group_size',
+  help: 'Keyed writes (builds, reserve, commit, release with an Idempotency-Key) sent to the database together in one statement and one transaction: 1 when a write was alone in its event-loop turn',
+  buckets: [1, 2, 4, 8, 16],
+  registers: [registry],
+});
+
+/** Count one statement of keyed writes and how many it carried. */
+export function observeKeyedGroup(size: number): void {
+  keyedGroupSize.observe(size);
+}
+
 /** Ledger operations, as credit_usage_total labels them (`refund`: the part of a committed hold given back). */
 export type CreditOperation = 'grant' | 'reserve' | 'commit' | 'refund' | 'release' | 'expire' | 'charge';
 export const CREDIT_OPERATIONS: readonly CreditOperation[] = [

@@ -165,6 +165,81 @@ export type OnceOutcome =
  */
 const DECLINED = new Set(['KI409', 'KI200', 'KI300', 'KB402', '23505']);
 
+/** The SQL states of a keyed write that lost a deadlock or a serialization conflict: run again, it may succeed. */
+const RETRYABLE = new Set(['40P01', '40001']);
+
+/** A keyed write for runOnce or runOnceGroup: its record (the body with its figures' placeholders) and its effect. */
+export interface OnceItem {
+  record: Omit<IdempotencyRecord, 'expiresAt'>;
+  effect: OnceEffect;
+}
+
+/**
+ * What runOnceGroup says of one item: as runOnce; `retry` when it lost a deadlock or a serialization conflict
+ * (nothing of it was done; run alone, it may succeed); `error` for any other error it raised (nothing of it done).
+ */
+export type OnceGroupOutcome = OnceOutcome | { retry: string } | { error: Error };
+
+/**
+ * Several keyed writes in one statement, one transaction and one round trip (idempotency_once_batch, migration
+ * 0016): each item runs as runOnce would, in a subtransaction of its own, so each is whole or absent whatever the
+ * others do. In: the database; the items; the records' TTL (s); the lock lease (s); the mark. Out: one outcome per
+ * item, in their order (see OnceGroupOutcome; an item's `error` carries its SQL state as `code`). Errors: a
+ * cancellation (statement timeout, shutdown) or the connection's loss ends the whole statement, and the database's
+ * error is thrown: nothing of it committed, or (the connection lost at commit) the caller cannot tell, as with any
+ * statement.
+ */
+export async function runOnceGroup(
+  db: Queryable,
+  items: readonly OnceItem[],
+  ttlSeconds: number,
+  leaseSeconds: number,
+  mark: string,
+): Promise<OnceGroupOutcome[]> {
+  const { rows } = await db.query<{
+    n: number;
+    body: string | null;
+    expires_at: Date | null;
+    result: Record<string, unknown> | null;
+    state: string | null;
+    message: string | null;
+  }>(
+    'select n, body, expires_at, result, state, message from idempotency_once_batch($1::jsonb, $2::text, $3::int, $4::text)',
+    [
+      JSON.stringify(
+        items.map(({ record, effect }) => ({
+          key: record.key,
+          method: record.method,
+          path: record.path,
+          bodyHash: record.bodyHash,
+          requestId: record.requestId,
+          status: record.statusCode,
+          headers: record.responseHeaders,
+          body: record.responseBody,
+          op: effect.op,
+          args: effect.args,
+        })),
+      ),
+      lease(leaseSeconds),
+      ttlSeconds,
+      mark,
+    ],
+  );
+  const outcomes: OnceGroupOutcome[] = new Array(items.length);
+  for (const row of rows) {
+    const state = row.state;
+    outcomes[row.n - 1] =
+      state === null
+        ? { sent: { body: row.body as string, expiresAt: row.expires_at as Date, result: row.result ?? {} } }
+        : DECLINED.has(state)
+          ? { declined: state }
+          : RETRYABLE.has(state)
+            ? { retry: state }
+            : { error: Object.assign(new Error(row.message ?? `keyed write failed (${state})`), { code: state }) };
+  }
+  return outcomes;
+}
+
 /**
  * Claim a key, apply its effect, record the response and commit, in one statement (autocommit) and one round trip.
  * In: the database; the record, whose body is the response serialized with `"@<mark>:<figure>@"` for each figure only

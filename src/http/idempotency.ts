@@ -4,7 +4,7 @@ import type { OpenTransaction, Queryable } from '../db/database';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { countIdempotency } from '../metrics';
-import { claimKey, commitRecord, type OnceWrite, runOnce } from '../services/idempotency';
+import { claimKey, commitRecord, type OnceWrite, onceGroupsOf } from '../services/idempotency';
 import { Tally } from '../services/tally';
 import type { AppDeps } from './app';
 import { ApiError, envelope } from './errors';
@@ -381,9 +381,10 @@ function figure(name: string): string {
 
 /**
  * A keyed write in one round trip (a route with `once`): claim the key, apply the effect, record the response and
- * commit, in one statement (runOnce). `view` makes the response body, given a placeholder for each figure only the
- * effect knows (see the OnceWrite of the service); the reply's status and headers are set before. The body is
- * serialized here, written into by the statement and sent as it was recorded.
+ * commit, in one statement (runOnce), shared with the other keyed writes of this event-loop turn (OnceGroups).
+ * `view` makes the response body, given a placeholder for each figure only the effect knows (see the OnceWrite of the
+ * service); the reply's status and headers are set before. The body is serialized here, written into by the
+ * statement and sent as it was recorded.
  * Out: true when the reply has been sent (a replay too: the handler then returns the reply); false when the request
  * is to run the general way, in its own transaction (transactionOf): unkeyed, or the statement declined (a refusal,
  * a key held or recorded by now), in which case the key has been claimed as any route claims it. (Not the reply
@@ -402,14 +403,12 @@ export async function sendOnce(
   keyed.idempotency.deferred = false;
   reply.type('application/json; charset=utf-8');
   const template = recordOf(keyed, reply, JSON.stringify(view(figure)));
-  const outcome = await runOnce(
-    deps.db,
-    template,
-    deps.config.idempotencyTtlS,
-    deps.config.idempotencyLockS,
-    FIGURE_MARK,
-    write.effect,
-  );
+  const outcome = await onceGroupsOf(deps.db, {
+    ttlSeconds: deps.config.idempotencyTtlS,
+    leaseSeconds: deps.config.idempotencyLockS,
+    mark: FIGURE_MARK,
+    groupMax: deps.config.keyedGroupMax,
+  }).run({ record: template, effect: write.effect });
   if ('sent' in outcome) {
     countIdempotency('executed');
     write.settle(outcome.sent.result);

@@ -137,6 +137,110 @@ describe('idempotency across processes and crashes', () => {
 });
 
 /**
+ * Keyed writes in groups (issue 18): the keyed writes a process has ready at once share one statement and one
+ * transaction. A process killed with groups in flight must still leave each write whole or absent, and the retries
+ * elsewhere must make each key's effect exactly once.
+ */
+describe.skipIf(!DATABASE_URL)('keyed writes in groups across three processes and a SIGKILL (PostgreSQL)', () => {
+  const shared = sharedKilns({ DATABASE_POOL_TIMEOUT_MS: '15000' });
+  const client = (kiln: KilnProcess) => createKilnClient({ baseUrl: kiln.url, secret: TEST_SECRET });
+  const USERS = 6;
+  const WRITES = 240;
+
+  /** The sum and count of kiln_keyed_write_group_size on a process's /metrics. */
+  async function groupSizes(kiln: KilnProcess): Promise<{ sum: number; count: number }> {
+    const text = await (await fetch(`${kiln.url}/metrics`)).text();
+    const read = (name: string) =>
+      Number(new RegExp(`^kiln_keyed_write_group_size_${name} (\\S+)$`, 'm').exec(text)?.[1]);
+    return { sum: read('sum'), count: read('count') };
+  }
+
+  it(`${WRITES} keyed holds at once over three processes, one killed mid-storm: after retries, one hold per key`, async () => {
+    const processes = await Promise.all([shared.start(), shared.start(), shared.start()]);
+    const users = Array.from({ length: USERS }, (_, i) => `u_group_storm_${i}`);
+    for (const userId of users) {
+      const grant = { userId, credits: 1_000_000, reason: 'test', source: 'test' };
+      expect((await client(processes[0])('POST', '/v1/credits/grant', grant)).status).toBe(200);
+    }
+    const writes = Array.from({ length: WRITES }, (_, i) => ({
+      key: `group-storm-${i}`,
+      body: { userId: users[i % USERS], estimatedCredits: 1 + (i % 7) },
+    }));
+    const send = (kiln: KilnProcess, w: (typeof writes)[number]) =>
+      client(kiln)('POST', '/v1/credits/reserve', w.body, { 'idempotency-key': w.key }).then(
+        (r) => ({ status: r.status, text: r.text, replayed: r.headers.get('idempotent-replayed') === 'true' }),
+        () => ({ status: 0, text: '', replayed: false }), // the killed process's connections
+      );
+    // The victim is killed as its first answer arrives: its first group has committed, the rest are in flight.
+    const victim = processes[0];
+    const kill = () => victim.child.signalCode === null && victim.child.kill('SIGKILL');
+    const storm = Promise.all(
+      writes.map((w, i) =>
+        i % 3 === 0
+          ? send(victim, w).then((answer) => {
+              kill();
+              return answer;
+            })
+          : send(processes[i % 3], w),
+      ),
+    );
+    const first = await storm;
+    await victim.exited;
+    const victims = first.filter((_, i) => i % 3 === 0);
+    expect(victims.filter((a) => a.status === 201).length).toBeGreaterThan(0);
+    expect(victims.filter((a) => a.status === 0).length).toBeGreaterThan(0);
+    const survivors = processes.slice(1);
+    // Every write whose answer was lost, refused as busy, or never sent: retried on a survivor until it answers.
+    const answers = new Map<string, { status: number; text: string; replayed: boolean }>();
+    for (const [i, w] of writes.entries()) {
+      let answer = first[i];
+      for (let attempt = 0; answer.status !== 201 && attempt < 20; attempt++) {
+        if (answer.status !== 0 && answer.status !== 409) throw new Error(`${answer.status} ${answer.text}`);
+        if (answer.status === 409) await new Promise((r) => setTimeout(r, 100));
+        answer = await send(survivors[attempt % 2], w);
+      }
+      expect(answer.status).toBe(201);
+      answers.set(w.key, answer);
+    }
+    // Each key: one hold, of its amount, whose id the answer names; a retry of every key replays that answer.
+    const db = openPostgres({ url: DATABASE_URL!, schema: shared.env.DATABASE_SCHEMA, max: 1 });
+    try {
+      const { rows } = await db.query<{ user_id: string; amount: number; id: string }>(
+        'select id, user_id, amount from credit_reservations where user_id = any($1)',
+        [users],
+      );
+      expect(rows).toHaveLength(WRITES);
+      const byId = new Map(rows.map((r) => [r.id, r]));
+      for (const w of writes) {
+        const answer = JSON.parse(answers.get(w.key)!.text) as { reservationId: string; reserved: number };
+        expect(byId.get(answer.reservationId)).toMatchObject({
+          user_id: w.body.userId,
+          amount: w.body.estimatedCredits,
+        });
+      }
+      const { rows: unbalanced } = await db.query(
+        `select a.user_id from credit_accounts a
+          where a.user_id = any($1)
+            and (a.balance <> (select sum(amount) from credit_ledger l where l.user_id = a.user_id)
+                 or a.reserved <> (select coalesce(sum(amount), 0) from credit_reservations r
+                                    where r.user_id = a.user_id and r.state = 'active'))`,
+        [users],
+      );
+      expect(unbalanced).toEqual([]);
+    } finally {
+      await db.close();
+    }
+    for (const w of writes.slice(0, 30)) {
+      const again = await send(survivors[0], w);
+      expect(again.text).toBe(answers.get(w.key)!.text);
+    }
+    // The survivors sent writes together: more writes than statements.
+    const sizes = await Promise.all(survivors.map(groupSizes));
+    expect(sizes.reduce((total, s) => total + s.sum - s.count, 0)).toBeGreaterThan(0);
+  }, 120_000);
+});
+
+/**
  * The two crash points of SPEC section 4, hit exactly on real PostgreSQL: the test adds a trigger (to Kiln's schema,
  * not its code) that makes Kiln's transaction wait on an advisory lock the test holds, so the test knows where the
  * request is when the process dies.
