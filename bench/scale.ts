@@ -6,11 +6,12 @@
 // (drift falls on every count alike) and each count's two runs are averaged. Beside throughput, the CPU each part
 // used over the run (Kiln processes, PostgreSQL's, Redis, the load generator) from /proc, and PostgreSQL's commits
 // per second, say where the machine saturates.
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { createKilnClient, signRequest } from '../src/client/sign';
+import { cpuBetween, cpuByPid, cpuOf, machineCpu } from './cpu';
 import {
   BENCH_SECRET,
   type BenchRequest,
@@ -30,55 +31,6 @@ import {
 const USERS = 200;
 const CONNECTIONS = 24;
 const COUNTS = [1, 2, 4];
-
-/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat; 0 when it is gone. */
-async function cpuSeconds(pid: number): Promise<number> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
-
-/** The pids of every process whose command name is `name` (postgres, redis-server). */
-async function pidsNamed(name: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const comm = await readFile(`/proc/${entry}/comm`, 'utf8').catch(() => '');
-    if (comm.trim() === name) pids.push(Number(entry));
-  }
-  return pids;
-}
-
-/** The machine's CPU seconds so far: busy (everything but idle and iowait) and iowait, from /proc/stat. */
-async function machineCpu(): Promise<{ busy: number; iowait: number }> {
-  const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0];
-  const [user, nice, system, _idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
-  return { busy: (user + nice + system + irq + softirq + steal) / 100, iowait: iowait / 100 };
-}
-
-async function cpuOf(pids: number[]): Promise<number> {
-  let total = 0;
-  for (const pid of pids) total += await cpuSeconds(pid);
-  return total;
-}
-
-/** CPU seconds so far of every process named `name`, by pid (connections come and go during a run). */
-async function cpuByPid(name: string): Promise<Map<number, number>> {
-  const out = new Map<number, number>();
-  for (const pid of await pidsNamed(name)) out.set(pid, await cpuSeconds(pid));
-  return out;
-}
-
-/** CPU seconds used between two readings: a process that appeared in between counts all of its own. */
-function cpuBetween(before: Map<number, number>, after: Map<number, number>): number {
-  let total = 0;
-  for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0);
-  return total;
-}
 
 interface Run {
   processes: number;

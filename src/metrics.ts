@@ -88,7 +88,7 @@ export function countIdempotency(outcome: IdempotencyOutcome): void {
 /** How many keyed writes went to the database together in one statement (services/idempotency.ts OnceGroups). */
 const keyedGroupSize = new Histogram({
   name: 'kiln_keyed_write_group_size',
-  help: 'Keyed writes (builds, reserve, commit, release with an Idempotency-Key) sent to the database together in one statement and one transaction: 1 when a write was alone in its event-loop turn',
+  help: 'Keyed writes (builds, reserve, commit, release with an Idempotency-Key) sent to the database together in one statement and one transaction: 1 when a write went alone (nothing else ready, or run again alone after waiting on a lock)',
   buckets: [1, 2, 4, 8, 16],
   registers: [registry],
 });

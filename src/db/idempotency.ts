@@ -165,8 +165,14 @@ export type OnceOutcome =
  */
 const DECLINED = new Set(['KI409', 'KI200', 'KI300', 'KB402', '23505']);
 
-/** The SQL states of a keyed write that lost a deadlock or a serialization conflict: run again, it may succeed. */
-const RETRYABLE = new Set(['40P01', '40001']);
+/**
+ * The SQL states of a keyed write of a group to run again alone: it would have waited for a lock longer than a group
+ * lets it (55P03), or lost a deadlock or a serialization conflict.
+ */
+const RETRYABLE = new Set(['55P03', '40P01', '40001']);
+
+/** How long a keyed write of a group may wait for a lock (see idempotency_once_batch, migration 0016). */
+export const GROUP_LOCK_WAIT_MS = 200;
 
 /** A keyed write for runOnce or runOnceGroup: its record (the body with its figures' placeholders) and its effect. */
 export interface OnceItem {
@@ -175,15 +181,17 @@ export interface OnceItem {
 }
 
 /**
- * What runOnceGroup says of one item: as runOnce; `retry` when it lost a deadlock or a serialization conflict
- * (nothing of it was done; run alone, it may succeed); `error` for any other error it raised (nothing of it done).
+ * What runOnceGroup says of one item: as runOnce; `retry` when it would have waited for a lock longer than
+ * GROUP_LOCK_WAIT_MS, or lost a deadlock or a serialization conflict (nothing of it was done; run alone, with the
+ * full lease, it may succeed); `error` for any other error it raised (nothing of it done).
  */
 export type OnceGroupOutcome = OnceOutcome | { retry: string } | { error: Error };
 
 /**
  * Several keyed writes in one statement, one transaction and one round trip (idempotency_once_batch, migration
  * 0016): each item runs as runOnce would, in a subtransaction of its own, so each is whole or absent whatever the
- * others do. In: the database; the items; the records' TTL (s); the lock lease (s); the mark. Out: one outcome per
+ * others do, but waits for a lock at most GROUP_LOCK_WAIT_MS. In: the database; the items; the records' TTL (s); the
+ * mark. Out: one outcome per
  * item, in their order (see OnceGroupOutcome; an item's `error` carries its SQL state as `code`). Errors: a
  * cancellation (statement timeout, shutdown) or the connection's loss ends the whole statement, and the database's
  * error is thrown: nothing of it committed, or (the connection lost at commit) the caller cannot tell, as with any
@@ -193,7 +201,6 @@ export async function runOnceGroup(
   db: Queryable,
   items: readonly OnceItem[],
   ttlSeconds: number,
-  leaseSeconds: number,
   mark: string,
 ): Promise<OnceGroupOutcome[]> {
   const { rows } = await db.query<{
@@ -220,7 +227,7 @@ export async function runOnceGroup(
           args: effect.args,
         })),
       ),
-      lease(leaseSeconds),
+      `${GROUP_LOCK_WAIT_MS}ms`,
       ttlSeconds,
       mark,
     ],

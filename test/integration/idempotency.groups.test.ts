@@ -8,7 +8,7 @@ import {
 } from '../../src/db/idempotency';
 import { openPostgres } from '../../src/db/postgres';
 import { registry } from '../../src/metrics';
-import { OnceGroups } from '../../src/services/idempotency';
+import { OnceGroups, type OnceOutcome } from '../../src/services/idempotency';
 import { openTestDatabase, type TestDatabase } from '../helpers/db';
 import { DATABASE_URL } from '../helpers/env';
 
@@ -70,7 +70,7 @@ describe('keyed writes in groups', () => {
     t.db.query("select * from credit_grant($1, $2, null, 'test', 'test', 'setup', 'setup')", [user, credits]);
   const count = async (sql: string, params: unknown[]) =>
     (await t.db.query<{ n: number }>(`select count(*)::int as n from ${sql}`, params)).rows[0].n;
-  const group = (items: OnceItem[]) => runOnceGroup(t.db, items, 3600, 30, MARK);
+  const group = (items: OnceItem[]) => runOnceGroup(t.db, items, 3600, MARK);
   /** Whether a key is neither recorded nor held. */
   const keyIsFree = async (key: string) => {
     const claim = await claimKey(t.db, key, 30);
@@ -200,14 +200,50 @@ describe('keyed writes in groups', () => {
       expect(statements.map((sql) => sql.includes('idempotency_once_batch'))).toEqual([true, true]);
       expect(await sizes()).toEqual({ count: before.count + 2, sum: before.sum + 5 });
       spy.mockClear();
-      // Alone in its turn: the one-statement form, without a subtransaction.
+      // Alone: the one-statement form, without a subtransaction.
       expect('sent' in (await groups.run(reserve(`g-alone-${n}`, `res_alone_${n}`, user, 1)))).toBe(true);
-      expect(spy.mock.calls.map(([sql]) => /idempotency_once\(/.test(String(sql)))).toEqual([true]);
+      expect(spy.mock.calls.map(([sql]) => String(sql).match(/idempotency_once(_batch)?\(/)?.[0])).toEqual([
+        'idempotency_once(',
+      ]);
     } finally {
       spy.mockRestore();
     }
     expect(await count('credit_reservations where user_id = $1', [user])).toBe(6);
   });
+
+  it.skipIf(!DATABASE_URL)(
+    'holds the writes that come while a statement is in flight, and sends them together after at most 20 ms',
+    async () => {
+      // (PGlite answers within the turn: nothing is ever in flight there.) The first write waits on a lock another
+      // transaction holds, so it stays in flight; the next two come in turns of their own, are held, and go together.
+      const [user, busy] = [`u_group_${++n}`, `u_busy_${n}`];
+      await grant(user, 100);
+      await grant(busy, 100);
+      const other = openPostgres({ url: DATABASE_URL!, schema: t.schema, max: 1 });
+      const groups = new OnceGroups(t.db, { ttlSeconds: 3600, leaseSeconds: 30, mark: MARK, groupMax: 16 });
+      const spy = vi.spyOn(t.db, 'query');
+      try {
+        const tx = await other.begin();
+        await tx.query('select 1 from credit_accounts where user_id = $1 for update', [busy]);
+        const first = groups.run(reserve(`g-first-${n}`, `res_first_${n}`, busy, 1));
+        const later: Promise<OnceOutcome>[] = [];
+        for (const i of [1, 2]) {
+          await new Promise((r) => setImmediate(r)); // each in a turn of its own
+          later.push(groups.run(reserve(`g-later-${n}-${i}`, `res_later_${n}_${i}`, user, 1)));
+        }
+        expect((await Promise.all(later)).every((o) => 'sent' in o)).toBe(true); // while the first still waits
+        await tx.commit();
+        expect('sent' in (await first)).toBe(true);
+        expect(spy.mock.calls.map(([sql]) => String(sql).match(/idempotency_once(_batch)?\(/)?.[0])).toEqual([
+          'idempotency_once(',
+          'idempotency_once_batch(',
+        ]);
+      } finally {
+        spy.mockRestore();
+        await other.close();
+      }
+    },
+  );
 
   it.skipIf(!DATABASE_URL)(
     'declines the one write whose key another session holds (KI409), keeping the rest',
@@ -234,29 +270,32 @@ describe('keyed writes in groups', () => {
   );
 
   it.skipIf(!DATABASE_URL)(
-    'runs again alone a write of a group that lost a deadlock, and keeps what the group committed',
+    'commits a group without the write that waits on a lock past its budget, then runs that write alone',
     async () => {
-      const [a, b] = [`dl_a_${++n}`, `dl_b_${n}`];
+      const [a, b] = [`wait_a_${++n}`, `wait_b_${n}`];
       await grant(a, 100);
       await grant(b, 100);
       const other = openPostgres({ url: DATABASE_URL!, schema: t.schema, max: 1 });
       const groups = new OnceGroups(t.db, { ttlSeconds: 3600, leaseSeconds: 30, mark: MARK, groupMax: 16 });
       try {
-        // Another transaction holds b's account; the group takes a's, then waits for b's; the other then waits for
-        // a's: a deadlock, which PostgreSQL breaks by failing the session that waited first (the group's write).
+        // Another transaction holds b's account: b's write gives up within its budget, the group commits a's, and b's
+        // runs again alone, waiting (with the full lease) until the other transaction ends.
         const tx = await other.begin();
         await tx.query('select 1 from credit_accounts where user_id = $1 for update', [b]);
         const running = Promise.all([
-          groups.run(reserve(`dl-a-${n}`, `res_dl_a_${n}`, a, 1)),
-          groups.run(reserve(`dl-b-${n}`, `res_dl_b_${n}`, b, 1)),
+          groups.run(reserve(`w-a-${n}`, `res_w_a_${n}`, a, 1)),
+          groups.run(reserve(`w-b-${n}`, `res_w_b_${n}`, b, 1)),
         ]);
-        await new Promise((r) => setTimeout(r, 300));
-        await tx.query('select 1 from credit_accounts where user_id = $1 for update', [a]);
+        const holds = (user: string) => count('credit_reservations where user_id = $1', [user]);
+        const deadline = Date.now() + 10_000;
+        while ((await holds(a)) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        expect(await holds(a)).toBe(1); // committed while b's account is still held
+        expect(await holds(b)).toBe(0);
         await tx.commit();
         const outcomes = await running;
         expect(outcomes.map((o) => Object.keys(o)[0])).toEqual(['sent', 'sent']);
         expect(groups.retriedAlone).toBe(1);
-        expect(await count('credit_reservations where user_id = any($1)', [[a, b]])).toBe(2);
+        expect(await holds(b)).toBe(1);
         expect(await count("credit_ledger where user_id = any($1) and type = 'reserve'", [[a, b]])).toBe(2);
       } finally {
         await other.close();
