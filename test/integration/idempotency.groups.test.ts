@@ -9,8 +9,10 @@ import {
 import { openPostgres } from '../../src/db/postgres';
 import { registry } from '../../src/metrics';
 import { OnceGroups, type OnceOutcome } from '../../src/services/idempotency';
+import { startTestApp, type TestApp } from '../helpers/app';
 import { openTestDatabase, type TestDatabase } from '../helpers/db';
 import { DATABASE_URL } from '../helpers/env';
+import { signedInject } from '../helpers/signed';
 
 /**
  * Keyed writes in groups (idempotency_once_batch, migration 0016; OnceGroups): several keyed writes in one statement
@@ -321,5 +323,69 @@ describe('keyed writes in groups', () => {
       [[zz, mm, aa], actor.requestId],
     );
     expect(rows.map((r) => r.user_id)).toEqual([aa, mm, zz]);
+  });
+});
+
+describe('keyed writes in groups through the routes', () => {
+  let t: TestApp;
+  let n = 0;
+  beforeAll(async () => {
+    t = await startTestApp({ RATE_LIMIT_USER_PER_MIN: '0', RATE_LIMIT_IP_PER_MIN: '0' });
+  });
+  afterAll(() => t.close());
+
+  const post = (url: string, body: unknown, key?: string) =>
+    signedInject(t.app, { method: 'POST', url, body, headers: key ? { 'idempotency-key': key } : {} });
+  const statements = async () =>
+    Number(/^kiln_keyed_write_group_size_count (\S+)$/m.exec(await registry.metrics())?.[1] ?? 0);
+
+  it('answers each keyed write sent at once as if alone: the refused one in its own words, the others as recorded', async () => {
+    const user = `u_routes_${++n}`;
+    expect(
+      (await post('/v1/credits/grant', { userId: user, credits: 50, reason: 'test', source: 'test' })).statusCode,
+    ).toBe(200);
+    const before = await statements();
+    const amounts = [5, 6, 1_000, 7, 8, 9];
+    const responses = await Promise.all(
+      amounts.map((estimatedCredits, i) =>
+        post('/v1/credits/reserve', { userId: user, estimatedCredits }, `routes-${n}-${i}`),
+      ),
+    );
+    const afterBurst = await statements();
+    expect(responses.map((r) => r.statusCode)).toEqual([201, 201, 402, 201, 201, 201]);
+    expect(responses[2].json()).toMatchObject({ error: 'INSUFFICIENT_CREDITS', data: { userId: user } });
+    // Each answer is the one recorded: a retry replays it byte for byte (from the database, the store's copy gone).
+    for (const [i, response] of responses.entries()) {
+      if (response.statusCode !== 201) continue;
+      await t.store.store.delete(`idem:routes-${n}-${i}`);
+      const again = await post(
+        '/v1/credits/reserve',
+        { userId: user, estimatedCredits: amounts[i] },
+        `routes-${n}-${i}`,
+      );
+      expect(again.body).toBe(response.body);
+      expect(again.headers['idempotent-replayed']).toBe('true');
+    }
+    // A refusal SPEC section 4 records (404), sent at once with others: recorded, replayed, nothing written.
+    const missing = { reservationId: `res_missing_${n}`, actualCredits: 1 };
+    const [notFound, beside] = await Promise.all([
+      post('/v1/credits/commit', missing, `routes-missing-${n}`),
+      post('/v1/credits/reserve', { userId: user, estimatedCredits: 1 }, `routes-beside-${n}`),
+    ]);
+    expect([notFound.statusCode, beside.statusCode]).toEqual([404, 201]);
+    expect(notFound.json().error).toBe('RESERVATION_NOT_FOUND');
+    await t.store.store.delete(`idem:routes-missing-${n}`);
+    const replayed = await post('/v1/credits/commit', missing, `routes-missing-${n}`);
+    expect(replayed.statusCode).toBe(404);
+    expect(replayed.body).toBe(notFound.body);
+    expect(replayed.headers['idempotent-replayed']).toBe('true');
+    // 402 is not recorded: the same key runs again, and is refused again.
+    expect(
+      (await post('/v1/credits/reserve', { userId: user, estimatedCredits: 1_000 }, `routes-${n}-2`)).statusCode,
+    ).toBe(402);
+    const balance = (await signedInject(t.app, { method: 'GET', url: `/v1/credits/balance/${user}` })).json();
+    expect(balance).toMatchObject({ reserved: 36, available: 14 });
+    // Sent at once, the writes went to the database in fewer statements than writes.
+    if (DATABASE_URL) expect(afterBurst - before).toBeLessThan(amounts.length);
   });
 });
