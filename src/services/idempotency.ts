@@ -69,7 +69,7 @@ export class OnceGroups {
   /** When each statement of this process's groups now in flight was sent (ms). */
   private readonly inFlight: number[] = [];
   private recheck: NodeJS.Timeout | undefined;
-  /** Writes run again alone after losing a deadlock in a group (kept for tests and for a look in a debugger). */
+  /** Writes of a group run again alone (a lock past the budget, a deadlock lost): for tests and a debugger. */
   retriedAlone = 0;
 
   constructor(
