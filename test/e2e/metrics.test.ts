@@ -87,14 +87,18 @@ function expectRequests(kiln: KilnProcess, samples: Sample[], expected: Scenario
 }
 
 /** Gauges of shared state: every process reads the same from the database. */
+/** The instance lease the processes run with (INSTANCE_LEASE_S, its default). */
+const LEASE_MS = 30_000;
+
 /**
- * Live processes: the measured ones, and the killed victim while its line is under a minute old (it renewed it every
- * 15 s, so it is live until 45 s after the kill at least, and not past 60 s): in between either is right.
+ * Live processes: the measured ones, and the killed victim while its line is within its lease (it renewed the line
+ * every third of the lease, so it reads live until two thirds of a lease after the kill at least, and dead a lease
+ * after it at the latest): in between either is right.
  */
 function expectedLive(measured: number, victimKilledAt: number): number[] {
   const since = Date.now() - victimKilledAt;
-  if (since < 44_000) return [measured + 1];
-  if (since > 61_000) return [measured];
+  if (since < (LEASE_MS * 2) / 3 - 1_000) return [measured + 1];
+  if (since > LEASE_MS + 1_000) return [measured];
   return [measured, measured + 1];
 }
 
