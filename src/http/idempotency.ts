@@ -4,7 +4,7 @@ import type { OpenTransaction, Queryable } from '../db/database';
 import { bodyHashOf, earlierBodyHashOf, fingerprintDifferences, type RequestFingerprint } from '../domain/fingerprint';
 import { canonicalPath } from '../domain/signature';
 import { countIdempotency } from '../metrics';
-import { claimKey, commitRecord, type OnceWrite, onceGroupsOf } from '../services/idempotency';
+import { claimKey, commitRecord, OnceGroups, type OnceWrite } from '../services/idempotency';
 import { Tally } from '../services/tally';
 import type { AppDeps } from './app';
 import { ApiError, envelope } from './errors';
@@ -371,6 +371,23 @@ async function openKeyedTransaction(
 /** How long sendOnce waits for the lock its own declined statement held to be let go (see there). */
 const LOCK_RELEASE_GRACE_MS = 200;
 
+const onceGroups = new WeakMap<AppDeps, OnceGroups>();
+
+/** The app's keyed-write groups, made on its first keyed write from its configuration. */
+function onceGroupsOf(deps: AppDeps): OnceGroups {
+  let groups = onceGroups.get(deps);
+  if (!groups) {
+    groups = new OnceGroups(deps.db, {
+      ttlSeconds: deps.config.idempotencyTtlS,
+      leaseSeconds: deps.config.idempotencyLockS,
+      mark: FIGURE_MARK,
+      groupMax: deps.config.keyedGroupMax,
+    });
+    onceGroups.set(deps, groups);
+  }
+  return groups;
+}
+
 /** Text no client can guess, around each figure of a response serialized before its write ran (runOnce). */
 const FIGURE_MARK = randomBytes(12).toString('base64url');
 
@@ -403,12 +420,7 @@ export async function sendOnce(
   keyed.idempotency.deferred = false;
   reply.type('application/json; charset=utf-8');
   const template = recordOf(keyed, reply, JSON.stringify(view(figure)));
-  const outcome = await onceGroupsOf(deps.db, {
-    ttlSeconds: deps.config.idempotencyTtlS,
-    leaseSeconds: deps.config.idempotencyLockS,
-    mark: FIGURE_MARK,
-    groupMax: deps.config.keyedGroupMax,
-  }).run({ record: template, effect: write.effect });
+  const outcome = await onceGroupsOf(deps).run({ record: template, effect: write.effect });
   if ('sent' in outcome) {
     countIdempotency('executed');
     write.settle(outcome.sent.result);
